@@ -1,0 +1,63 @@
+//! Agent settings: a YAML file (the ConfigMap in a cluster), then flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Profile;
+
+/// The config file. Every field has a default; unknown fields are errors.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(flatten)]
+    pub profile: Profile,
+    /// Attach only to veths whose names start with one of these (empty: all veths).
+    pub interface_prefixes: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: crate::policy::profile::ProfileError,
+    },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let cfg: FileConfig = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        cfg.profile.validate().map_err(|source| ConfigError::Invalid { path: path.into(), source })?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_fields() {
+        let cfg: FileConfig = serde_yaml::from_str("defaultDeny: true\nallowDNS: false\n").expect("valid");
+        assert!(cfg.profile.default_deny);
+        assert!(!cfg.profile.allow_dns);
+        assert!(cfg.profile.block_metadata, "metadata block is on by default");
+        assert!(cfg.profile.default_deny_exempt.contains("kube-system"));
+        assert!(serde_yaml::from_str::<FileConfig>("defaultDenny: true\n").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! The agent's main loop in standalone mode: a directory is the cluster.
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, MapData, RingBuf};
+use palisade_common::{CtKey, CtValue, DenyEvent, PROTO_TCP, PROTO_UDP, ct_flags};
+use tokio::io::unix::AsyncFd;
+use tracing::{error, info, info_span, warn};
+
+use crate::{
+    dataplane::{Datapath, PinPaths, interfaces},
+    flows::{
+        self,
+        log::{DenyLog, LogSettings, Record},
+    },
+    index::{Index, Kind, Object},
+    model::Node,
+    policy::Profile,
+    source::dir::DirSource,
+    status::Status,
+    sync::Syncer,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub source: PathBuf,
+    pub node_name: String,
+    /// Node addresses given explicitly; otherwise this namespace's addresses.
+    pub node_addresses: Vec<IpAddr>,
+    pub pins: PinPaths,
+    pub status_file: Option<PathBuf>,
+    pub interface_prefixes: Vec<String>,
+    pub profile: Profile,
+    pub deny_log: LogFormat,
+    pub log_settings: LogSettings,
+    pub poll: Duration,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// How long a tracked flow may stay idle before it is forgotten.
+pub fn ct_timeout(key: &CtKey, v: &CtValue) -> Duration {
+    let closing = v.flags & ct_flags::RST != 0
+        || (v.flags & ct_flags::FIN_FORWARD != 0 && v.flags & ct_flags::FIN_REPLY != 0);
+    match key.proto {
+        PROTO_TCP if closing => Duration::from_secs(10),
+        PROTO_TCP if v.flags & ct_flags::SEEN_REPLY != 0 => Duration::from_secs(6 * 3600),
+        PROTO_TCP => Duration::from_secs(60),
+        PROTO_UDP if v.flags & ct_flags::SEEN_REPLY != 0 => Duration::from_secs(180),
+        _ => Duration::from_secs(30),
+    }
+}
+
+fn gc_conntrack(ct: &mut HashMap<MapData, CtKey, CtValue>) -> usize {
+    let now = monotonic_ns();
+    let expired: Vec<CtKey> = ct
+        .iter()
+        .flatten()
+        .filter(|(k, v)| Duration::from_nanos(now.saturating_sub(v.last_seen_ns)) > ct_timeout(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    for k in &expired {
+        let _ = ct.remove(k);
+    }
+    expired.len()
+}
+
+fn emit(records: Vec<Record>, format: LogFormat) {
+    for r in records {
+        match format {
+            LogFormat::Json => match serde_json::to_string(&r) {
+                Ok(line) => println!("{line}"),
+                Err(e) => warn!(error = %e, "deny record not serializable"),
+            },
+            LogFormat::Text => println!("{}", r.human()),
+        }
+    }
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let span = info_span!("agent", node = %opts.node_name);
+    let _enter = span.enter();
+    opts.profile.validate()?;
+
+    let mut dp = Datapath::open(opts.pins.clone()).context("loading the datapath")?;
+    let observed = dp.read_maps();
+    info!(entries = observed.len(), "adopted pinned maps");
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
+    // the fd cannot be closed while registered.
+    let mut events = unsafe { AsyncFd::register(dp.take_events()?) }.context("polling the event ring")?;
+    let mut conntrack = dp.take_conntrack()?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+
+    let mut syncer = Syncer::new(dp.kernel_maps()?, observed);
+    let mut source = DirSource::new(&opts.source);
+    let mut index = Index::default();
+    let mut node = Node { name: opts.node_name.clone(), addresses: opts.node_addresses.clone() };
+    let mut digest = String::new();
+    let mut ready = false;
+    let mut dirty = true;
+    let mut deny_log = DenyLog::new(&opts.node_name, opts.log_settings.clone());
+    let mut pods = flows::pods_by_ip(index.model());
+
+    let mut tick = tokio::time::interval(opts.poll);
+    let mut gc = tokio::time::interval(Duration::from_secs(10));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupted = false;
+
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = gc.tick() => {
+                let n = gc_conntrack(&mut conntrack);
+                if n > 0 { info!(expired = n, "conntrack gc"); }
+                continue;
+            }
+            guard = events.readable_mut() => {
+                let mut guard = guard?;
+                let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
+                let now = SystemTime::now();
+                while let Some(item) = ring.next() {
+                    if let Some(ev) = DenyEvent::decode(&item) {
+                        deny_log.observe(flows::attribute(&ev, syncer.state(), &pods), now);
+                    }
+                }
+                guard.clear_ready();
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => { interrupted = true; }
+            _ = sigterm.recv() => { interrupted = true; }
+        }
+        if interrupted {
+            emit(deny_log.drain(SystemTime::now()), opts.deny_log);
+            info!("stopping; pinned programs and maps keep enforcing");
+            return Ok(());
+        }
+
+        // Source.
+        match source.poll() {
+            Ok(Some(snapshot)) => {
+                for e in &snapshot.errors {
+                    warn!(error = %e, "source object rejected");
+                }
+                for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
+                    let of_kind: Vec<Object> = snapshot.objects.iter().filter(|o| o.key().kind == kind).cloned().collect();
+                    for e in index.reset(kind, &of_kind) {
+                        warn!(error = %e, "object rejected; its last good version stays in force");
+                    }
+                }
+                digest = format!("{:016x}", snapshot.digest);
+                pods = flows::pods_by_ip(index.model());
+                dirty = true;
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "source unreadable; enforcement unchanged"),
+        }
+
+        // Node addresses (unless given).
+        if opts.node_addresses.is_empty() {
+            match interfaces::local_addresses(&handle).await {
+                Ok(addrs) if addrs != node.addresses => {
+                    node.addresses = addrs;
+                    dirty = true;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "listing node addresses"),
+            }
+        }
+
+        if dirty {
+            let report = syncer.sync(index.model(), &node, &opts.profile);
+            info!(revision = report.revision, ops = report.ops, failed = report.failed,
+                  compile_us = report.compile.as_micros() as u64, apply_us = report.apply.as_micros() as u64, "programmed");
+            dirty = report.failed > 0;
+            ready = true;
+        }
+
+        // Interfaces: attach to new veths before reporting ready for them.
+        match interfaces::veths(&handle, &opts.interface_prefixes).await {
+            Ok(links) => {
+                let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
+                dp.forget_missing(&present);
+                for l in links {
+                    if !dp.attached().contains_key(&l.index) {
+                        match dp.attach(&l.name, l.index) {
+                            Ok(()) => info!(ifname = %l.name, "attached"),
+                            Err(e) => error!(error = %e, "attach failed"),
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "listing interfaces"),
+        }
+
+        emit(deny_log.flush(SystemTime::now()), opts.deny_log);
+
+        if let Some(path) = &opts.status_file {
+            let status = Status {
+                ready,
+                revision: syncer.revision(),
+                source_digest: digest.clone(),
+                attached: dp.attached().values().cloned().collect(),
+                cgroups: Vec::new(),
+                endpoints: syncer.state().maps.endpoints.len(),
+                map_entries: syncer.mirror().len(),
+                rejected: index.rejected().iter().map(|(k, v)| format!("{k}: {v}")).collect(),
+            };
+            if let Err(e) = status.write(path) {
+                warn!(error = %e, path = %path.display(), "writing status");
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The loaded eBPF object, its pinned maps, and the attachments.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, MapData, MapError, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
+use palisade_common::{
+    Addr, EndpointValue, IpcacheValue, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
+    MAP_IPCACHE, MAP_POLICY, PROG_CONNECT4, PROG_CONNECT6, PROG_FROM_POD, PROG_SENDMSG4,
+    PROG_SENDMSG6, PROG_TO_POD, PolicyKeyData, PolicyValue,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    PROGRAMS, bpffs,
+    paths::{Hook, PinPaths},
+    wire,
+};
+use crate::policy::state::{EndpointEntry, IpcacheEntry, MapOp, MapWriter, Maps};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("mounting bpffs at {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("attaching {hook} to {ifname}: {source}")]
+    Attach {
+        ifname: String,
+        hook: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The three policy maps, written by [`MapWriter::apply`].
+pub struct KernelMaps {
+    endpoints: HashMap<MapData, Addr, EndpointValue>,
+    ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
+    policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct ApplyError {
+    pub op: String,
+    #[source]
+    pub source: MapError,
+}
+
+impl MapWriter for KernelMaps {
+    type Error = ApplyError;
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), ApplyError> {
+        let r = match op {
+            MapOp::UpsertPolicy(k, v) => self.policy.insert(&wire::policy_key(k), wire::policy_value(*v), 0),
+            MapOp::DeletePolicy(k) => self.policy.remove(&wire::policy_key(k)),
+            MapOp::UpsertIpcache(k, v) => self.ipcache.insert(&wire::ipcache_key(k), wire::ipcache_value(v), 0),
+            MapOp::DeleteIpcache(k) => self.ipcache.remove(&wire::ipcache_key(k)),
+            MapOp::UpsertEndpoint(k, v) => self.endpoints.insert(wire::addr(*k), wire::endpoint_value(v), 0),
+            MapOp::DeleteEndpoint(k) => self.endpoints.remove(&wire::addr(*k)),
+        };
+        r.map_err(|source| ApplyError { op: format!("{op:?}"), source })
+    }
+}
+
+impl KernelMaps {
+    /// What the kernel maps hold now, in logical form.
+    pub fn read(&self) -> Maps {
+        let mut maps = Maps::default();
+        for (k, v) in self.endpoints.iter().flatten() {
+            maps.endpoints.insert(wire::ip(&k), EndpointEntry { id: v.id, flags: v.flags });
+        }
+        for (k, v) in self.ipcache.iter().flatten() {
+            if let Some(net) = wire::ipcache_net(&k) {
+                maps.ipcache.insert(net, IpcacheEntry { identity: v.identity, flags: v.flags });
+            }
+        }
+        for (k, v) in self.policy.iter().flatten() {
+            maps.policy.insert(wire::policy_key_back(&k), v.rule);
+        }
+        maps
+    }
+}
+
+/// Loaded programs, pinned maps, and what is attached where.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pins: PinPaths,
+    maps: Option<KernelMaps>,
+    /// ifindex -> ifname of interfaces carrying our tc programs.
+    attached: BTreeMap<u32, String>,
+}
+
+fn ensure_dir(path: &Path) -> Result<(), DatapathError> {
+    std::fs::create_dir_all(path).map_err(|source| DatapathError::PinDir { path: path.to_path_buf(), source })
+}
+
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, DatapathError> {
+    let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
+    convert(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+impl Datapath {
+    /// Loads the programs, reusing the pinned maps of a previous run (so
+    /// enforcement state survives agent restarts) or creating and pinning them.
+    pub fn open(pins: PinPaths) -> Result<Self, DatapathError> {
+        let mount = bpffs::mount_point_for(pins.root()).to_path_buf();
+        if bpffs::ensure_mounted(&mount).map_err(|source| DatapathError::Bpffs { path: mount.clone(), source })? {
+            info!(path = %mount.display(), "mounted bpffs");
+        }
+        for dir in [pins.maps(), pins.links(), pins.cgroups()] {
+            ensure_dir(&dir)?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pins.maps())
+            .load(PROGRAMS)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        for name in [PROG_FROM_POD, PROG_TO_POD] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let maps = KernelMaps {
+            endpoints: take_map(&mut ebpf, MAP_ENDPOINTS, HashMap::try_from)?,
+            ipcache: take_map(&mut ebpf, MAP_IPCACHE, LpmTrie::try_from)?,
+            policy: take_map(&mut ebpf, MAP_POLICY, LpmTrie::try_from)?,
+        };
+        for stale in pins.stale_versions() {
+            warn!(path = %stale.display(), "pins of another layout version remain; they are replaced as interfaces are re-attached");
+        }
+        Ok(Self { ebpf, pins, maps: Some(maps), attached: BTreeMap::new() })
+    }
+
+    /// The policy maps, for the syncer (taken once).
+    pub fn kernel_maps(&mut self) -> Result<KernelMaps, DatapathError> {
+        self.maps.take().ok_or(DatapathError::MissingMap(MAP_POLICY))
+    }
+
+    /// The policy maps' current content (empty once they were taken).
+    pub fn read_maps(&self) -> Maps {
+        self.maps.as_ref().map(KernelMaps::read).unwrap_or_default()
+    }
+
+    pub fn pins(&self) -> &PinPaths {
+        &self.pins
+    }
+
+    pub fn attached(&self) -> &BTreeMap<u32, String> {
+        &self.attached
+    }
+
+    /// The ring buffer of deny events (taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
+        take_map(&mut self.ebpf, MAP_EVENTS, RingBuf::try_from)
+    }
+
+    pub fn take_counters(&mut self) -> Result<aya::maps::PerCpuArray<MapData, u64>, DatapathError> {
+        take_map(&mut self.ebpf, MAP_COUNTERS, aya::maps::PerCpuArray::try_from)
+    }
+
+    pub fn take_conntrack(
+        &mut self,
+    ) -> Result<HashMap<MapData, palisade_common::CtKey, palisade_common::CtValue>, DatapathError> {
+        take_map(&mut self.ebpf, MAP_CONNTRACK, HashMap::try_from)
+    }
+
+    /// Attaches both tc programs to an interface. An interface that already
+    /// carries our pinned links gets the new programs swapped in atomically
+    /// (no packet is ever unjudged); otherwise new TCX links are made and pinned.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        for (hook, prog_name, tc) in [
+            (Hook::FromPod, PROG_FROM_POD, TcAttachType::Ingress),
+            (Hook::ToPod, PROG_TO_POD, TcAttachType::Egress),
+        ] {
+            let path = self.pins.link(ifname, ifindex, hook);
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog_name)
+                .ok_or(DatapathError::MissingProgram(prog_name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name: prog_name, source })?;
+            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach { ifname: ifname.to_string(), hook: hook.name(), source: e };
+            if path.exists() {
+                let pinned = PinnedLink::from_pin(&path)
+                    .map_err(|e| DatapathError::Pin { path: path.clone(), source: Box::new(e) })?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| attach_err(Box::new(e)))?;
+                let id = prog.attach_to_link(link).map_err(|e| attach_err(Box::new(e)))?;
+                // The pin keeps the link; our handle can go.
+                let _ = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+                debug!(ifname, hook = hook.name(), "replaced program in pinned link");
+            } else {
+                let id = prog
+                    .attach_with_options(ifname, tc, TcAttachOptions::TcxOrder(Default::default()))
+                    .map_err(|e| attach_err(Box::new(e)))?;
+                let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+                let fd: FdLink = link.try_into().map_err(|e: LinkError| attach_err(Box::new(e)))?;
+                fd.pin(&path).map_err(|e| DatapathError::Pin { path: path.clone(), source: Box::new(e) })?;
+                debug!(ifname, hook = hook.name(), "attached and pinned");
+            }
+        }
+        self.attached.insert(ifindex, ifname.to_string());
+        Ok(())
+    }
+
+    /// Removes the pins of interfaces that no longer exist (the kernel
+    /// dropped their links with the device) and forgets them.
+    pub fn forget_missing(&mut self, present: &BTreeSet<u32>) {
+        self.attached.retain(|ifindex, _| present.contains(ifindex));
+        for entry in std::fs::read_dir(self.pins.links()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ifindex = PinPaths::link_ifindex(&name);
+            if ifindex.is_some_and(|i| !present.contains(&i)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Detaches our programs from an interface and removes its pins.
+    pub fn detach(&mut self, ifname: &str, ifindex: u32) {
+        for hook in [Hook::FromPod, Hook::ToPod] {
+            let path = self.pins.link(ifname, ifindex, hook);
+            if let Ok(pinned) = PinnedLink::from_pin(&path) {
+                // Unpinning drops the last reference: the kernel detaches.
+                let _ = pinned.unpin();
+            }
+        }
+        self.attached.remove(&ifindex);
+    }
+
+    /// Attaches the metadata block (connect/sendmsg hooks) to a cgroup.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_path_buf(), source })?;
+        let ino = std::os::unix::fs::MetadataExt::ino(
+            &file.metadata().map_err(|source| DatapathError::Cgroup { path: cgroup.to_path_buf(), source })?,
+        );
+        for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
+            let path = self.pins.cgroup_link(ino, name);
+            if path.exists() {
+                continue;
+            }
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach { ifname: cgroup.display().to_string(), hook: name, source: e };
+            let id = prog.attach(file.as_fd(), CgroupAttachMode::AllowMultiple).map_err(|e| attach_err(Box::new(e)))?;
+            let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| attach_err(Box::new(e)))?;
+            fd.pin(&path).map_err(|e| DatapathError::Pin { path: path.clone(), source: Box::new(e) })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the metadata block from a cgroup.
+    pub fn detach_cgroup(&mut self, cgroup_ino: u64) {
+        for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
+            if let Ok(pinned) = PinnedLink::from_pin(self.pins.cgroup_link(cgroup_ino, name)) {
+                let _ = pinned.unpin();
+            }
+        }
+    }
+
+    /// Removes every pin: programs detach, maps go when unreferenced.
+    pub fn uninstall(pins: &PinPaths) -> io::Result<()> {
+        match std::fs::remove_dir_all(pins.root()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+}

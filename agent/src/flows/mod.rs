@@ -1,0 +1,96 @@
+//! Deny events: decode (pure), attribute to pods and policies (pure),
+//! aggregate per flow and rate-limit (pure, clock passed in), print.
+
+pub mod log;
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use palisade_common::{DenyEvent, Reason, endpoint_flags};
+use serde::Serialize;
+
+use crate::{
+    dataplane::wire,
+    model::{Model, ObjectRef, Protocol},
+    policy::{DesiredState, Direction, profile},
+};
+
+/// One side of a denied flow.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Side {
+    pub ip: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `namespace/name` of the pod holding the address, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// A denied flow, attributed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Denial {
+    pub direction: Direction,
+    pub protocol: String,
+    pub src: Side,
+    pub dst: Side,
+    /// `default-deny`, `metadata-block`, or `policy` (isolated by `policies`).
+    pub reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+}
+
+fn protocol_name(p: u8) -> String {
+    match Protocol::from_number(p) {
+        Some(p) => p.to_string(),
+        None => match p {
+            palisade_common::PROTO_ICMP => "ICMP".into(),
+            palisade_common::PROTO_ICMPV6 => "ICMPv6".into(),
+            n => format!("proto-{n}"),
+        },
+    }
+}
+
+/// Addresses of pods, for naming the sides of a flow.
+pub fn pods_by_ip(model: &Model) -> BTreeMap<IpAddr, ObjectRef> {
+    model
+        .pods
+        .values()
+        .filter(|p| !p.host_network)
+        .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p.key())))
+        .collect()
+}
+
+/// Attributes an event using the state that was programmed when it fired.
+pub fn attribute(ev: &DenyEvent, state: &DesiredState, pods: &BTreeMap<IpAddr, ObjectRef>) -> Denial {
+    let dir = Direction::from_wire(ev.dir);
+    let ports = matches!(ev.proto, palisade_common::PROTO_TCP | palisade_common::PROTO_UDP | palisade_common::PROTO_SCTP);
+    let side = |addr: &[u8; 16], port: u16| {
+        let ip = wire::ip(addr);
+        Side { ip, port: ports.then_some(port), pod: pods.get(&ip).map(ToString::to_string) }
+    };
+    let mut src = side(&ev.saddr, ev.sport());
+    let dst = side(&ev.daddr, ev.dport());
+    if ev.from_cgroup != 0 {
+        src.pod = Some(format!("cgroup:{}", ev.cgroup));
+    }
+    let (reason, policies) = match Reason::from_u8(ev.reason) {
+        Some(Reason::MetadataBlock) => (profile::METADATA_BLOCK.to_string(), Vec::new()),
+        _ => {
+            let isolated_by: Vec<String> = state
+                .endpoint_info
+                .get(&ev.endpoint)
+                .map(|i| i.isolated_by(dir).iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            let default_bit = match dir {
+                Direction::Ingress => endpoint_flags::INGRESS_DEFAULT_DENY,
+                Direction::Egress => endpoint_flags::EGRESS_DEFAULT_DENY,
+            };
+            let only_default = state.maps.endpoints.values().any(|e| e.id == ev.endpoint && e.flags & default_bit != 0);
+            if only_default {
+                (profile::DEFAULT_DENY.to_string(), Vec::new())
+            } else {
+                ("policy".to_string(), isolated_by)
+            }
+        }
+    };
+    Denial { direction: dir, protocol: protocol_name(ev.proto), src, dst, reason, policies }
+}

@@ -1,0 +1,203 @@
+//! The pure index: API objects in (apply / delete / reset), the engine's
+//! [`Model`] out. No I/O; every source (API server, directory) feeds it.
+
+mod convert;
+mod strict;
+
+use std::collections::BTreeMap;
+
+pub use convert::{ConvertError, namespace_from_api, pod_from_api};
+use k8s_openapi::api::{
+    core::v1::{Namespace as ApiNamespace, Pod as ApiPod},
+    networking::v1::NetworkPolicy,
+};
+pub use strict::unknown_fields;
+
+use crate::{
+    model::{Model, ObjectRef},
+    policy::types::{Policy, PolicyError},
+};
+
+/// An object the index understands.
+#[derive(Clone, Debug)]
+pub enum Object {
+    Namespace(Box<ApiNamespace>),
+    Pod(Box<ApiPod>),
+    NetworkPolicy(Box<NetworkPolicy>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        })
+    }
+}
+
+/// Kind plus namespace/name (namespace empty for cluster-scoped objects).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub object: ObjectRef,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.object.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.object.name)
+        } else {
+            write!(f, "{} {}", self.kind, self.object)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("{key}: {source}")]
+    Policy {
+        key: ObjectKey,
+        #[source]
+        source: PolicyError,
+    },
+    #[error("{key}: {source}")]
+    Convert {
+        key: ObjectKey,
+        #[source]
+        source: ConvertError,
+    },
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        let (kind, meta) = match self {
+            Object::Namespace(o) => (Kind::Namespace, &o.metadata),
+            Object::Pod(o) => (Kind::Pod, &o.metadata),
+            Object::NetworkPolicy(o) => (Kind::NetworkPolicy, &o.metadata),
+        };
+        ObjectKey {
+            kind,
+            object: ObjectRef::new(
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// The model plus the errors of objects that were rejected.
+#[derive(Debug, Default)]
+pub struct Index {
+    model: Model,
+    /// Objects whose latest version was rejected, with why. An earlier valid
+    /// version, if any, stays in force.
+    rejected: BTreeMap<ObjectKey, String>,
+}
+
+impl Index {
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn rejected(&self) -> &BTreeMap<ObjectKey, String> {
+        &self.rejected
+    }
+
+    /// Adds or replaces an object. An invalid object leaves the model as it
+    /// was (its last good version stays) and is reported.
+    pub fn apply(&mut self, obj: &Object) -> Result<(), IndexError> {
+        let key = obj.key();
+        let result = match obj {
+            Object::Namespace(ns) => namespace_from_api(ns).map(|ns| {
+                self.model.namespaces.insert(ns.name.clone(), ns);
+            }),
+            Object::Pod(pod) => pod_from_api(pod).map(|pod| match pod {
+                Some(pod) => {
+                    self.model.pods.insert(pod.key(), pod);
+                }
+                // Finished pods release their address: forget them.
+                None => {
+                    self.model.pods.remove(&key.object);
+                }
+            }),
+            Object::NetworkPolicy(np) => {
+                return match Policy::try_from(np.as_ref()) {
+                    Ok(p) => {
+                        self.rejected.remove(&key);
+                        self.model.policies.insert(key.object, p);
+                        Ok(())
+                    }
+                    Err(source) => {
+                        self.rejected.insert(key.clone(), source.to_string());
+                        Err(IndexError::Policy { key, source })
+                    }
+                };
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.rejected.remove(&key);
+                Ok(())
+            }
+            Err(source) => {
+                self.rejected.insert(key.clone(), source.to_string());
+                Err(IndexError::Convert { key, source })
+            }
+        }
+    }
+
+    pub fn delete(&mut self, key: &ObjectKey) {
+        self.rejected.remove(key);
+        match key.kind {
+            Kind::Namespace => {
+                self.model.namespaces.remove(&key.object.name);
+            }
+            Kind::Pod => {
+                self.model.pods.remove(&key.object);
+            }
+            Kind::NetworkPolicy => {
+                self.model.policies.remove(&key.object);
+            }
+        }
+    }
+
+    /// Replaces everything of `kind` with `objects` (a relist): what is
+    /// missing from the list is deleted. Returns the rejected objects' errors.
+    pub fn reset(&mut self, kind: Kind, objects: &[Object]) -> Vec<IndexError> {
+        let keep: std::collections::BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        let existing: Vec<ObjectKey> = match kind {
+            Kind::Namespace => self
+                .model
+                .namespaces
+                .keys()
+                .map(|n| ObjectKey { kind, object: ObjectRef::new("", n) })
+                .collect(),
+            Kind::Pod => self.model.pods.keys().map(|r| ObjectKey { kind, object: r.clone() }).collect(),
+            Kind::NetworkPolicy => self
+                .model
+                .policies
+                .keys()
+                .map(|r| ObjectKey { kind, object: r.clone() })
+                .collect(),
+        };
+        for k in existing {
+            if !keep.contains(&k) {
+                self.delete(&k);
+            }
+        }
+        self.rejected.retain(|k, _| k.kind != kind || keep.contains(k));
+        objects
+            .iter()
+            .filter(|o| o.key().kind == kind)
+            .filter_map(|o| self.apply(o).err())
+            .collect()
+    }
+}

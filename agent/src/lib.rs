@@ -1,0 +1,15 @@
+//! Palisade: Kubernetes NetworkPolicy enforced by eBPF on each node.
+//!
+//! Data flows one way: `source` -> `index` -> `policy` (compile, diff) ->
+//! `dataplane` (kernel); deny events flow back through `flows`.
+
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod flows;
+pub mod index;
+pub mod model;
+pub mod policy;
+pub mod source;
+pub mod status;
+pub mod sync;

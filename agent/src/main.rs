@@ -1,0 +1,189 @@
+//! `palisade`: the node agent and its command-line tools.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use palisade_agent::{
+    config::FileConfig,
+    daemon::{self, LogFormat},
+    dataplane::{Datapath, PinPaths, paths::DEFAULT_ROOT},
+    flows::log::LogSettings,
+    index::Index,
+    model::Node,
+    policy::{Direction, compile},
+    source::dir::DirSource,
+};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "eBPF NetworkPolicy enforcement for Kubernetes nodes")]
+struct Cli {
+    /// Format of the agent's own logs (stderr).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "PALISADE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent.
+    Agent(AgentArgs),
+    /// Print what the agent would program for a node (no kernel needed).
+    Compile {
+        /// Directory of YAML objects.
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        #[arg(long = "node-address")]
+        node_addresses: Vec<IpAddr>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove every pinned program and map (enforcement stops).
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        pin_root: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Standalone mode: a directory of YAML objects (Namespaces, Pods with
+    /// status.podIP and spec.nodeName, NetworkPolicies) is the cluster.
+    #[arg(long)]
+    source: PathBuf,
+    /// This node's name; pods with this spec.nodeName are enforced here.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The node's own addresses (default: every address of this network namespace).
+    #[arg(long = "node-address")]
+    node_addresses: Vec<IpAddr>,
+    /// Agent settings (YAML); flags below override it.
+    #[arg(long, env = "PALISADE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    pin_root: PathBuf,
+    /// Write the programmed revision and attachments here (JSON).
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Attach only to veths with these name prefixes (default: every veth).
+    #[arg(long = "interface-prefix")]
+    interface_prefixes: Vec<String>,
+    #[arg(long)]
+    default_deny: Option<bool>,
+    #[arg(long)]
+    block_metadata: Option<bool>,
+    /// Format of deny records on stdout.
+    #[arg(long, value_enum, default_value = "json")]
+    deny_log: LogFormat,
+    /// Seconds a flow must be quiet before its deny record is written.
+    #[arg(long, default_value = "2")]
+    deny_idle_secs: f64,
+    /// Deny records per second (token bucket rate; burst is 4x).
+    #[arg(long, default_value = "50")]
+    deny_rate: f64,
+    /// How often the source and interfaces are checked, in milliseconds.
+    #[arg(long, default_value = "200")]
+    poll_ms: u64,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr)).init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).init(),
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+    Ok(match path {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Agent(a) => {
+            let mut cfg = load_config(a.config.as_ref())?;
+            if let Some(v) = a.default_deny {
+                cfg.profile.default_deny = v;
+            }
+            if let Some(v) = a.block_metadata {
+                cfg.profile.block_metadata = v;
+            }
+            let mut prefixes = cfg.interface_prefixes.clone();
+            prefixes.extend(a.interface_prefixes);
+            daemon::run(daemon::Options {
+                source: a.source,
+                node_name: a.node_name,
+                node_addresses: a.node_addresses,
+                pins: PinPaths::new(a.pin_root),
+                status_file: a.status_file,
+                interface_prefixes: prefixes,
+                profile: cfg.profile,
+                deny_log: a.deny_log,
+                log_settings: LogSettings {
+                    idle: Duration::from_secs_f64(a.deny_idle_secs),
+                    rate: a.deny_rate,
+                    burst: a.deny_rate * 4.0,
+                    ..Default::default()
+                },
+                poll: Duration::from_millis(a.poll_ms),
+            })
+            .await
+        }
+        Command::Compile { source, node_name, node_addresses, config } => {
+            let cfg = load_config(config.as_ref())?;
+            let snapshot = DirSource::new(&source).read().context("reading source")?;
+            for e in &snapshot.errors {
+                eprintln!("rejected: {e}");
+            }
+            let mut index = Index::default();
+            for o in &snapshot.objects {
+                if let Err(e) = index.apply(o) {
+                    eprintln!("rejected: {e}");
+                }
+            }
+            let node = Node { name: node_name, addresses: node_addresses };
+            let state = compile(index.model(), &node, &cfg.profile);
+            for (id, info) in &state.endpoint_info {
+                let pod = info.pod.as_ref().map(ToString::to_string).unwrap_or_default();
+                println!("endpoint {id} {pod}");
+                for dir in Direction::BOTH {
+                    let by: Vec<String> = info.isolated_by(dir).iter().map(ToString::to_string).collect();
+                    if by.is_empty() {
+                        println!("  {dir}: not isolated");
+                    } else {
+                        println!("  {dir}: isolated by {}", by.join(", "));
+                    }
+                }
+            }
+            println!("ipcache:");
+            for (net, e) in &state.maps.ipcache {
+                println!("  {net} -> identity {} flags {:#x}", e.identity, e.flags);
+            }
+            println!("policy:");
+            for (k, rule) in &state.maps.policy {
+                let r = state.rules.get(rule).map(ToString::to_string).unwrap_or_default();
+                println!(
+                    "  ep {} {} proto {} identity {} port {}/{} <- {r}",
+                    k.endpoint, k.dir, k.proto, k.identity, k.port, k.port_bits
+                );
+            }
+            Ok(())
+        }
+        Command::Uninstall { pin_root } => {
+            Datapath::uninstall(&PinPaths::new(&pin_root)).with_context(|| format!("removing {}", pin_root.display()))?;
+            eprintln!("removed {}", pin_root.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The cluster as the policy engine sees it: only the fields that matter for
+//! enforcement, already validated. Built by the index from API objects.
+
+use std::{borrow::Cow, collections::BTreeMap, fmt, net::IpAddr};
+
+use crate::policy::types::Policy;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// The label every namespace carries with its own name (Kubernetes >= 1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => palisade_common::PROTO_TCP,
+            Protocol::Udp => palisade_common::PROTO_UDP,
+            Protocol::Sctp => palisade_common::PROTO_SCTP,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            palisade_common::PROTO_TCP => Some(Protocol::Tcp),
+            palisade_common::PROTO_UDP => Some(Protocol::Udp),
+            palisade_common::PROTO_SCTP => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Parses the API spelling (`TCP`, `UDP`, `SCTP`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Includes [`NAMESPACE_NAME_LABEL`].
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    /// Empty until the pod has an address; such a pod is neither endpoint nor peer.
+    pub ips: Vec<IpAddr>,
+    pub node: String,
+    pub host_network: bool,
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef::new(&self.namespace, &self.name)
+    }
+
+    /// The number a named port stands for on this pod, for one protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+}
+
+/// This node: its name (pods are local when `spec.nodeName` equals it) and
+/// its own addresses (traffic from them to local pods is always allowed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Everything the compiler reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<ObjectRef, Pod>,
+    pub policies: BTreeMap<ObjectRef, Policy>,
+}
+
+impl Model {
+    /// Labels of a namespace; a namespace not (yet) seen has only its name label,
+    /// which is what the API server would give it.
+    pub fn namespace_labels(&self, name: &str) -> Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(ns) => Cow::Borrowed(&ns.labels),
+            None => Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                name.to_string(),
+            )])),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The pure policy engine: validated policies in, datapath map contents out.
+//! No kernel, no cluster: everything here is testable in-process.
+
+pub mod alloc;
+pub mod compile;
+pub mod profile;
+pub mod reference;
+pub mod selector;
+pub mod sim;
+pub mod state;
+pub mod types;
+
+pub use compile::{Compiler, compile};
+pub use profile::Profile;
+pub use state::{DesiredState, Direction, MapOp, MapWriter, Maps, diff};

@@ -1,0 +1,138 @@
+//! An independent reference evaluator, written straight from the
+//! NetworkPolicy API text, with no identities, maps or caches. The compiler
+//! is checked against it (see the tests in `tests/`).
+
+use std::net::IpAddr;
+
+use super::{
+    profile::{Profile, metadata_prefixes},
+    types::{NamespaceScope, Peer, Policy, PortRef, Rule, in_block},
+};
+use crate::model::{Model, Pod, Protocol};
+
+/// One side of a connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Party<'a> {
+    Pod(&'a Pod, IpAddr),
+    /// The node the server pod runs on.
+    Node(IpAddr),
+    External(IpAddr),
+}
+
+impl Party<'_> {
+    fn ip(&self) -> IpAddr {
+        match *self {
+            Party::Pod(_, ip) | Party::Node(ip) | Party::External(ip) => ip,
+        }
+    }
+
+    fn pod(&self) -> Option<&Pod> {
+        match self {
+            Party::Pod(p, _) if !p.host_network => Some(p),
+            _ => None,
+        }
+    }
+}
+
+fn all_policies(model: &Model, profile: &Profile, namespace: &str) -> Vec<Policy> {
+    model
+        .policies
+        .values()
+        .filter(|p| p.namespace == namespace)
+        .cloned()
+        .chain(profile.policies_for(namespace))
+        .collect()
+}
+
+/// "A connection from a source pod to a destination pod requires both the
+/// egress policy on the source and the ingress policy on the destination."
+pub fn allowed(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_>, protocol: Protocol, port: u16) -> bool {
+    egress_allows(model, profile, src, dst, protocol, port) && ingress_allows(model, profile, src, dst, protocol, port)
+}
+
+fn peer_matches(model: &Model, policy: &Policy, peer: &Peer, other: Party<'_>) -> bool {
+    match peer {
+        Peer::IpBlock { cidr, except } => in_block(other.ip(), cidr, except),
+        Peer::Pods { namespaces, pods } => {
+            let Some(pod) = other.pod() else {
+                return false;
+            };
+            let ns_ok = match namespaces {
+                NamespaceScope::Own(ns) => *ns == pod.namespace && *ns == policy.namespace,
+                NamespaceScope::Selected(sel) => sel.matches(&model.namespace_labels(&pod.namespace)),
+            };
+            ns_ok && pods.matches(&pod.labels)
+        }
+    }
+}
+
+/// Whether `rule` admits `other` on `port`, named ports resolved on `server`.
+fn rule_matches(model: &Model, policy: &Policy, rule: &Rule, other: Party<'_>, server: Option<&Pod>, protocol: Protocol, port: u16) -> bool {
+    let peer_ok = rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(model, policy, p, other));
+    let port_ok = rule.ports.is_empty()
+        || rule.ports.iter().any(|spec| {
+            spec.protocol == protocol
+                && match &spec.port {
+                    None => true,
+                    Some(PortRef::Range { start, end }) => (*start..=*end).contains(&port),
+                    Some(PortRef::Named(name)) => server.and_then(|s| s.named_port(name, protocol)) == Some(port),
+                }
+        });
+    peer_ok && port_ok
+}
+
+fn egress_allows(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_>, protocol: Protocol, port: u16) -> bool {
+    let Some(pod) = src.pod() else {
+        return true;
+    };
+    let selecting: Vec<Policy> = all_policies(model, profile, &pod.namespace)
+        .into_iter()
+        .filter(|p| p.pod_selector.matches(&pod.labels))
+        .collect();
+    // The metadata block: only an ipBlock naming the address exactly opens it.
+    let ns_labels = model.namespace_labels(&pod.namespace);
+    if profile.block_metadata
+        && !profile.metadata_opted_out(&pod.labels, &ns_labels)
+        && metadata_prefixes().iter().any(|m| m.contains(&dst.ip()))
+    {
+        return selecting.iter().any(|p| {
+            p.egress.iter().flatten().any(|r| {
+                r.peers.iter().any(|peer| {
+                    matches!(peer, Peer::IpBlock { cidr, except }
+                        if metadata_prefixes().contains(cidr) && in_block(dst.ip(), cidr, except))
+                }) && rule_matches(
+                    model,
+                    p,
+                    &Rule { peers: Vec::new(), ports: r.ports.clone() },
+                    dst,
+                    dst.pod(),
+                    protocol,
+                    port,
+                )
+            })
+        });
+    }
+    let isolating: Vec<&Policy> = selecting.iter().filter(|p| p.egress.is_some()).collect();
+    if isolating.is_empty() {
+        return true;
+    }
+    isolating
+        .iter()
+        .any(|p| p.egress.iter().flatten().any(|r| rule_matches(model, p, r, dst, dst.pod(), protocol, port)))
+}
+
+fn ingress_allows(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_>, protocol: Protocol, port: u16) -> bool {
+    let Some(pod) = dst.pod() else {
+        return true;
+    };
+    let isolating: Vec<Policy> = all_policies(model, profile, &pod.namespace)
+        .into_iter()
+        .filter(|p| p.ingress.is_some() && p.pod_selector.matches(&pod.labels))
+        .collect();
+    if isolating.is_empty() || matches!(src, Party::Node(_)) {
+        return true;
+    }
+    isolating
+        .iter()
+        .any(|p| p.ingress.iter().flatten().any(|r| rule_matches(model, p, r, src, Some(pod), protocol, port)))
+}

@@ -1,0 +1,232 @@
+//! The compiled desired state of the datapath maps, its diff, and the
+//! writer that applies map operations.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use ipnet::IpNet;
+use palisade_common::{DIR_EGRESS, DIR_INGRESS};
+
+use super::types::PolicyOrigin;
+use crate::model::ObjectRef;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub fn wire(self) -> u8 {
+        match self {
+            Direction::Ingress => DIR_INGRESS,
+            Direction::Egress => DIR_EGRESS,
+        }
+    }
+
+    pub fn from_wire(v: u8) -> Self {
+        if v == DIR_EGRESS {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointEntry {
+    pub id: u32,
+    pub flags: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpcacheEntry {
+    pub identity: u32,
+    pub flags: u32,
+}
+
+/// A policy map key in logical form (host byte order). `proto == 0` means any
+/// protocol and any port (then `port == 0` and `port_bits == 0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub endpoint: u32,
+    pub dir: Direction,
+    pub proto: u8,
+    pub identity: u32,
+    pub port: u16,
+    /// How many leading bits of `port` must match (16: exactly `port`).
+    pub port_bits: u8,
+}
+
+impl PolicyKey {
+    /// Whether this entry matches a concrete port.
+    pub fn covers_port(&self, port: u16) -> bool {
+        if self.port_bits == 0 {
+            return true;
+        }
+        let shift = 16 - u32::from(self.port_bits);
+        (port >> shift) == (self.port >> shift)
+    }
+}
+
+/// Where a map entry came from, for deny logs and `explain`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct RuleRef {
+    pub origin: PolicyOrigin,
+    pub dir: Direction,
+    pub index: usize,
+}
+
+impl fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}[{}]", self.origin, self.dir, self.index)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointInfo {
+    pub pod: Option<ObjectRef>,
+    /// Policies that isolate the endpoint, per direction; empty: not isolated.
+    pub ingress_isolated_by: Vec<PolicyOrigin>,
+    pub egress_isolated_by: Vec<PolicyOrigin>,
+}
+
+impl EndpointInfo {
+    pub fn isolated_by(&self, dir: Direction) -> &[PolicyOrigin] {
+        match dir {
+            Direction::Ingress => &self.ingress_isolated_by,
+            Direction::Egress => &self.egress_isolated_by,
+        }
+    }
+}
+
+/// What an identity stands for, for logs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum IdentityInfo {
+    Pods { namespace: String, labels: BTreeMap<String, String> },
+    Cidr(IpNet),
+    Host,
+    Metadata,
+}
+
+/// Everything the datapath maps should hold, plus what explains it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub maps: Maps,
+    pub endpoint_info: BTreeMap<u32, EndpointInfo>,
+    pub rules: BTreeMap<u32, RuleRef>,
+    pub identities: BTreeMap<u32, IdentityInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    UpsertPolicy(PolicyKey, u32),
+    UpsertIpcache(IpNet, IpcacheEntry),
+    UpsertEndpoint(IpAddr, EndpointEntry),
+    DeleteEndpoint(IpAddr),
+    DeleteIpcache(IpNet),
+    DeletePolicy(PolicyKey),
+}
+
+/// Operations that turn `old` into `new`, ordered so that no packet sees a
+/// state stricter than both: new allow rules first, then identities and
+/// endpoints, removals last.
+pub fn diff(old: &Maps, new: &Maps) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    upserts(&old.policy, &new.policy, &mut ops, |k, v| MapOp::UpsertPolicy(*k, *v));
+    upserts(&old.ipcache, &new.ipcache, &mut ops, |k, v| MapOp::UpsertIpcache(*k, *v));
+    upserts(&old.endpoints, &new.endpoints, &mut ops, |k, v| MapOp::UpsertEndpoint(*k, *v));
+    removals(&old.endpoints, &new.endpoints, &mut ops, |k| MapOp::DeleteEndpoint(*k));
+    removals(&old.ipcache, &new.ipcache, &mut ops, |k| MapOp::DeleteIpcache(*k));
+    removals(&old.policy, &new.policy, &mut ops, |k| MapOp::DeletePolicy(*k));
+    ops
+}
+
+fn upserts<K: Ord, V: PartialEq>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    ops: &mut Vec<MapOp>,
+    op: impl Fn(&K, &V) -> MapOp,
+) {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            ops.push(op(k, v));
+        }
+    }
+}
+
+fn removals<K: Ord, V>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    ops: &mut Vec<MapOp>,
+    op: impl Fn(&K) -> MapOp,
+) {
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            ops.push(op(k));
+        }
+    }
+}
+
+/// Applies map operations: aya maps in the agent, [`Maps`] in tests.
+pub trait MapWriter {
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error>;
+}
+
+/// The contents of the three policy maps, in logical form. Also the
+/// in-memory [`MapWriter`]: the agent's mirror of the kernel, and the fake in tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maps {
+    pub endpoints: BTreeMap<IpAddr, EndpointEntry>,
+    pub ipcache: BTreeMap<IpNet, IpcacheEntry>,
+    pub policy: BTreeMap<PolicyKey, u32>,
+}
+
+impl MapWriter for Maps {
+    type Error = std::convert::Infallible;
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), Self::Error> {
+        match op {
+            MapOp::UpsertPolicy(k, v) => {
+                self.policy.insert(*k, *v);
+            }
+            MapOp::UpsertIpcache(k, v) => {
+                self.ipcache.insert(*k, *v);
+            }
+            MapOp::UpsertEndpoint(k, v) => {
+                self.endpoints.insert(*k, *v);
+            }
+            MapOp::DeleteEndpoint(k) => {
+                self.endpoints.remove(k);
+            }
+            MapOp::DeleteIpcache(k) => {
+                self.ipcache.remove(k);
+            }
+            MapOp::DeletePolicy(k) => {
+                self.policy.remove(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Maps {
+    pub fn len(&self) -> usize {
+        self.endpoints.len() + self.ipcache.len() + self.policy.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

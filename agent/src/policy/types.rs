@@ -1,0 +1,373 @@
+//! NetworkPolicy (networking.k8s.io/v1) validated into the engine's types.
+//! Validation happens once, here; the compiler never sees an invalid policy.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::{
+    api::networking::v1::{
+        IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
+        NetworkPolicyPeer, NetworkPolicyPort,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::selector::{Selector, SelectorError};
+use crate::model::{ObjectRef, Protocol};
+
+/// Who a policy came from: a NetworkPolicy object, or one of the agent's
+/// built-in profiles (default deny, DNS, metadata block).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum PolicyOrigin {
+    NetworkPolicy(ObjectRef),
+    Profile(&'static str),
+}
+
+impl std::fmt::Display for PolicyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PolicyOrigin::NetworkPolicy(r) => write!(f, "{r}"),
+            PolicyOrigin::Profile(name) => f.write_str(name),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub origin: PolicyOrigin,
+    pub namespace: String,
+    pub pod_selector: Selector,
+    /// `None`: the policy does not apply to ingress (policyTypes). `Some`,
+    /// even empty: selected pods are isolated for ingress and these rules allow.
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Rule {
+    /// Empty: every peer.
+    pub peers: Vec<Peer>,
+    /// Empty: every port of every protocol.
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Pods selected by `pods` in the namespaces of `namespaces`.
+    Pods {
+        namespaces: NamespaceScope,
+        pods: Selector,
+    },
+    IpBlock {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// The policy's own namespace (peer without namespaceSelector).
+    Own(String),
+    Selected(Selector),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    /// `None`: every port of the protocol.
+    pub port: Option<PortRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortRef {
+    /// An inclusive range; a single port is `start == end`.
+    Range { start: u16, end: u16 },
+    /// A named container port, resolved against the pod that serves it.
+    Named(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("metadata.name and metadata.namespace are required")]
+    MissingName,
+    #[error("spec is required")]
+    MissingSpec,
+    #[error("{field}: {source}")]
+    Selector {
+        field: String,
+        #[source]
+        source: SelectorError,
+    },
+    #[error("{field}: unknown policyType {value:?} (want Ingress or Egress)")]
+    PolicyType { field: String, value: String },
+    #[error("{field}: unknown protocol {value:?} (want TCP, UDP or SCTP)")]
+    Protocol { field: String, value: String },
+    #[error("{field}: port {value} out of range 1-65535")]
+    PortRange { field: String, value: i64 },
+    #[error("{field}: endPort {end} is smaller than port {start}")]
+    EndPortBeforePort { field: String, start: u16, end: i32 },
+    #[error("{field}: endPort needs a numeric port")]
+    EndPortWithoutNumber { field: String },
+    #[error("{field}: invalid port name {value:?}")]
+    PortName { field: String, value: String },
+    #[error("{field}: invalid CIDR {value:?}")]
+    Cidr { field: String, value: String },
+    #[error("{field}: except {except} is not inside cidr {cidr}")]
+    ExceptOutside {
+        field: String,
+        cidr: IpNet,
+        except: IpNet,
+    },
+    #[error("{field}: ipBlock cannot be combined with podSelector or namespaceSelector")]
+    MixedPeer { field: String },
+    #[error("{field}: a peer needs podSelector, namespaceSelector or ipBlock")]
+    EmptyPeer { field: String },
+}
+
+impl TryFrom<&NetworkPolicy> for Policy {
+    type Error = PolicyError;
+
+    fn try_from(np: &NetworkPolicy) -> Result<Self, PolicyError> {
+        let (Some(name), Some(namespace)) = (&np.metadata.name, &np.metadata.namespace) else {
+            return Err(PolicyError::MissingName);
+        };
+        let spec = np.spec.as_ref().ok_or(PolicyError::MissingSpec)?;
+        let pod_selector = selector("spec.podSelector", spec.pod_selector.as_ref())?;
+
+        // policyTypes: given, or Ingress plus Egress when egress rules exist.
+        let (has_ingress, has_egress) = match &spec.policy_types {
+            Some(types) if !types.is_empty() => {
+                let mut i = false;
+                let mut e = false;
+                for (n, t) in types.iter().enumerate() {
+                    match t.as_str() {
+                        "Ingress" => i = true,
+                        "Egress" => e = true,
+                        other => {
+                            return Err(PolicyError::PolicyType {
+                                field: format!("spec.policyTypes[{n}]"),
+                                value: other.to_string(),
+                            });
+                        }
+                    }
+                }
+                (i, e)
+            }
+            _ => (true, spec.egress.is_some()),
+        };
+
+        let ingress = if has_ingress {
+            let rules = spec.ingress.as_deref().unwrap_or_default();
+            Some(
+                rules
+                    .iter()
+                    .enumerate()
+                    .map(|(n, r)| ingress_rule(namespace, n, r))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            None
+        };
+        let egress = if has_egress {
+            let rules = spec.egress.as_deref().unwrap_or_default();
+            Some(
+                rules
+                    .iter()
+                    .enumerate()
+                    .map(|(n, r)| egress_rule(namespace, n, r))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            None
+        };
+        Ok(Policy {
+            origin: PolicyOrigin::NetworkPolicy(ObjectRef::new(namespace, name)),
+            namespace: namespace.clone(),
+            pod_selector,
+            ingress,
+            egress,
+        })
+    }
+}
+
+fn selector(
+    field: &str,
+    sel: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+) -> Result<Selector, PolicyError> {
+    match sel {
+        None => Ok(Selector::everything()),
+        Some(s) => Selector::from_api(s).map_err(|source| PolicyError::Selector {
+            field: field.to_string(),
+            source,
+        }),
+    }
+}
+
+fn ingress_rule(
+    namespace: &str,
+    n: usize,
+    r: &NetworkPolicyIngressRule,
+) -> Result<Rule, PolicyError> {
+    let field = format!("spec.ingress[{n}]");
+    rule(namespace, &field, "from", r.from.as_deref(), r.ports.as_deref())
+}
+
+fn egress_rule(namespace: &str, n: usize, r: &NetworkPolicyEgressRule) -> Result<Rule, PolicyError> {
+    let field = format!("spec.egress[{n}]");
+    rule(namespace, &field, "to", r.to.as_deref(), r.ports.as_deref())
+}
+
+fn rule(
+    namespace: &str,
+    field: &str,
+    peers_name: &str,
+    peers: Option<&[NetworkPolicyPeer]>,
+    ports: Option<&[NetworkPolicyPort]>,
+) -> Result<Rule, PolicyError> {
+    let peers = peers
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| peer(namespace, &format!("{field}.{peers_name}[{i}]"), p))
+        .collect::<Result<_, _>>()?;
+    let ports = ports
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| port(&format!("{field}.ports[{i}]"), p))
+        .collect::<Result<_, _>>()?;
+    Ok(Rule { peers, ports })
+}
+
+fn peer(namespace: &str, field: &str, p: &NetworkPolicyPeer) -> Result<Peer, PolicyError> {
+    match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
+        (Some(block), None, None) => ip_block(&format!("{field}.ipBlock"), block),
+        (Some(_), _, _) => Err(PolicyError::MixedPeer {
+            field: field.to_string(),
+        }),
+        (None, None, None) => Err(PolicyError::EmptyPeer {
+            field: field.to_string(),
+        }),
+        (None, pods, namespaces) => {
+            let pods = selector(&format!("{field}.podSelector"), pods.as_ref())?;
+            let namespaces = match namespaces {
+                None => NamespaceScope::Own(namespace.to_string()),
+                Some(ns) => NamespaceScope::Selected(selector(
+                    &format!("{field}.namespaceSelector"),
+                    Some(ns),
+                )?),
+            };
+            Ok(Peer::Pods { namespaces, pods })
+        }
+    }
+}
+
+fn parse_cidr(field: &str, s: &str) -> Result<IpNet, PolicyError> {
+    // The API accepts a bare address as a host route? It does not: a CIDR is required.
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| PolicyError::Cidr {
+            field: field.to_string(),
+            value: s.to_string(),
+        })
+}
+
+fn ip_block(field: &str, b: &IPBlock) -> Result<Peer, PolicyError> {
+    let cidr = parse_cidr(&format!("{field}.cidr"), &b.cidr)?;
+    let mut except = Vec::new();
+    for (i, e) in b.except.iter().flatten().enumerate() {
+        let f = format!("{field}.except[{i}]");
+        let e = parse_cidr(&f, e)?;
+        if !cidr.contains(&e) {
+            return Err(PolicyError::ExceptOutside {
+                field: f,
+                cidr,
+                except: e,
+            });
+        }
+        except.push(e);
+    }
+    except.sort();
+    except.dedup();
+    Ok(Peer::IpBlock { cidr, except })
+}
+
+fn port(field: &str, p: &NetworkPolicyPort) -> Result<PortSpec, PolicyError> {
+    let protocol = match p.protocol.as_deref() {
+        None => Protocol::Tcp,
+        Some(s) => Protocol::parse(s).ok_or_else(|| PolicyError::Protocol {
+            field: format!("{field}.protocol"),
+            value: s.to_string(),
+        })?,
+    };
+    let port = match (&p.port, p.end_port) {
+        (None, None) => None,
+        (None, Some(_)) | (Some(IntOrString::String(_)), Some(_)) => {
+            return Err(PolicyError::EndPortWithoutNumber {
+                field: field.to_string(),
+            });
+        }
+        (Some(IntOrString::Int(n)), end) => {
+            let start = port_number(&format!("{field}.port"), i64::from(*n))?;
+            let end = match end {
+                None => start,
+                Some(e) => {
+                    let end = port_number(&format!("{field}.endPort"), i64::from(e))?;
+                    if end < start {
+                        return Err(PolicyError::EndPortBeforePort {
+                            field: field.to_string(),
+                            start,
+                            end: e,
+                        });
+                    }
+                    end
+                }
+            };
+            Some(PortRef::Range { start, end })
+        }
+        (Some(IntOrString::String(s)), None) => {
+            // A string that is a number is a number (IntOrString from YAML "80").
+            if let Ok(n) = s.parse::<i64>() {
+                Some(PortRef::Range {
+                    start: port_number(&format!("{field}.port"), n)?,
+                    end: port_number(&format!("{field}.port"), n)?,
+                })
+            } else if valid_port_name(s) {
+                Some(PortRef::Named(s.clone()))
+            } else {
+                return Err(PolicyError::PortName {
+                    field: format!("{field}.port"),
+                    value: s.clone(),
+                });
+            }
+        }
+    };
+    Ok(PortSpec { protocol, port })
+}
+
+fn port_number(field: &str, n: i64) -> Result<u16, PolicyError> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or(PolicyError::PortRange {
+            field: field.to_string(),
+            value: n,
+        })
+}
+
+/// IANA_SVC_NAME: 1-15 lowercase alphanumerics or '-', at least one letter,
+/// no leading, trailing or double '-'.
+fn valid_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().any(|c| c.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+/// Whether an address lies in an ipBlock.
+pub fn in_block(ip: IpAddr, cidr: &IpNet, except: &[IpNet]) -> bool {
+    cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+}

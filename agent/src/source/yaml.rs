@@ -1,0 +1,131 @@
+//! Kubernetes objects from YAML or JSON text: multi-document files and
+//! `kind: List`, strict about unknown fields.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::index::{Object, unknown_fields};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("{origin}: document {doc}: invalid YAML: {source}")]
+    Yaml {
+        origin: String,
+        doc: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("{origin}: document {doc}: {what}: {message}")]
+    Object {
+        origin: String,
+        doc: usize,
+        what: String,
+        message: String,
+    },
+}
+
+/// Every object in `text`, or why a document was rejected. Documents that
+/// are empty are skipped; kinds the agent does not enforce are rejected
+/// with their name, so a typo in `kind` is not silently ignored.
+pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>> {
+    let mut out = Vec::new();
+    for (doc, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value: serde_yaml::Value = match serde::Deserialize::deserialize(de) {
+            Ok(v) => v,
+            Err(source) => {
+                out.push(Err(ParseError::Yaml { origin: origin.to_string(), doc, source }));
+                // The stream cannot continue past a syntax error.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        let json = match serde_json::to_value(&value) {
+            Ok(j) => j,
+            Err(e) => {
+                out.push(Err(object_error(origin, doc, "document", e.to_string())));
+                continue;
+            }
+        };
+        if json.get("kind").and_then(Value::as_str) == Some("List") {
+            for item in json.get("items").and_then(Value::as_array).into_iter().flatten() {
+                out.push(object(origin, doc, item));
+            }
+        } else {
+            out.push(object(origin, doc, &json));
+        }
+    }
+    out
+}
+
+fn object_error(origin: &str, doc: usize, what: impl Into<String>, message: String) -> ParseError {
+    ParseError::Object { origin: origin.to_string(), doc, what: what.into(), message }
+}
+
+fn typed<T: DeserializeOwned + serde::Serialize>(origin: &str, doc: usize, what: &str, v: &Value) -> Result<T, ParseError> {
+    let t: T = serde_json::from_value(v.clone()).map_err(|e| object_error(origin, doc, what, e.to_string()))?;
+    let back = serde_json::to_value(&t).map_err(|e| object_error(origin, doc, what, e.to_string()))?;
+    let unknown = unknown_fields(v, &back);
+    if !unknown.is_empty() {
+        return Err(object_error(origin, doc, what, format!("unknown field(s): {}", unknown.join(", "))));
+    }
+    Ok(t)
+}
+
+fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
+    let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(|n| match v.pointer("/metadata/namespace").and_then(Value::as_str) {
+            Some(ns) => format!("{kind} {ns}/{n}"),
+            None => format!("{kind} {n}"),
+        })
+        .unwrap_or_else(|| format!("{kind} (unnamed)"));
+    match (api_version, kind) {
+        ("v1", "Namespace") => typed(origin, doc, &name, v).map(|o| Object::Namespace(Box::new(o))),
+        ("v1", "Pod") => typed(origin, doc, &name, v).map(|o| Object::Pod(Box::new(o))),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            typed(origin, doc, &name, v).map(|o| Object::NetworkPolicy(Box::new(o)))
+        }
+        _ => Err(object_error(
+            origin,
+            doc,
+            name,
+            format!("unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy)"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_multi_document_files_and_names_bad_ones() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec: {podSelecter: {}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: g}
+---
+"#;
+        let r = parse_objects("f.yaml", text);
+        assert_eq!(r.len(), 3);
+        assert!(matches!(r[0], Ok(Object::Namespace(_))));
+        let e1 = r[1].as_ref().err().map(ToString::to_string).unwrap_or_default();
+        assert!(e1.contains("NetworkPolicy x/p") && e1.contains("spec.podSelecter"), "{e1}");
+        let e2 = r[2].as_ref().err().map(ToString::to_string).unwrap_or_default();
+        assert!(e2.contains("unsupported"), "{e2}");
+    }
+}

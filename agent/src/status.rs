@@ -1,0 +1,38 @@
+//! What the agent has programmed, for people (`palisade status`) and for
+//! tests, which wait for a revision instead of sleeping.
+
+use std::{io, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// True once the first full sync is programmed.
+    pub ready: bool,
+    pub revision: u64,
+    /// Digest of the source directory the programmed state came from (hex).
+    pub source_digest: String,
+    /// Interfaces carrying the tc programs.
+    pub attached: Vec<String>,
+    /// Cgroups carrying the metadata block.
+    pub cgroups: Vec<String>,
+    pub endpoints: usize,
+    pub map_entries: usize,
+    /// Objects rejected by validation, with why.
+    pub rejected: Vec<String>,
+}
+
+impl Status {
+    /// Atomically replaces the file (write + rename), so readers never see half of it.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        std::fs::rename(tmp, path)
+    }
+
+    pub fn read(path: &Path) -> io::Result<Self> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(io::Error::other)
+    }
+}

@@ -1,0 +1,87 @@
+//! One sync: compile the model, diff against what the kernel holds, apply.
+//! Generic over the writer so the whole loop runs against the in-memory
+//! maps in tests.
+
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::{
+    model::{Model, Node},
+    policy::{Compiler, DesiredState, MapWriter, Maps, Profile, diff},
+};
+
+pub struct Syncer<W: MapWriter> {
+    compiler: Compiler,
+    writer: W,
+    /// What the kernel holds, as far as successful writes tell.
+    mirror: Maps,
+    state: DesiredState,
+    revision: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    pub revision: u64,
+    pub ops: usize,
+    pub failed: usize,
+    pub compile: Duration,
+    pub apply: Duration,
+}
+
+impl<W: MapWriter> Syncer<W> {
+    /// Starts from what the kernel already holds (pinned maps of a previous
+    /// run), so the first sync only changes what differs.
+    pub fn new(writer: W, observed: Maps) -> Self {
+        Self {
+            compiler: Compiler::default().above(&observed),
+            writer,
+            mirror: observed,
+            state: DesiredState::default(),
+            revision: 0,
+        }
+    }
+
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    pub fn mirror(&self) -> &Maps {
+        &self.mirror
+    }
+
+    pub fn writer_mut(&mut self) -> &mut W {
+        &mut self.writer
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Brings the maps to the model. A failed write is logged and counted;
+    /// the mirror keeps the kernel's real content, so the next sync retries it.
+    pub fn sync(&mut self, model: &Model, node: &Node, profile: &Profile) -> SyncReport {
+        let t0 = Instant::now();
+        let desired = self.compiler.compile(model, node, profile);
+        let compile = t0.elapsed();
+        let ops = diff(&self.mirror, &desired.maps);
+        let t1 = Instant::now();
+        let mut failed = 0;
+        for op in &ops {
+            match self.writer.apply(op) {
+                Ok(()) => {
+                    let _ = self.mirror.apply(op);
+                }
+                Err(e) => {
+                    failed += 1;
+                    warn!(error = %e, "map write failed");
+                }
+            }
+        }
+        self.state = desired;
+        self.revision += 1;
+        let report = SyncReport { revision: self.revision, ops: ops.len(), failed, compile, apply: t1.elapsed() };
+        debug!(?report, "synced");
+        report
+    }
+}

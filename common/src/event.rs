@@ -1,0 +1,95 @@
+//! The deny event the datapath sends through the ring buffer, with its
+//! encoder and decoder kept here so both sides are tested against real bytes.
+
+use crate::Addr;
+
+/// Why a packet was denied.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The endpoint is isolated in this direction and no rule allowed the peer.
+    Isolated = 1,
+    /// Egress to the cloud metadata address, blocked by the profile.
+    MetadataBlock = 2,
+}
+
+impl Reason {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Reason::Isolated),
+            2 => Some(Reason::MetadataBlock),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyEvent {
+    pub ts_ns: u64,
+    /// Cgroup id for events from cgroup hooks, 0 for tc.
+    pub cgroup: u64,
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub endpoint: u32,
+    pub identity: u32,
+    pub proto: u8,
+    pub dir: u8,
+    pub reason: u8,
+    /// 1 when the event came from a cgroup hook (hostNetwork process).
+    pub from_cgroup: u8,
+}
+
+pub const DENY_EVENT_SIZE: usize = core::mem::size_of::<DenyEvent>();
+const _: () = assert!(DENY_EVENT_SIZE == 64);
+
+impl DenyEvent {
+    /// Decode an event from the bytes of a ring buffer record.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < DENY_EVENT_SIZE {
+            return None;
+        }
+        // SAFETY: length checked; DenyEvent is plain data valid for any bytes.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) })
+    }
+
+    /// The bytes of this event as the kernel writes them.
+    pub fn as_bytes(&self) -> &[u8; DENY_EVENT_SIZE] {
+        // SAFETY: repr(C) plain data without implicit padding (size asserted).
+        unsafe { &*(self as *const DenyEvent).cast::<[u8; DENY_EVENT_SIZE]>() }
+    }
+
+    pub fn sport(&self) -> u16 {
+        u16::from_be_bytes(self.sport_be)
+    }
+
+    pub fn dport(&self) -> u16 {
+        u16::from_be_bytes(self.dport_be)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trips_through_bytes() {
+        let ev = DenyEvent {
+            ts_ns: 7,
+            sport_be: 1234u16.to_be_bytes(),
+            dport_be: 80u16.to_be_bytes(),
+            endpoint: 9,
+            identity: 300,
+            proto: 6,
+            dir: 1,
+            reason: Reason::Isolated as u8,
+            ..Default::default()
+        };
+        let back = DenyEvent::decode(ev.as_bytes()).expect("decodes");
+        assert_eq!(back, ev);
+        assert_eq!(back.dport(), 80);
+        assert!(DenyEvent::decode(&ev.as_bytes()[..10]).is_none());
+    }
+}

@@ -1,0 +1,260 @@
+//! Map names, sizes and the key/value layouts stored in them.
+
+/// Local endpoints (pods on this node), keyed by address.
+pub const MAP_ENDPOINTS: &str = "PALISADE_ENDPOINTS";
+/// Remote address -> identity, longest prefix wins.
+pub const MAP_IPCACHE: &str = "PALISADE_IPCACHE";
+/// (endpoint, direction, protocol, identity, port prefix) -> allowing rule.
+pub const MAP_POLICY: &str = "PALISADE_POLICY";
+/// Connection tracking: 5-tuple + direction of the opening packet.
+pub const MAP_CONNTRACK: &str = "PALISADE_CONNTRACK";
+/// Per-CPU datapath counters, indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "PALISADE_COUNTERS";
+/// Deny events for user space.
+pub const MAP_EVENTS: &str = "PALISADE_EVENTS";
+
+/// Every map, for pinning and for "must exist" checks at load time.
+pub const ALL_MAPS: [&str; 6] = [
+    MAP_ENDPOINTS,
+    MAP_IPCACHE,
+    MAP_POLICY,
+    MAP_CONNTRACK,
+    MAP_COUNTERS,
+    MAP_EVENTS,
+];
+
+/// Program names as they appear in the object file.
+pub const PROG_FROM_POD: &str = "palisade_from_pod";
+pub const PROG_TO_POD: &str = "palisade_to_pod";
+pub const PROG_CONNECT4: &str = "palisade_connect4";
+pub const PROG_CONNECT6: &str = "palisade_connect6";
+pub const PROG_SENDMSG4: &str = "palisade_sendmsg4";
+pub const PROG_SENDMSG6: &str = "palisade_sendmsg6";
+
+/// Bumped whenever a key or value layout below changes; pinned maps of another
+/// version are replaced, never reinterpreted.
+pub const LAYOUT_VERSION: u32 = 1;
+
+pub const MAX_ENDPOINTS: u32 = 4096;
+pub const MAX_IPCACHE: u32 = 262_144;
+pub const MAX_POLICY: u32 = 1_048_576;
+pub const MAX_CONNTRACK: u32 = 262_144;
+pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Reserved identities. Allocated identities start at [`IDENTITY_FIRST`].
+/// In policy keys: any peer.
+pub const IDENTITY_ANY: u32 = 0;
+/// An address without an ipcache entry: only rules for any peer match it.
+pub const IDENTITY_WORLD: u32 = 1;
+pub const IDENTITY_FIRST: u32 = 256;
+
+/// Value of an ipcache entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    pub flags: u32,
+}
+
+/// Bits of [`IpcacheValue::flags`].
+pub mod ipcache_flags {
+    /// An address of this node: traffic from it to local pods is always allowed.
+    pub const HOST: u32 = 1;
+    /// The cloud metadata address: under the metadata block only rules that
+    /// name it exactly open it, never rules for any peer.
+    pub const METADATA: u32 = 1 << 1;
+}
+
+/// Protocol numbers as used in keys; 0 means "any protocol, any port".
+pub const PROTO_ANY: u8 = 0;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Direction from the pod's point of view.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// An address as 16 bytes in network order; IPv4 is v4-mapped (`::ffff:a.b.c.d`).
+pub type Addr = [u8; 16];
+
+/// Bits of [`EndpointValue::flags`].
+pub mod endpoint_flags {
+    pub const INGRESS_ISOLATED: u32 = 1;
+    pub const EGRESS_ISOLATED: u32 = 1 << 1;
+    /// Egress to the metadata address is denied unless a rule names it.
+    pub const BLOCK_METADATA: u32 = 1 << 2;
+    /// Isolation comes from the default-deny profile alone (for attribution).
+    pub const INGRESS_DEFAULT_DENY: u32 = 1 << 3;
+    pub const EGRESS_DEFAULT_DENY: u32 = 1 << 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointValue {
+    pub id: u32,
+    pub flags: u32,
+}
+
+/// Data part of an ipcache LPM key: the address, prefix length counted over all 128 bits.
+pub type IpcacheKeyData = Addr;
+
+/// Data part of a policy LPM key. All fields are byte arrays so that the
+/// layout has no padding and the trie compares them in this order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKeyData {
+    pub endpoint_be: [u8; 4],
+    pub dir: u8,
+    pub proto: u8,
+    pub identity_be: [u8; 4],
+    pub port_be: [u8; 2],
+}
+
+/// Bits of a policy key up to (not including) the port: a key with this
+/// prefix length matches every port.
+pub const POLICY_PREFIX_NO_PORT: u32 = 80;
+/// Bits of a fully specified policy key.
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+impl PolicyKeyData {
+    pub const fn new(endpoint: u32, dir: u8, proto: u8, identity: u32, port: u16) -> Self {
+        Self {
+            endpoint_be: endpoint.to_be_bytes(),
+            dir,
+            proto,
+            identity_be: identity.to_be_bytes(),
+            port_be: port.to_be_bytes(),
+        }
+    }
+}
+
+/// Value of a policy entry: which rule allowed it (an index user space resolves).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    pub rule: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub proto: u8,
+    /// Direction (from the local pod's view) of the packet that opened the flow.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Bits of [`CtValue::flags`].
+pub mod ct_flags {
+    pub const SEEN_REPLY: u32 = 1;
+    pub const FIN_FORWARD: u32 = 1 << 1;
+    pub const FIN_REPLY: u32 = 1 << 2;
+    pub const RST: u32 = 1 << 3;
+    /// Adopted mid-stream (opened before enforcement began).
+    pub const ADOPTED: u32 = 1 << 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// CLOCK_MONOTONIC nanoseconds of the last packet in either direction.
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+    pub flags: u32,
+    /// The rule that allowed the opening packet (see [`PolicyValue::rule`]).
+    pub rule: u32,
+}
+
+/// Per-CPU counters, by index into [`MAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Allowed = 0,
+    Denied = 1,
+    CtHit = 2,
+    CtReply = 3,
+    CtNew = 4,
+    CtFull = 5,
+    NotEndpoint = 6,
+    Malformed = 7,
+    Fragment = 8,
+    NonIp = 9,
+    OtherProto = 10,
+    EventLost = 11,
+    MetadataBlocked = 12,
+    Adopted = 13,
+    HostAllowed = 14,
+    IcmpRelated = 15,
+}
+
+pub const COUNTER_COUNT: u32 = 16;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::Allowed,
+        Counter::Denied,
+        Counter::CtHit,
+        Counter::CtReply,
+        Counter::CtNew,
+        Counter::CtFull,
+        Counter::NotEndpoint,
+        Counter::Malformed,
+        Counter::Fragment,
+        Counter::NonIp,
+        Counter::OtherProto,
+        Counter::EventLost,
+        Counter::MetadataBlocked,
+        Counter::Adopted,
+        Counter::HostAllowed,
+        Counter::IcmpRelated,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Allowed => "allowed",
+            Counter::Denied => "denied",
+            Counter::CtHit => "ct_hit",
+            Counter::CtReply => "ct_reply",
+            Counter::CtNew => "ct_new",
+            Counter::CtFull => "ct_full",
+            Counter::NotEndpoint => "not_endpoint",
+            Counter::Malformed => "malformed",
+            Counter::Fragment => "fragment",
+            Counter::NonIp => "non_ip",
+            Counter::OtherProto => "other_proto",
+            Counter::EventLost => "event_lost",
+            Counter::MetadataBlocked => "metadata_blocked",
+            Counter::Adopted => "adopted",
+            Counter::HostAllowed => "host_allowed",
+            Counter::IcmpRelated => "icmp_related",
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<EndpointValue>() == 8);
+    assert!(core::mem::size_of::<IpcacheValue>() == 8);
+    assert!(core::mem::size_of::<PolicyKeyData>() == 12);
+    assert!(core::mem::size_of::<PolicyValue>() == 4);
+    assert!(core::mem::size_of::<CtKey>() == 40);
+    assert!(core::mem::size_of::<CtValue>() == 24);
+};
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: all of these are plain `#[repr(C)]` data with explicit padding.
+    unsafe impl aya::Pod for super::EndpointValue {}
+    unsafe impl aya::Pod for super::IpcacheValue {}
+    unsafe impl aya::Pod for super::PolicyKeyData {}
+    unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::super::DenyEvent {}
+}

@@ -1,0 +1,260 @@
+//! Header parsing into a flow tuple. Every read goes through
+//! `bpf_skb_load_bytes` (`TcContext::load`), which bounds-checks for us.
+
+use aya_ebpf::programs::TcContext;
+use palisade_common::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// IPv6 extension headers followed before giving up (counted as malformed).
+const MAX_EXT_HEADERS: usize = 8;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// What the parser found.
+pub enum Parsed {
+    /// Not IPv4/IPv6: ARP and friends are none of our business.
+    NotIp,
+    /// Headers that are truncated or inconsistent.
+    Malformed,
+    Flow(Flow),
+}
+
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// Host byte order. For ICMP echo: the identifier as sport (request) or
+    /// dport (reply), so that a reply is the reverse of its request.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    /// A non-first fragment: no L4 header, ports unknown.
+    pub later_fragment: bool,
+    pub icmp: Icmp,
+    /// For ICMP errors: the offset of the embedded IP header.
+    pub inner_l3: usize,
+    pub ipv6: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Icmp {
+    None,
+    Echo,
+    /// Destination unreachable, time exceeded, packet too big, parameter problem.
+    Error,
+    /// Neighbour discovery and router messages (ICMPv6): always passed.
+    Control,
+    Other,
+}
+
+fn v4_mapped(a: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    ctx.load::<T>(off).map_err(|_| ())
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Parsed {
+    let Ok(ethertype) = load::<[u8; 2]>(ctx, 12) else {
+        return Parsed::Malformed;
+    };
+    match u16::from_be_bytes(ethertype) {
+        ETH_P_IP => parse_v4(ctx, ETH_HLEN).map_or(Parsed::Malformed, Parsed::Flow),
+        ETH_P_IPV6 => parse_v6(ctx, ETH_HLEN).map_or(Parsed::Malformed, Parsed::Flow),
+        _ => Parsed::NotIp,
+    }
+}
+
+/// Addresses, protocol and L4 offset of an IPv4 header at `off`.
+/// Returns (flow without ports, l4 offset).
+#[inline(always)]
+fn ipv4_header(ctx: &TcContext, off: usize) -> Result<(Flow, usize), ()> {
+    let ver_ihl: u8 = load(ctx, off)?;
+    if ver_ihl >> 4 != 4 {
+        return Err(());
+    }
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    let frag: [u8; 2] = load(ctx, off + 6)?;
+    let frag = u16::from_be_bytes(frag);
+    let proto: u8 = load(ctx, off + 9)?;
+    let saddr: [u8; 4] = load(ctx, off + 12)?;
+    let daddr: [u8; 4] = load(ctx, off + 16)?;
+    Ok((
+        Flow {
+            saddr: v4_mapped(saddr),
+            daddr: v4_mapped(daddr),
+            sport: 0,
+            dport: 0,
+            proto,
+            tcp_flags: 0,
+            later_fragment: frag & 0x1fff != 0,
+            icmp: Icmp::None,
+            inner_l3: 0,
+            ipv6: false,
+        },
+        off + ihl,
+    ))
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, off: usize) -> Result<Flow, ()> {
+    let (mut flow, l4) = ipv4_header(ctx, off)?;
+    if flow.later_fragment {
+        return Ok(flow);
+    }
+    l4_ports(ctx, &mut flow, l4)?;
+    Ok(flow)
+}
+
+#[inline(always)]
+fn ipv6_header(ctx: &TcContext, off: usize) -> Result<(Flow, u8), ()> {
+    let ver: u8 = load(ctx, off)?;
+    if ver >> 4 != 6 {
+        return Err(());
+    }
+    let next: u8 = load(ctx, off + 6)?;
+    let saddr: Addr = load(ctx, off + 8)?;
+    let daddr: Addr = load(ctx, off + 24)?;
+    Ok((
+        Flow {
+            saddr,
+            daddr,
+            sport: 0,
+            dport: 0,
+            proto: next,
+            tcp_flags: 0,
+            later_fragment: false,
+            icmp: Icmp::None,
+            inner_l3: 0,
+            ipv6: true,
+        },
+        next,
+    ))
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, off: usize) -> Result<Flow, ()> {
+    let (mut flow, mut next) = ipv6_header(ctx, off)?;
+    let mut l4 = off + 40;
+    let mut done = false;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            // hop-by-hop, routing, destination options: length in 8-octet units
+            0 | 43 | 60 => {
+                let hdr: [u8; 2] = load(ctx, l4)?;
+                next = hdr[0];
+                l4 += (hdr[1] as usize + 1) * 8;
+            }
+            // fragment header: fixed 8 octets
+            44 => {
+                let hdr: [u8; 4] = load(ctx, l4)?;
+                next = hdr[0];
+                let offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                l4 += 8;
+                if offset != 0 {
+                    flow.proto = next;
+                    flow.later_fragment = true;
+                    return Ok(flow);
+                }
+            }
+            // authentication header: length in 4-octet units, minus 2
+            51 => {
+                let hdr: [u8; 2] = load(ctx, l4)?;
+                next = hdr[0];
+                l4 += (hdr[1] as usize + 2) * 4;
+            }
+            _ => {
+                done = true;
+                break;
+            }
+        }
+    }
+    if !done {
+        return Err(());
+    }
+    flow.proto = next;
+    l4_ports(ctx, &mut flow, l4)?;
+    Ok(flow)
+}
+
+/// Fill ports (or the ICMP equivalent) from the L4 header at `l4`.
+#[inline(always)]
+fn l4_ports(ctx: &TcContext, flow: &mut Flow, l4: usize) -> Result<(), ()> {
+    match flow.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            let ports: [u8; 4] = load(ctx, l4)?;
+            flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            if flow.proto == PROTO_TCP {
+                flow.tcp_flags = load(ctx, l4 + 13)?;
+            }
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let hdr: [u8; 8] = load(ctx, l4)?;
+            let id = u16::from_be_bytes([hdr[4], hdr[5]]);
+            let (request, reply, error, control) = if flow.proto == PROTO_ICMP {
+                (hdr[0] == 8, hdr[0] == 0, matches!(hdr[0], 3 | 11 | 12), false)
+            } else {
+                (
+                    hdr[0] == 128,
+                    hdr[0] == 129,
+                    matches!(hdr[0], 1..=4),
+                    matches!(hdr[0], 133..=137 | 130..=132 | 143),
+                )
+            };
+            if request {
+                flow.icmp = Icmp::Echo;
+                flow.sport = id;
+            } else if reply {
+                flow.icmp = Icmp::Echo;
+                flow.dport = id;
+            } else if error {
+                flow.icmp = Icmp::Error;
+                flow.inner_l3 = l4 + 8;
+            } else if control {
+                flow.icmp = Icmp::Control;
+            } else {
+                flow.icmp = Icmp::Other;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The flow embedded in an ICMP error: the packet that caused it, as it was sent.
+#[inline(always)]
+pub fn inner_flow(ctx: &TcContext, outer: &Flow) -> Result<Flow, ()> {
+    let (mut inner, l4) = if outer.ipv6 {
+        let (flow, next) = ipv6_header(ctx, outer.inner_l3)?;
+        let mut f = flow;
+        f.proto = next;
+        (f, outer.inner_l3 + 40)
+    } else {
+        ipv4_header(ctx, outer.inner_l3)?
+    };
+    if matches!(inner.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        let ports: [u8; 4] = load(ctx, l4)?;
+        inner.sport = u16::from_be_bytes([ports[0], ports[1]]);
+        inner.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    } else if matches!(inner.proto, PROTO_ICMP | PROTO_ICMPV6) {
+        // Only echo requests get errors back; their key uses the id as sport.
+        let hdr: [u8; 8] = load(ctx, l4)?;
+        inner.sport = u16::from_be_bytes([hdr[4], hdr[5]]);
+    }
+    Ok(inner)
+}

@@ -1,0 +1,105 @@
+//! cgroup sock_addr hooks: the metadata block for processes whose packets no
+//! pod veth sees (hostNetwork pods). The agent attaches these to the cgroup
+//! of each such pod; attachment is the policy, so the programs only compare
+//! the destination.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use palisade_common::{Counter, DIR_EGRESS, DenyEvent, Reason};
+
+use crate::datapath::{EVENTS, count};
+
+/// 169.254.169.254 as `user_ip4` holds it (network order in a u32).
+const METADATA_V4: [u8; 4] = [169, 254, 169, 254];
+/// fd00:ec2::254
+const METADATA_V6: [u8; 16] = [
+    0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
+];
+
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn palisade_connect4(ctx: SockAddrContext) -> i32 {
+    check4(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn palisade_sendmsg4(ctx: SockAddrContext) -> i32 {
+    check4(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn palisade_connect6(ctx: SockAddrContext) -> i32 {
+    check6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn palisade_sendmsg6(ctx: SockAddrContext) -> i32 {
+    check6(&ctx)
+}
+
+fn check4(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's duration.
+    let (ip, port, proto) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.user_ip4.to_ne_bytes(), sa.user_port, sa.protocol)
+    };
+    if ip != METADATA_V4 {
+        return ALLOW;
+    }
+    let mut daddr = [0u8; 16];
+    daddr[10] = 0xff;
+    daddr[11] = 0xff;
+    daddr[12..].copy_from_slice(&ip);
+    reject(daddr, port, proto)
+}
+
+fn check6(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: as above.
+    let (words, port, proto) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.user_ip6, sa.user_port, sa.protocol)
+    };
+    let mut ip = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        ip[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let mapped_v4 = ip[..10] == [0; 10] && ip[10] == 0xff && ip[11] == 0xff && ip[12..] == METADATA_V4;
+    if ip != METADATA_V6 && !mapped_v4 {
+        return ALLOW;
+    }
+    reject(ip, port, proto)
+}
+
+fn reject(daddr: [u8; 16], port_be_u32: u32, proto: u32) -> i32 {
+    count(Counter::Denied);
+    count(Counter::MetadataBlocked);
+    if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
+        // SAFETY: plain helpers without preconditions.
+        let (now, cgroup) = unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id()) };
+        // user_port holds the port in network order in its low 16 bits.
+        let port = (port_be_u32 as u16).to_ne_bytes();
+        entry.write(DenyEvent {
+            ts_ns: now,
+            cgroup,
+            saddr: [0; 16],
+            daddr,
+            sport_be: [0; 2],
+            dport_be: port,
+            endpoint: 0,
+            identity: 0,
+            proto: proto as u8,
+            dir: DIR_EGRESS,
+            reason: Reason::MetadataBlock as u8,
+            from_cgroup: 1,
+        });
+        entry.submit(0);
+    } else {
+        count(Counter::EventLost);
+    }
+    REJECT
+}
