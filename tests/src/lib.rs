@@ -1,1 +1,11 @@
+//! Palisade's end-to-end harness. Privileged: it makes network namespaces,
+//! veths and cgroups, runs the real agent and sends real traffic. Run it
+//! through `cargo xtask scenario` / `cargo xtask test`.
 
+pub mod exec;
+pub mod matrix;
+pub mod netns;
+pub mod probe;
+pub mod runner;
+pub mod scenario;
+pub mod topology;

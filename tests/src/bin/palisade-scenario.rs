@@ -1,0 +1,90 @@
+//! `palisade-scenario FILE...`: runs scenario files end to end (see
+//! shared/scenarios/FORMAT.md) and ends with `N passed, M failed`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use palisade_tests::{probe, runner, topology};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    hidden: Option<Hidden>,
+    /// The palisade binary to run as the agent.
+    #[arg(long, default_value = "target/debug/palisade")]
+    agent: PathBuf,
+    /// Seconds each probe may take.
+    #[arg(long, default_value = "1")]
+    probe_timeout: f64,
+    #[arg(long, default_value = "128")]
+    parallel: usize,
+    /// Print every matrix and the denied flows (the demo).
+    #[arg(long)]
+    show: bool,
+    files: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Hidden {
+    /// Internal: one probe from a cgroup (hostNetwork pods).
+    #[command(name = "__probe", hide = true)]
+    Probe {
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        cgroup: String,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        proto: String,
+        #[arg(long)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Hidden::Probe { netns, cgroup, to, proto, timeout_ms }) = cli.hidden {
+        let proto = if proto == "udp" { probe::Proto::Udp } else { probe::Proto::Tcp };
+        let ok = probe::child_probe(&netns, &cgroup, to, proto, Duration::from_millis(timeout_ms))?;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    ctrlc::set_handler(|| {
+        eprintln!("interrupted: cleaning up");
+        topology::cleanup_all();
+        std::process::exit(130);
+    })?;
+    if cli.files.is_empty() {
+        anyhow::bail!("no scenario files given");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("scenarios need root (network namespaces, eBPF); run as root");
+    }
+    let opts = runner::Options {
+        agent: cli.agent.canonicalize().map_err(|e| anyhow::anyhow!("agent binary {}: {e}", cli.agent.display()))?,
+        probe_timeout: Duration::from_secs_f64(cli.probe_timeout),
+        parallel: cli.parallel,
+        show_denials: cli.show,
+        show_matrices: cli.show,
+        ready_timeout: Duration::from_secs(20),
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for f in &cli.files {
+        let t0 = std::time::Instant::now();
+        let out = runner::run_file(f, &opts);
+        if out.passed {
+            passed += 1;
+            println!("PASS {} ({} checks, {:.1}s)", out.name, out.checks, t0.elapsed().as_secs_f64());
+        } else {
+            failed += 1;
+            println!("FAIL {} ({:.1}s)\n{}", out.name, t0.elapsed().as_secs_f64(), out.report);
+        }
+    }
+    topology::cleanup_all();
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
