@@ -67,6 +67,17 @@ impl Table {
         }
     }
 
+    /// The observed matrix alone, for a table that matched.
+    pub fn render_observed(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "== {} (as expected)", self.title);
+        for (i, d) in self.dests.iter().enumerate() {
+            let _ = writeln!(out, "  {i:>2} {d}");
+        }
+        self.grid(&mut out, |_, o| if o { "X".into() } else { "-".into() });
+        out
+    }
+
     /// Expected, observed and the difference, with a legend of destinations.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -167,7 +167,7 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
         .arg(format!("--net=/run/netns/{}", run.cluster.node_netns))
         .arg(&opts.agent)
         .args(["agent", "--node-name", NODE_NAME, "--interface-prefix", crate::topology::IF_PREFIX, "--poll-ms", "50"])
-        .args(["--deny-idle-secs", "0.5"])
+        .args(["--deny-idle-secs", "1.5"])
         .arg("--source")
         .arg(&source)
         .arg("--config")
@@ -393,7 +393,7 @@ impl Run<'_> {
                     ok = false;
                     self.report.push_str(&table.render());
                 } else if self.opts.show_matrices {
-                    println!("{}", table.render());
+                    println!("{}", table.render_observed());
                 }
             }
         }
@@ -405,7 +405,7 @@ impl Run<'_> {
 
     fn print_denials(&mut self, label: &str) {
         // Records are written after a flow has been quiet for a moment.
-        std::thread::sleep(Duration::from_millis(1200));
+        std::thread::sleep(Duration::from_millis(2000));
         let text = std::fs::read_to_string(&self.deny_log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         println!("denied flows logged by the agent ({label}):");

@@ -10,6 +10,7 @@ use super::types::PolicyOrigin;
 use crate::model::ObjectRef;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     Ingress,
     Egress,

@@ -1,0 +1,56 @@
+//! Running commands with errors that name them.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context as _, bail};
+
+pub fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs a command with inherited output; fails naming it on a non-zero exit.
+pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = status(cmd)?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+pub fn status(cmd: &mut Command) -> anyhow::Result<ExitStatus> {
+    cmd.status().with_context(|| format!("running `{}`", describe(cmd)))
+}
+
+/// Runs a command and returns its stdout; fails naming it on a non-zero exit.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running `{}`", describe(cmd)))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}: {}", describe(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the agent and the harness; returns (palisade, palisade-scenario) paths.
+pub fn build_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
+    exec(cargo().args(["build", "--package", "palisade-agent", "--package", "palisade-tests", "--bins"]))?;
+    let dir = root().join("target").join("debug");
+    Ok((dir.join("palisade"), dir.join("palisade-scenario")))
+}

@@ -1,0 +1,28 @@
+//! `cargo xtask scenario FILE...`: builds the agent and the harness, then
+//! runs the scenario files (shared/scenarios/FORMAT.md) end to end.
+
+use std::{path::PathBuf, process::Command};
+
+use crate::exec::{build_binaries, status};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Scenario files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print every matrix and the denied flows.
+    #[arg(long)]
+    pub show: bool,
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    let (agent, harness) = build_binaries()?;
+    let mut cmd = Command::new(harness);
+    cmd.arg("--agent").arg(agent);
+    if o.show {
+        cmd.arg("--show");
+    }
+    cmd.args(&o.files);
+    let st = status(&mut cmd)?;
+    std::process::exit(st.code().unwrap_or(1));
+}
