@@ -11,7 +11,7 @@ use palisade_agent::{
     flows::log::LogSettings,
     index::Index,
     model::Node,
-    policy::{Direction, compile},
+    policy::{compile, dump},
     source::dir::DirSource,
 };
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
@@ -154,30 +154,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let node = Node { name: node_name, addresses: node_addresses };
             let state = compile(index.model(), &node, &cfg.profile);
-            for (id, info) in &state.endpoint_info {
-                let pod = info.pod.as_ref().map(ToString::to_string).unwrap_or_default();
-                println!("endpoint {id} {pod}");
-                for dir in Direction::BOTH {
-                    let by: Vec<String> = info.isolated_by(dir).iter().map(ToString::to_string).collect();
-                    if by.is_empty() {
-                        println!("  {dir}: not isolated");
-                    } else {
-                        println!("  {dir}: isolated by {}", by.join(", "));
-                    }
-                }
-            }
-            println!("ipcache:");
-            for (net, e) in &state.maps.ipcache {
-                println!("  {net} -> identity {} flags {:#x}", e.identity, e.flags);
-            }
-            println!("policy:");
-            for (k, rule) in &state.maps.policy {
-                let r = state.rules.get(rule).map(ToString::to_string).unwrap_or_default();
-                println!(
-                    "  ep {} {} proto {} identity {} port {}/{} <- {r}",
-                    k.endpoint, k.dir, k.proto, k.identity, k.port, k.port_bits
-                );
-            }
+            print!("{}", dump::render(&state));
             Ok(())
         }
         Command::Uninstall { pin_root } => {

@@ -267,9 +267,9 @@ impl Compiler {
                 }
                 if !isolated_by.is_empty() {
                     isolated_by.sort();
-                    let only_default = isolated_by
-                        .iter()
-                        .all(|o| *o == PolicyOrigin::Profile(super::profile::DEFAULT_DENY));
+                    // Isolated by the profile alone (default deny and its DNS
+                    // allowance): denials are the default deny's.
+                    let only_default = isolated_by.iter().all(|o| matches!(o, PolicyOrigin::Profile(_)));
                     flags |= match dir {
                         Direction::Ingress => {
                             endpoint_flags::INGRESS_ISOLATED

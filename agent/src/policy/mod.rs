@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod compile;
+pub mod dump;
 pub mod profile;
 pub mod reference;
 pub mod selector;

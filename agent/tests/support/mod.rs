@@ -1,0 +1,75 @@
+//! Builders for engine tests: small models written as YAML, the way users
+//! write them.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::net::IpAddr;
+
+use palisade_agent::{
+    index::{Index, Object},
+    model::{Model, Node},
+    source::yaml::parse_objects,
+};
+
+/// A model from YAML documents (Namespaces, Pods, NetworkPolicies); panics on
+/// any rejected object, since tests mean them to be valid.
+pub fn model(yaml: &str) -> Model {
+    let mut index = Index::default();
+    for o in objects(yaml) {
+        index.apply(&o).unwrap_or_else(|e| panic!("test object rejected: {e}"));
+    }
+    index.model().clone()
+}
+
+pub fn objects(yaml: &str) -> Vec<Object> {
+    parse_objects("test", yaml)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("test YAML: {e}")))
+        .collect()
+}
+
+pub const NODE: &str = "n1";
+
+pub fn node() -> Node {
+    Node { name: NODE.into(), addresses: vec!["172.31.0.1".parse().expect("ip")] }
+}
+
+/// A pod document on node n1.
+pub fn pod(ns: &str, name: &str, labels: &str, ip: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
+         spec: {{nodeName: {NODE}, containers: [{{name: c, image: i, ports: [{{name: http, containerPort: 80}}, {{name: dns, containerPort: 53, protocol: UDP}}]}}]}}\n\
+         status: {{podIP: \"{ip}\"}}\n"
+    )
+}
+
+pub fn ns(name: &str, labels: &str) -> String {
+    format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
+}
+
+/// The classic model: namespaces x, y, z (labelled ns: x|y|z), pods a, b, c
+/// in each (labelled pod: a|b|c), at 10.0.<1..3>.<10..12>.
+pub fn xyz() -> String {
+    let mut s = String::new();
+    for (i, n) in ["x", "y", "z"].iter().enumerate() {
+        s.push_str(&ns(n, &format!("ns: {n}")));
+        for (j, p) in ["a", "b", "c"].iter().enumerate() {
+            s.push_str(&pod(n, p, &format!("pod: {p}"), &format!("10.0.{}.{}", i + 1, 10 + j)));
+        }
+    }
+    s
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+/// Address of pod `ns/p` in the xyz model.
+pub fn xyz_ip(name: &str) -> IpAddr {
+    let (n, p) = name.split_once('/').expect("ns/pod");
+    let i = ["x", "y", "z"].iter().position(|x| *x == n).expect("namespace") + 1;
+    let j = ["a", "b", "c"].iter().position(|x| *x == p).expect("pod") + 10;
+    ip(&format!("10.0.{i}.{j}"))
+}
+
+pub const XYZ: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
