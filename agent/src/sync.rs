@@ -50,6 +50,10 @@ impl<W: MapWriter> Syncer<W> {
         &self.mirror
     }
 
+    pub fn writer(&self) -> &W {
+        &self.writer
+    }
+
     pub fn writer_mut(&mut self) -> &mut W {
         &mut self.writer
     }

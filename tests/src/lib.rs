@@ -5,6 +5,7 @@
 pub mod exec;
 pub mod matrix;
 pub mod netns;
+pub mod packets;
 pub mod probe;
 pub mod runner;
 pub mod scenario;

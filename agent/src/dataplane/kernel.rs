@@ -230,6 +230,19 @@ impl Datapath {
         take_map(&mut self.ebpf, MAP_CONNTRACK, HashMap::try_from)
     }
 
+    /// A loaded tc program, e.g. for `BPF_PROG_TEST_RUN` self-tests.
+    pub fn classifier(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {
+        let name = match hook {
+            Hook::FromPod => PROG_FROM_POD,
+            Hook::ToPod => PROG_TO_POD,
+        };
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })
+    }
+
     /// Attaches both tc programs to an interface. An interface that already
     /// carries our pinned links gets the new programs swapped in atomically
     /// (no packet is ever unjudged); otherwise new TCX links are made and pinned.

@@ -20,8 +20,6 @@ fn walk(input: &Value, parsed: &Value, path: String, out: &mut Vec<String>) {
                 match p.get(k) {
                     Some(pv) => walk(v, pv, sub, out),
                     None if v.is_null() => {}
-                    // Empty lists and maps may be dropped by serialization.
-                    None if v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|m| m.is_empty()) => {}
                     None => out.push(sub),
                 }
             }
@@ -44,7 +42,7 @@ mod tests {
     fn finds_misspelt_fields() {
         let input = json!({"spec": {"podSelecter": {}, "ingress": [{"form": []}, {"from": []}]}});
         let parsed = json!({"spec": {"ingress": [{}, {"from": []}]}});
-        assert_eq!(unknown_fields(&input, &parsed), vec!["spec.podSelecter".to_string()]);
+        assert_eq!(unknown_fields(&input, &parsed), vec!["spec.ingress[0].form".to_string(), "spec.podSelecter".to_string()]);
         let input = json!({"spec": {"ingress": [{"form": [{"x": 1}]}]}});
         let parsed = json!({"spec": {"ingress": [{}]}});
         assert_eq!(unknown_fields(&input, &parsed), vec!["spec.ingress[0].form".to_string()]);
