@@ -40,9 +40,20 @@ pub enum ConfigError {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: FileConfig = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
-        cfg.profile.validate().map_err(|source| ConfigError::Invalid { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: FileConfig = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        cfg.profile
+            .validate()
+            .map_err(|source| ConfigError::Invalid {
+                path: path.into(),
+                source,
+            })?;
         Ok(cfg)
     }
 }
@@ -53,10 +64,14 @@ mod tests {
 
     #[test]
     fn defaults_and_unknown_fields() {
-        let cfg: FileConfig = serde_yaml::from_str("defaultDeny: true\nallowDNS: false\n").expect("valid");
+        let cfg: FileConfig =
+            serde_yaml::from_str("defaultDeny: true\nallowDNS: false\n").expect("valid");
         assert!(cfg.profile.default_deny);
         assert!(!cfg.profile.allow_dns);
-        assert!(cfg.profile.block_metadata, "metadata block is on by default");
+        assert!(
+            cfg.profile.block_metadata,
+            "metadata block is on by default"
+        );
         assert!(cfg.profile.default_deny_exempt.contains("kube-system"));
         assert!(serde_yaml::from_str::<FileConfig>("defaultDenny: true\n").is_err());
     }

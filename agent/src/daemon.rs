@@ -49,7 +49,10 @@ pub struct Options {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes the struct we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
@@ -73,7 +76,9 @@ fn gc_conntrack(ct: &mut HashMap<MapData, CtKey, CtValue>) -> usize {
     let expired: Vec<CtKey> = ct
         .iter()
         .flatten()
-        .filter(|(k, v)| Duration::from_nanos(now.saturating_sub(v.last_seen_ns)) > ct_timeout(k, v))
+        .filter(|(k, v)| {
+            Duration::from_nanos(now.saturating_sub(v.last_seen_ns)) > ct_timeout(k, v)
+        })
         .map(|(k, _)| k)
         .collect();
     for k in &expired {
@@ -104,7 +109,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     info!(entries = observed.len(), "adopted pinned maps");
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
     // the fd cannot be closed while registered.
-    let mut events = unsafe { AsyncFd::register(dp.take_events()?) }.context("polling the event ring")?;
+    let mut events =
+        unsafe { AsyncFd::register(dp.take_events()?) }.context("polling the event ring")?;
     let mut conntrack = dp.take_conntrack()?;
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
@@ -112,7 +118,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut syncer = Syncer::new(dp.kernel_maps()?, observed);
     let mut source = DirSource::new(&opts.source);
     let mut index = Index::default();
-    let mut node = Node { name: opts.node_name.clone(), addresses: opts.node_addresses.clone() };
+    let mut node = Node {
+        name: opts.node_name.clone(),
+        addresses: opts.node_addresses.clone(),
+    };
     let mut digest = String::new();
     let mut ready = false;
     let mut dirty = true;
@@ -160,7 +169,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     warn!(error = %e, "source object rejected");
                 }
                 for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
-                    let of_kind: Vec<Object> = snapshot.objects.iter().filter(|o| o.key().kind == kind).cloned().collect();
+                    let of_kind: Vec<Object> = snapshot
+                        .objects
+                        .iter()
+                        .filter(|o| o.key().kind == kind)
+                        .cloned()
+                        .collect();
                     for e in index.reset(kind, &of_kind) {
                         warn!(error = %e, "object rejected; its last good version stays in force");
                     }
@@ -187,8 +201,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
         if dirty {
             let report = syncer.sync(index.model(), &node, &opts.profile);
-            info!(revision = report.revision, ops = report.ops, failed = report.failed,
-                  compile_us = report.compile.as_micros() as u64, apply_us = report.apply.as_micros() as u64, "programmed");
+            info!(
+                revision = report.revision,
+                ops = report.ops,
+                failed = report.failed,
+                compile_us = report.compile.as_micros() as u64,
+                apply_us = report.apply.as_micros() as u64,
+                "programmed"
+            );
             dirty = report.failed > 0;
             ready = true;
         }
@@ -221,7 +241,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 cgroups: Vec::new(),
                 endpoints: syncer.state().maps.endpoints.len(),
                 map_entries: syncer.mirror().len(),
-                rejected: index.rejected().iter().map(|(k, v)| format!("{k}: {v}")).collect(),
+                rejected: index
+                    .rejected()
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect(),
             };
             if let Err(e) = status.write(path) {
                 warn!(error = %e, path = %path.display(), "writing status");

@@ -17,10 +17,20 @@ use palisade_agent::{
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 #[derive(Parser)]
-#[command(name = "palisade", version, about = "eBPF NetworkPolicy enforcement for Kubernetes nodes")]
+#[command(
+    name = "palisade",
+    version,
+    about = "eBPF NetworkPolicy enforcement for Kubernetes nodes"
+)]
 struct Cli {
     /// Format of the agent's own logs (stderr).
-    #[arg(long, global = true, value_enum, default_value = "text", env = "PALISADE_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PALISADE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -94,8 +104,12 @@ fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr)).init(),
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init(),
     }
 }
 
@@ -140,7 +154,12 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Compile { source, node_name, node_addresses, config } => {
+        Command::Compile {
+            source,
+            node_name,
+            node_addresses,
+            config,
+        } => {
             let cfg = load_config(config.as_ref())?;
             let snapshot = DirSource::new(&source).read().context("reading source")?;
             for e in &snapshot.errors {
@@ -152,13 +171,17 @@ async fn main() -> anyhow::Result<()> {
                     eprintln!("rejected: {e}");
                 }
             }
-            let node = Node { name: node_name, addresses: node_addresses };
+            let node = Node {
+                name: node_name,
+                addresses: node_addresses,
+            };
             let state = compile(index.model(), &node, &cfg.profile);
             print!("{}", dump::render(&state));
             Ok(())
         }
         Command::Uninstall { pin_root } => {
-            Datapath::uninstall(&PinPaths::new(&pin_root)).with_context(|| format!("removing {}", pin_root.display()))?;
+            Datapath::uninstall(&PinPaths::new(&pin_root))
+                .with_context(|| format!("removing {}", pin_root.display()))?;
             eprintln!("removed {}", pin_root.display());
             Ok(())
         }

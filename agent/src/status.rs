@@ -27,7 +27,10 @@ impl Status {
     /// Atomically replaces the file (write + rename), so readers never see half of it.
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(io::Error::other)?,
+        )?;
         std::fs::rename(tmp, path)
     }
 

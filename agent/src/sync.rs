@@ -84,7 +84,13 @@ impl<W: MapWriter> Syncer<W> {
         }
         self.state = desired;
         self.revision += 1;
-        let report = SyncReport { revision: self.revision, ops: ops.len(), failed, compile, apply: t1.elapsed() };
+        let report = SyncReport {
+            revision: self.revision,
+            ops: ops.len(),
+            failed,
+            compile,
+            apply: t1.elapsed(),
+        };
         debug!(?report, "synced");
         report
     }

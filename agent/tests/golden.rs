@@ -35,8 +35,15 @@ fn compiled_states_match_the_golden_files() {
         }
         let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if want != got {
-            failures.push(format!("{}:\n--- expected\n{want}\n--- got\n{got}", expected_path.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{want}\n--- got\n{got}",
+                expected_path.display()
+            ));
         }
     }
-    assert!(failures.is_empty(), "golden mismatch (PALISADE_BLESS=1 to accept):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatch (PALISADE_BLESS=1 to accept):\n{}",
+        failures.join("\n")
+    );
 }

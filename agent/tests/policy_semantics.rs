@@ -10,7 +10,14 @@ use support::*;
 /// Which of the 9x9 pod pairs may connect on (proto, port), as "src->dst" strings.
 fn allowed_pairs(yaml: &str, proto: u8, port: u16) -> Vec<String> {
     let m = model(&(xyz() + yaml));
-    let state = compile(&m, &node(), &Profile { block_metadata: false, ..Profile::default() });
+    let state = compile(
+        &m,
+        &node(),
+        &Profile {
+            block_metadata: false,
+            ..Profile::default()
+        },
+    );
     let mut out = Vec::new();
     for s in XYZ {
         for d in XYZ {
@@ -36,7 +43,10 @@ fn all_pairs_except(denied: &[&str]) -> Vec<String> {
 }
 
 fn to(dst: &str, from: &[&str]) -> Vec<String> {
-    XYZ.iter().filter(|s| **s != dst && from.contains(s)).map(|s| format!("{s}->{dst}")).collect()
+    XYZ.iter()
+        .filter(|s| **s != dst && from.contains(s))
+        .map(|s| format!("{s}->{dst}"))
+        .collect()
 }
 
 fn into_dst_denied(dst: &str, allowed_from: &[&str]) -> Vec<String> {
@@ -62,7 +72,10 @@ fn empty_pod_selector_isolates_every_pod_of_the_namespace_only() {
     let p = format!("{NP}metadata: {{name: deny, namespace: x}}\nspec: {{podSelector: {{}}}}\n");
     let got = allowed_pairs(&p, PROTO_TCP, 80);
     for d in ["x/a", "x/b", "x/c"] {
-        assert!(got.iter().all(|g| !g.ends_with(&format!("->{d}"))), "{d} is isolated");
+        assert!(
+            got.iter().all(|g| !g.ends_with(&format!("->{d}"))),
+            "{d} is isolated"
+        );
     }
     assert!(got.contains(&"x/a->y/a".to_string()), "egress is untouched");
     assert_eq!(got.len(), 72 - 24);
@@ -73,7 +86,10 @@ fn pod_selector_peer_is_scoped_to_the_policy_namespace() {
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]}}]\n"
     );
-    assert_eq!(allowed_pairs(&p, PROTO_TCP, 80), into_dst_denied("x/a", &["x/b"]));
+    assert_eq!(
+        allowed_pairs(&p, PROTO_TCP, 80),
+        into_dst_denied("x/a", &["x/b"])
+    );
 }
 
 #[test]
@@ -81,7 +97,10 @@ fn namespace_selector_alone_admits_every_pod_of_those_namespaces() {
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]}}]\n"
     );
-    assert_eq!(allowed_pairs(&p, PROTO_TCP, 80), into_dst_denied("x/a", &["y/a", "y/b", "y/c"]));
+    assert_eq!(
+        allowed_pairs(&p, PROTO_TCP, 80),
+        into_dst_denied("x/a", &["y/a", "y/b", "y/c"])
+    );
 }
 
 #[test]
@@ -89,7 +108,10 @@ fn namespace_and_pod_selector_in_one_peer_are_anded() {
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: b}}}}}}]}}]\n"
     );
-    assert_eq!(allowed_pairs(&p, PROTO_TCP, 80), into_dst_denied("x/a", &["y/b"]));
+    assert_eq!(
+        allowed_pairs(&p, PROTO_TCP, 80),
+        into_dst_denied("x/a", &["y/b"])
+    );
 }
 
 #[test]
@@ -97,7 +119,10 @@ fn separate_peers_are_ored() {
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}, {{podSelector: {{matchLabels: {{pod: b}}}}}}]}}]\n"
     );
-    assert_eq!(allowed_pairs(&p, PROTO_TCP, 80), into_dst_denied("x/a", &["y/a", "y/b", "y/c", "x/b"]));
+    assert_eq!(
+        allowed_pairs(&p, PROTO_TCP, 80),
+        into_dst_denied("x/a", &["y/a", "y/b", "y/c", "x/b"])
+    );
 }
 
 #[test]
@@ -105,7 +130,10 @@ fn empty_namespace_selector_means_every_namespace() {
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{namespaceSelector: {{}}, podSelector: {{matchLabels: {{pod: c}}}}}}]}}]\n"
     );
-    assert_eq!(allowed_pairs(&p, PROTO_TCP, 80), into_dst_denied("x/a", &["x/c", "y/c", "z/c"]));
+    assert_eq!(
+        allowed_pairs(&p, PROTO_TCP, 80),
+        into_dst_denied("x/a", &["x/c", "y/c", "z/c"])
+    );
 }
 
 #[test]
@@ -113,7 +141,10 @@ fn match_expressions_select_with_all_operators() {
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchExpressions: [{{key: pod, operator: NotIn, values: [a, b]}}]}}\n  ingress: [{{from: [{{namespaceSelector: {{matchExpressions: [{{key: ns, operator: In, values: [z]}}]}}, podSelector: {{matchExpressions: [{{key: pod, operator: Exists}}, {{key: role, operator: DoesNotExist}}]}}}}]}}]\n"
     );
-    assert_eq!(allowed_pairs(&p, PROTO_TCP, 80), into_dst_denied("x/c", &["z/a", "z/b", "z/c"]));
+    assert_eq!(
+        allowed_pairs(&p, PROTO_TCP, 80),
+        into_dst_denied("x/c", &["z/a", "z/b", "z/c"])
+    );
 }
 
 #[test]
@@ -137,9 +168,18 @@ fn egress_isolation_needs_policy_type_or_rules() {
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  egress: [{{to: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]}}]\n"
     );
     let got = allowed_pairs(&p, PROTO_TCP, 80);
-    assert_eq!(to("x/b", &["x/a"]).iter().filter(|p| got.contains(p)).count(), 1);
+    assert_eq!(
+        to("x/b", &["x/a"])
+            .iter()
+            .filter(|p| got.contains(p))
+            .count(),
+        1
+    );
     assert!(!got.contains(&"x/a->y/b".to_string()), "egress isolated");
-    assert!(!got.contains(&"x/b->x/a".to_string()), "ingress isolated too (policyTypes default)");
+    assert!(
+        !got.contains(&"x/b->x/a".to_string()),
+        "ingress isolated too (policyTypes default)"
+    );
     // policyTypes [Egress] only: ingress stays open.
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]}}]\n"
@@ -168,27 +208,40 @@ fn ports_numbers_ranges_protocols_and_names() {
     );
     assert!(allowed_pairs(&p, PROTO_TCP, 81).contains(&"y/a->x/a".to_string()));
     assert!(!allowed_pairs(&p, PROTO_TCP, 80).contains(&"y/a->x/a".to_string()));
-    assert!(!allowed_pairs(&p, PROTO_UDP, 81).contains(&"y/a->x/a".to_string()), "no protocol means TCP");
+    assert!(
+        !allowed_pairs(&p, PROTO_UDP, 81).contains(&"y/a->x/a".to_string()),
+        "no protocol means TCP"
+    );
     for port in [8000, 8050, 8100] {
-        assert!(allowed_pairs(&p, PROTO_UDP, port).contains(&"y/a->x/a".to_string()), "{port}");
+        assert!(
+            allowed_pairs(&p, PROTO_UDP, port).contains(&"y/a->x/a".to_string()),
+            "{port}"
+        );
     }
     assert!(!allowed_pairs(&p, PROTO_UDP, 8101).contains(&"y/a->x/a".to_string()));
-    assert!(allowed_pairs(&p, PROTO_UDP, 53).contains(&"y/a->x/a".to_string()), "named port dns = 53/UDP");
+    assert!(
+        allowed_pairs(&p, PROTO_UDP, 53).contains(&"y/a->x/a".to_string()),
+        "named port dns = 53/UDP"
+    );
 }
 
 #[test]
 fn named_egress_ports_resolve_per_destination() {
     // y/b serves "http" on 8080, everyone else on 80.
+    let policy = format!(
+        "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{ports: [{{port: http}}]}}]\n"
+    );
     let m = model(&format!(
-        "{}{}",
+        "{}{policy}",
         xyz().replace(
             "metadata: {name: b, namespace: y, labels: {pod: b}}\nspec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}",
             "metadata: {name: b, namespace: y, labels: {pod: b}}\nspec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}"
-        ),
-        format!("{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{ports: [{{port: http}}]}}]\n")
+        )
     ));
     let state = compile(&m, &node(), &Profile::default());
-    let ok = |d: &str, port| sim::connection_allowed(&state.maps, xyz_ip("x/a"), xyz_ip(d), PROTO_TCP, port);
+    let ok = |d: &str, port| {
+        sim::connection_allowed(&state.maps, xyz_ip("x/a"), xyz_ip(d), PROTO_TCP, port)
+    };
     assert!(ok("y/b", 8080));
     assert!(!ok("y/b", 80));
     assert!(ok("y/a", 80));
@@ -200,7 +253,10 @@ fn ip_block_with_except_covers_pods() {
     let p = format!(
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{ipBlock: {{cidr: 10.0.2.0/24, except: [10.0.2.11/32]}}}}]}}]\n"
     );
-    assert_eq!(allowed_pairs(&p, PROTO_TCP, 80), into_dst_denied("x/a", &["y/a", "y/c"]));
+    assert_eq!(
+        allowed_pairs(&p, PROTO_TCP, 80),
+        into_dst_denied("x/a", &["y/a", "y/c"])
+    );
 }
 
 #[test]
@@ -209,29 +265,62 @@ fn allow_all_rule_and_node_traffic() {
         "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress, Egress]\n  ingress: [{{}}]\n"
     );
     let got = allowed_pairs(&p, PROTO_TCP, 80);
-    assert!(got.contains(&"y/a->x/a".to_string()), "ingress: [{{}}] allows all");
-    assert!(!got.contains(&"x/a->y/a".to_string()), "egress isolated, no rules");
+    assert!(
+        got.contains(&"y/a->x/a".to_string()),
+        "ingress: [{{}}] allows all"
+    );
+    assert!(
+        !got.contains(&"x/a->y/a".to_string()),
+        "egress isolated, no rules"
+    );
     let m = model(&(xyz() + &p));
     let state = compile(&m, &node(), &Profile::default());
-    assert!(sim::connection_allowed(&state.maps, ip("172.31.0.1"), xyz_ip("x/a"), PROTO_TCP, 80), "node is always allowed in");
+    assert!(
+        sim::connection_allowed(&state.maps, ip("172.31.0.1"), xyz_ip("x/a"), PROTO_TCP, 80),
+        "node is always allowed in"
+    );
 }
 
 #[test]
 fn invalid_policies_are_rejected_with_their_name() {
     let bad = [
-        ("spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}", "invalid CIDR"),
-        ("spec: {podSelector: {}, ingress: [{ports: [{port: 80, endPort: 79}]}]}", "endPort 79 is smaller"),
-        ("spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}", "out of range"),
-        ("spec: {podSelector: {}, ingress: [{ports: [{protocol: ICMP}]}]}", "unknown protocol"),
-        ("spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}", "needs at least one value"),
-        ("spec: {podSelector: {}, policyTypes: [Sideways]}", "unknown policyType"),
-        ("spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}", "not inside"),
+        (
+            "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+            "invalid CIDR",
+        ),
+        (
+            "spec: {podSelector: {}, ingress: [{ports: [{port: 80, endPort: 79}]}]}",
+            "endPort 79 is smaller",
+        ),
+        (
+            "spec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}",
+            "out of range",
+        ),
+        (
+            "spec: {podSelector: {}, ingress: [{ports: [{protocol: ICMP}]}]}",
+            "unknown protocol",
+        ),
+        (
+            "spec: {podSelector: {matchExpressions: [{key: a, operator: In}]}}",
+            "needs at least one value",
+        ),
+        (
+            "spec: {podSelector: {}, policyTypes: [Sideways]}",
+            "unknown policyType",
+        ),
+        (
+            "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}",
+            "not inside",
+        ),
     ];
     for (spec, want) in bad {
         let doc = format!("{NP}metadata: {{name: bad, namespace: x}}\n{spec}\n");
         let mut index = palisade_agent::index::Index::default();
         let o = objects(&doc).pop().expect("one object");
         let err = index.apply(&o).expect_err(spec).to_string();
-        assert!(err.contains("NetworkPolicy x/bad") && err.contains(want), "{err} (wanted {want})");
+        assert!(
+            err.contains("NetworkPolicy x/bad") && err.contains(want),
+            "{err} (wanted {want})"
+        );
     }
 }

@@ -22,11 +22,19 @@ use support::{NODE, node};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const EXTERNALS: [&str; 3] = ["203.0.113.10", "169.254.169.254", "10.0.9.9"];
-const PORTS: [(Protocol, u16); 5] =
-    [(Protocol::Tcp, 80), (Protocol::Tcp, 81), (Protocol::Udp, 53), (Protocol::Udp, 80), (Protocol::Tcp, 8080)];
+const PORTS: [(Protocol, u16); 5] = [
+    (Protocol::Tcp, 80),
+    (Protocol::Tcp, 81),
+    (Protocol::Udp, 53),
+    (Protocol::Udp, 80),
+    (Protocol::Tcp, 8080),
+];
 
 fn label_map() -> impl Strategy<Value = Value> {
-    (prop::option::of(prop::sample::select(vec!["a", "b", "c"])), prop::option::of(prop::sample::select(vec!["fe", "be"])))
+    (
+        prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+        prop::option::of(prop::sample::select(vec!["fe", "be"])),
+    )
         .prop_map(|(app, role)| {
             let mut m = serde_json::Map::new();
             if let Some(a) = app {
@@ -44,8 +52,13 @@ fn selector() -> impl Strategy<Value = Value> {
         Just(json!({})),
         prop::sample::select(vec!["a", "b", "c"]).prop_map(|a| json!({"matchLabels": {"app": a}})),
         prop::sample::select(vec!["fe", "be"]).prop_map(|r| json!({"matchLabels": {"role": r}})),
-        (prop::sample::select(vec!["In", "NotIn"]), prop::sample::subsequence(vec!["a", "b", "c"], 1..3))
-            .prop_map(|(op, v)| json!({"matchExpressions": [{"key": "app", "operator": op, "values": v}]})),
+        (
+            prop::sample::select(vec!["In", "NotIn"]),
+            prop::sample::subsequence(vec!["a", "b", "c"], 1..3)
+        )
+            .prop_map(
+                |(op, v)| json!({"matchExpressions": [{"key": "app", "operator": op, "values": v}]})
+            ),
         prop::sample::select(vec!["Exists", "DoesNotExist"])
             .prop_map(|op| json!({"matchExpressions": [{"key": "role", "operator": op}]})),
     ]
@@ -55,7 +68,8 @@ fn ns_selector() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(json!({})),
         prop::sample::select(vec!["blue", "red"]).prop_map(|t| json!({"matchLabels": {"team": t}})),
-        prop::sample::select(NAMESPACES.to_vec()).prop_map(|n| json!({"matchLabels": {"kubernetes.io/metadata.name": n}})),
+        prop::sample::select(NAMESPACES.to_vec())
+            .prop_map(|n| json!({"matchLabels": {"kubernetes.io/metadata.name": n}})),
     ]
 }
 
@@ -65,7 +79,9 @@ fn cidr() -> impl Strategy<Value = Value> {
         Just(json!({"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]})),
         Just(json!({"cidr": "169.254.169.254/32"})),
         Just(json!({"cidr": "203.0.113.0/24"})),
-        (1u8..4).prop_map(|n| json!({"cidr": format!("10.0.{n}.0/24"), "except": [format!("10.0.{n}.11/32")]})),
+        (1u8..4).prop_map(
+            |n| json!({"cidr": format!("10.0.{n}.0/24"), "except": [format!("10.0.{n}.11/32")]})
+        ),
         Just(json!({"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24", "10.0.9.0/24"]})),
         (1u8..4, 10u8..13).prop_map(|(n, h)| json!({"cidr": format!("10.0.{n}.{h}/32")})),
     ]
@@ -75,7 +91,8 @@ fn peer() -> impl Strategy<Value = Value> {
     prop_oneof![
         selector().prop_map(|s| json!({"podSelector": s})),
         ns_selector().prop_map(|s| json!({"namespaceSelector": s})),
-        (ns_selector(), selector()).prop_map(|(n, p)| json!({"namespaceSelector": n, "podSelector": p})),
+        (ns_selector(), selector())
+            .prop_map(|(n, p)| json!({"namespaceSelector": n, "podSelector": p})),
         cidr().prop_map(|c| json!({"ipBlock": c})),
     ]
 }
@@ -93,16 +110,20 @@ fn port() -> impl Strategy<Value = Value> {
 }
 
 fn rule(peer_key: &'static str) -> impl Strategy<Value = Value> {
-    (prop::collection::vec(peer(), 0..3), prop::collection::vec(port(), 0..3)).prop_map(move |(peers, ports)| {
-        let mut r = serde_json::Map::new();
-        if !peers.is_empty() {
-            r.insert(peer_key.into(), json!(peers));
-        }
-        if !ports.is_empty() {
-            r.insert("ports".into(), json!(ports));
-        }
-        Value::Object(r)
-    })
+    (
+        prop::collection::vec(peer(), 0..3),
+        prop::collection::vec(port(), 0..3),
+    )
+        .prop_map(move |(peers, ports)| {
+            let mut r = serde_json::Map::new();
+            if !peers.is_empty() {
+                r.insert(peer_key.into(), json!(peers));
+            }
+            if !ports.is_empty() {
+                r.insert("ports".into(), json!(ports));
+            }
+            Value::Object(r)
+        })
 }
 
 fn policy(i: usize) -> impl Strategy<Value = Value> {
@@ -111,7 +132,12 @@ fn policy(i: usize) -> impl Strategy<Value = Value> {
         selector(),
         prop::option::of(prop::collection::vec(rule("from"), 0..3)),
         prop::option::of(prop::collection::vec(rule("to"), 0..3)),
-        prop::sample::select(vec![None, Some(vec!["Ingress"]), Some(vec!["Egress"]), Some(vec!["Ingress", "Egress"])]),
+        prop::sample::select(vec![
+            None,
+            Some(vec!["Ingress"]),
+            Some(vec!["Egress"]),
+            Some(vec!["Ingress", "Egress"]),
+        ]),
     )
         .prop_map(move |(ns, sel, ingress, egress, types)| {
             let mut spec = serde_json::Map::new();
@@ -175,9 +201,13 @@ fn build(objects: &[Value]) -> Model {
     let mut index = Index::default();
     for v in objects {
         let o = match v["kind"].as_str() {
-            Some("Namespace") => Object::Namespace(Box::new(serde_json::from_value(v.clone()).expect("namespace"))),
+            Some("Namespace") => Object::Namespace(Box::new(
+                serde_json::from_value(v.clone()).expect("namespace"),
+            )),
             Some("Pod") => Object::Pod(Box::new(serde_json::from_value(v.clone()).expect("pod"))),
-            _ => Object::NetworkPolicy(Box::new(serde_json::from_value(v.clone()).expect("policy"))),
+            _ => {
+                Object::NetworkPolicy(Box::new(serde_json::from_value(v.clone()).expect("policy")))
+            }
         };
         index.apply(&o).expect("generated objects are valid");
     }
@@ -193,23 +223,38 @@ fn mismatches(model: &Model, profile: &Profile) -> Vec<String> {
     for (proto, port) in PORTS {
         for src in &pods {
             let s = Party::Pod(src, src.ips[0]);
-            let mut dests: Vec<(String, Party<'_>)> =
-                pods.iter().filter(|d| d.key() != src.key()).map(|d| (d.key().to_string(), Party::Pod(d, d.ips[0]))).collect();
-            dests.extend(EXTERNALS.iter().map(|e| (e.to_string(), Party::External(e.parse().expect("ip")))));
+            let mut dests: Vec<(String, Party<'_>)> = pods
+                .iter()
+                .filter(|d| d.key() != src.key())
+                .map(|d| (d.key().to_string(), Party::Pod(d, d.ips[0])))
+                .collect();
+            dests.extend(
+                EXTERNALS
+                    .iter()
+                    .map(|e| (e.to_string(), Party::External(e.parse().expect("ip")))),
+            );
             for (dname, d) in dests {
                 let dip = match d {
                     Party::Pod(_, ip) | Party::External(ip) | Party::Node(ip) => ip,
                 };
                 let want = reference::allowed(model, profile, s, d, proto, port);
-                let got = sim::connection_allowed(&state.maps, src.ips[0], dip, proto.number(), port);
+                let got =
+                    sim::connection_allowed(&state.maps, src.ips[0], dip, proto.number(), port);
                 if want != got {
-                    out.push(format!("{} -> {dname} {proto}/{port}: reference {want}, compiled {got}", src.key()));
+                    out.push(format!(
+                        "{} -> {dname} {proto}/{port}: reference {want}, compiled {got}",
+                        src.key()
+                    ));
                 }
             }
             let want = reference::allowed(model, profile, Party::Node(node_ip), s, proto, port);
-            let got = sim::connection_allowed(&state.maps, node_ip, src.ips[0], proto.number(), port);
+            let got =
+                sim::connection_allowed(&state.maps, node_ip, src.ips[0], proto.number(), port);
             if want != got {
-                out.push(format!("node -> {} {proto}/{port}: reference {want}, compiled {got}", src.key()));
+                out.push(format!(
+                    "node -> {} {proto}/{port}: reference {want}, compiled {got}",
+                    src.key()
+                ));
             }
         }
     }

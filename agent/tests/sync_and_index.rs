@@ -20,9 +20,18 @@ fn one_label_change_touches_few_entries() {
     assert!(full.ops > 20, "first sync writes everything ({})", full.ops);
     let again = syncer.sync(&m1, &node(), &Profile::default());
     assert_eq!(again.ops, 0, "an unchanged model writes nothing");
-    let m2 = model(&(xyz().replace("{name: c, namespace: z, labels: {pod: c}}", "{name: c, namespace: z, labels: {pod: b}}") + NP_B));
+    let m2 = model(
+        &(xyz().replace(
+            "{name: c, namespace: z, labels: {pod: c}}",
+            "{name: c, namespace: z, labels: {pod: b}}",
+        ) + NP_B),
+    );
     let edit = syncer.sync(&m2, &node(), &Profile::default());
-    assert!(edit.ops > 0 && edit.ops <= 4, "a relabel rewrites the pod's identity and nothing else ({} ops)", edit.ops);
+    assert!(
+        edit.ops > 0 && edit.ops <= 4,
+        "a relabel rewrites the pod's identity and nothing else ({} ops)",
+        edit.ops
+    );
     assert_eq!(syncer.mirror(), &syncer.state().maps);
 }
 
@@ -50,11 +59,21 @@ impl MapWriter for Flaky {
 
 #[test]
 fn failed_writes_are_retried_and_the_mirror_stays_true() {
-    let mut syncer = Syncer::new(Flaky { broken: true, ..Default::default() }, Maps::default());
+    let mut syncer = Syncer::new(
+        Flaky {
+            broken: true,
+            ..Default::default()
+        },
+        Maps::default(),
+    );
     let m = model(&(xyz() + NP_B));
     let r = syncer.sync(&m, &node(), &Profile::default());
     assert!(r.failed > 0);
-    assert_eq!(syncer.mirror(), &syncer.writer().maps, "mirror holds what the kernel holds");
+    assert_eq!(
+        syncer.mirror(),
+        &syncer.writer().maps,
+        "mirror holds what the kernel holds"
+    );
     syncer.writer_mut().broken = false;
     let r = syncer.sync(&m, &node(), &Profile::default());
     assert_eq!(r.failed, 0);
@@ -68,9 +87,17 @@ fn an_invalid_update_keeps_the_last_good_policy() {
         index.apply(&o).expect("valid");
     }
     let good = index.model().clone();
-    let bad = objects(&NP_B.replace("pod: b}}}]}]", "pod: b}}}], ports: [{port: 0}]}]")).pop().expect("object");
-    let err = index.apply(&bad).expect_err("port 0 is invalid").to_string();
-    assert!(err.contains("NetworkPolicy x/p") && err.contains("ingress[0].ports[0]"), "{err}");
+    let bad = objects(&NP_B.replace("pod: b}}}]}]", "pod: b}}}], ports: [{port: 0}]}]"))
+        .pop()
+        .expect("object");
+    let err = index
+        .apply(&bad)
+        .expect_err("port 0 is invalid")
+        .to_string();
+    assert!(
+        err.contains("NetworkPolicy x/p") && err.contains("ingress[0].ports[0]"),
+        "{err}"
+    );
     assert_eq!(index.model(), &good, "the model is unchanged");
     assert_eq!(index.rejected().len(), 1);
 }
@@ -85,7 +112,11 @@ fn a_relist_deletes_what_is_gone() {
     let errors = index.reset(Kind::NetworkPolicy, &[]);
     assert!(errors.is_empty());
     assert!(index.model().policies.is_empty());
-    let pods: Vec<_> = objects(&xyz()).into_iter().filter(|o| o.key().kind == Kind::Pod).take(2).collect();
+    let pods: Vec<_> = objects(&xyz())
+        .into_iter()
+        .filter(|o| o.key().kind == Kind::Pod)
+        .take(2)
+        .collect();
     index.reset(Kind::Pod, &pods);
     assert_eq!(index.model().pods.len(), 2);
 }

@@ -8,10 +8,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    Addr, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DenyEvent,
-    EVENTS_BYTES, EndpointValue, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, ipcache_flags,
-    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_IPCACHE, MAX_POLICY, POLICY_PREFIX_FULL, PROTO_ANY,
-    PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags, endpoint_flags,
+    Addr, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DenyEvent, EVENTS_BYTES,
+    EndpointValue, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, MAX_CONNTRACK, MAX_ENDPOINTS,
+    MAX_IPCACHE, MAX_POLICY, POLICY_PREFIX_FULL, PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue,
+    Reason, ct_flags, endpoint_flags, ipcache_flags,
 };
 
 use crate::parse::{self, Flow, Icmp, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -128,7 +128,7 @@ fn reversed(key: &CtKey) -> CtKey {
 #[inline(always)]
 fn track_existing(flow: &Flow, dir: u8, now: u64) -> bool {
     let key = ct_key(flow, dir);
-    if let Some(v) = CONNTRACK.get_ptr_mut(&key) {
+    if let Some(v) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup; racing updates of these
         // fields only lose a timestamp refresh or a flag, both harmless.
         unsafe { touch(&mut *v, flow, now, false) };
@@ -176,7 +176,7 @@ fn touch(v: &mut CtValue, flow: &Flow, now: u64, reply: bool) {
 #[inline(always)]
 fn related(inner: &Flow, dir: u8) -> bool {
     let key = ct_key(inner, dir ^ 1);
-    CONNTRACK.get_ptr(&key).is_some() || CONNTRACK.get_ptr(reversed(&key)).is_some()
+    CONNTRACK.get_ptr(key).is_some() || CONNTRACK.get_ptr(reversed(&key)).is_some()
 }
 
 #[inline(always)]
@@ -303,7 +303,13 @@ fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64)
                         dport: flow.sport,
                         ..*flow
                     };
-                    open(&rev, back, rule, now, ct_flags::ADOPTED | ct_flags::SEEN_REPLY);
+                    open(
+                        &rev,
+                        back,
+                        rule,
+                        now,
+                        ct_flags::ADOPTED | ct_flags::SEEN_REPLY,
+                    );
                     count(Counter::Adopted);
                     return TC_ACT_OK;
                 }

@@ -207,7 +207,12 @@ fn l4_ports(ctx: &TcContext, flow: &mut Flow, l4: usize) -> Result<(), ()> {
             let hdr: [u8; 8] = load(ctx, l4)?;
             let id = u16::from_be_bytes([hdr[4], hdr[5]]);
             let (request, reply, error, control) = if flow.proto == PROTO_ICMP {
-                (hdr[0] == 8, hdr[0] == 0, matches!(hdr[0], 3 | 11 | 12), false)
+                (
+                    hdr[0] == 8,
+                    hdr[0] == 0,
+                    matches!(hdr[0], 3 | 11 | 12),
+                    false,
+                )
             } else {
                 (
                     hdr[0] == 128,

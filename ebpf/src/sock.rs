@@ -68,7 +68,8 @@ fn check6(ctx: &SockAddrContext) -> i32 {
     for (i, w) in words.iter().enumerate() {
         ip[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    let mapped_v4 = ip[..10] == [0; 10] && ip[10] == 0xff && ip[11] == 0xff && ip[12..] == METADATA_V4;
+    let mapped_v4 =
+        ip[..10] == [0; 10] && ip[10] == 0xff && ip[11] == 0xff && ip[12..] == METADATA_V4;
     if ip != METADATA_V6 && !mapped_v4 {
         return ALLOW;
     }

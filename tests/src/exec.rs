@@ -15,7 +15,9 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs a command to completion; fails (naming it, with its stderr) on a non-zero exit.
 pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {}", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", describe(cmd)))?;
     if !out.status.success() {
         bail!(
             "{} failed ({}): {}",
@@ -48,7 +50,11 @@ pub fn ip_batch(lines: &[String]) -> anyhow::Result<()> {
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("ip -batch failed: {}\ncommands:\n{}", String::from_utf8_lossy(&out.stderr).trim(), lines.join("\n"));
+        bail!(
+            "ip -batch failed: {}\ncommands:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            lines.join("\n")
+        );
     }
     Ok(())
 }

@@ -14,13 +14,17 @@ pub fn matches(pattern: &str, name: &str) -> bool {
         return pattern == name;
     }
     if let Some(p) = pattern.strip_prefix("external:") {
-        return name.strip_prefix("external:").is_some_and(|n| p == "*" || p == n);
+        return name
+            .strip_prefix("external:")
+            .is_some_and(|n| p == "*" || p == n);
     }
     if name.starts_with("external:") {
         return false;
     }
     let (pns, ppod) = pattern.split_once('/').unwrap_or((pattern, "*"));
-    let Some((ns, pod)) = name.split_once('/') else { return false };
+    let Some((ns, pod)) = name.split_once('/') else {
+        return false;
+    };
     (pns == "*" || pns == ns) && (ppod == "*" || ppod == pod)
 }
 
@@ -48,7 +52,13 @@ impl Table {
     }
 
     fn grid(&self, out: &mut String, pick: impl Fn(bool, bool) -> String) {
-        let width = self.sources.iter().map(String::len).max().unwrap_or(4).max(4);
+        let width = self
+            .sources
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let _ = write!(out, "{:width$} ", "");
         for (i, _) in self.dests.iter().enumerate() {
             let _ = write!(out, "{:>3}", i);

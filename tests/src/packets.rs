@@ -18,7 +18,9 @@ fn l4(proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
     v.extend(sport.to_be_bytes());
     v.extend(dport.to_be_bytes());
     if proto == TCP {
-        v.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
+        v.extend([
+            0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0,
+        ]);
     } else {
         v.extend([0, 8, 0, 0]);
     }
@@ -26,7 +28,14 @@ fn l4(proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
 }
 
 /// An IPv4 or IPv6 packet (by the addresses' family) with a TCP or UDP header.
-pub fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
+pub fn packet(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+) -> Vec<u8> {
     let payload = l4(proto, sport, dport, tcp_flags);
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {

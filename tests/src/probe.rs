@@ -75,12 +75,14 @@ pub fn listen(netns: Option<&str>, ports: &[PortSpec]) -> anyhow::Result<Listene
                 let addr: SocketAddr = format!("[::]:{}", p.port).parse()?;
                 match Proto::parse(&p.protocol)? {
                     Proto::Tcp => {
-                        let l = TcpListener::bind(addr).with_context(|| format!("listening on TCP {}", p.port))?;
+                        let l = TcpListener::bind(addr)
+                            .with_context(|| format!("listening on TCP {}", p.port))?;
                         l.set_nonblocking(true)?;
                         socks.push(Sock::Tcp(l));
                     }
                     Proto::Udp => {
-                        let s = UdpSocket::bind(addr).with_context(|| format!("listening on UDP {}", p.port))?;
+                        let s = UdpSocket::bind(addr)
+                            .with_context(|| format!("listening on UDP {}", p.port))?;
                         s.set_nonblocking(true)?;
                         socks.push(Sock::Udp(s));
                     }
@@ -101,7 +103,10 @@ pub fn listen(netns: Option<&str>, ports: &[PortSpec]) -> anyhow::Result<Listene
         serve(&socks, &stop2);
     });
     rx.recv().context("listener thread died")??;
-    Ok(Listeners { stop, thread: Some(thread) })
+    Ok(Listeners {
+        stop,
+        thread: Some(thread),
+    })
 }
 
 fn serve(socks: &[Sock], stop: &AtomicBool) {
@@ -146,8 +151,14 @@ pub fn attempt(to: SocketAddr, proto: Proto, timeout: Duration) -> bool {
     match proto {
         Proto::Tcp => TcpStream::connect_timeout(&to, timeout).is_ok(),
         Proto::Udp => {
-            let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
-            let Ok(s) = UdpSocket::bind(bind) else { return false };
+            let bind: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().expect("addr")
+            } else {
+                "[::]:0".parse().expect("addr")
+            };
+            let Ok(s) = UdpSocket::bind(bind) else {
+                return false;
+            };
             if s.connect(to).is_err() || s.set_read_timeout(Some(timeout)).is_err() {
                 return false;
             }
@@ -192,7 +203,9 @@ pub fn run_all(probes: &[Probe], timeout: Duration, parallel: usize) -> Vec<bool
             .map(|p| {
                 std::thread::spawn(move || match &p.origin.cgroup {
                     Some(cg) => probe_in_cgroup(&p, cg, timeout).unwrap_or(false),
-                    None => netns::enter(&p.origin.netns).is_ok() && attempt(p.to, p.proto, timeout),
+                    None => {
+                        netns::enter(&p.origin.netns).is_ok() && attempt(p.to, p.proto, timeout)
+                    }
                 })
             })
             .collect();
@@ -228,9 +241,18 @@ fn probe_in_cgroup(p: &Probe, cgroup: &std::path::Path, timeout: Duration) -> an
 
 /// The child side of [`probe_in_cgroup`]: join the cgroup, enter the
 /// namespace, try once. Exit status 0 means connected.
-pub fn child_probe(netns_name: &str, cgroup: &str, to: SocketAddr, proto: Proto, timeout: Duration) -> anyhow::Result<bool> {
-    std::fs::write(format!("{cgroup}/cgroup.procs"), std::process::id().to_string())
-        .with_context(|| format!("joining cgroup {cgroup}"))?;
+pub fn child_probe(
+    netns_name: &str,
+    cgroup: &str,
+    to: SocketAddr,
+    proto: Proto,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    std::fs::write(
+        format!("{cgroup}/cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .with_context(|| format!("joining cgroup {cgroup}"))?;
     netns::enter(netns_name)?;
     Ok(attempt(to, proto, timeout))
 }

@@ -98,7 +98,14 @@ pub fn run_file(path: &Path, opts: &Options) -> Outcome {
     let name = path.display().to_string();
     let scenario = match Scenario::load(path) {
         Ok(s) => s,
-        Err(e) => return Outcome { name, passed: false, checks: 0, report: format!("{e:#}") },
+        Err(e) => {
+            return Outcome {
+                name,
+                passed: false,
+                checks: 0,
+                report: format!("{e:#}"),
+            };
+        }
     };
     let unsupported = scenario.unsupported_kinds();
     if !unsupported.is_empty() {
@@ -106,12 +113,25 @@ pub fn run_file(path: &Path, opts: &Options) -> Outcome {
             name: scenario.name,
             passed: false,
             checks: 0,
-            report: format!("cannot run: Palisade does not enforce {} yet", unsupported.join(", ")),
+            report: format!(
+                "cannot run: Palisade does not enforce {} yet",
+                unsupported.join(", ")
+            ),
         };
     }
     match run_scenario(&scenario, opts) {
-        Ok((passed, checks, report)) => Outcome { name: scenario.name, passed, checks, report },
-        Err(e) => Outcome { name: scenario.name, passed: false, checks: 0, report: format!("error: {e:#}") },
+        Ok((passed, checks, report)) => Outcome {
+            name: scenario.name,
+            passed,
+            checks,
+            report,
+        },
+        Err(e) => Outcome {
+            name: scenario.name,
+            passed: false,
+            checks: 0,
+            report: format!("error: {e:#}"),
+        },
     }
 }
 
@@ -152,21 +172,34 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
             IpAddr::V4(a) => (Some(a), None),
             IpAddr::V6(a) => (None, Some(a)),
         };
-        let host = run.cluster.add_wired(&format!("external:{}", e.name), v4, v6, ports)?;
+        let host = run
+            .cluster
+            .add_wired(&format!("external:{}", e.name), v4, v6, ports)?;
         run.listen(&host)?;
     }
     run.policies = scenario.policies.clone();
     run.write_source()?;
 
     let config = dir.join("config.yaml");
-    std::fs::write(&config, serde_yaml::to_string(&scenario.agent.clone().unwrap_or_default())?)?;
+    std::fs::write(
+        &config,
+        serde_yaml::to_string(&scenario.agent.clone().unwrap_or_default())?,
+    )?;
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{run_id}"));
     let stdout = std::fs::File::create(&run.deny_log)?;
     let stderr = std::fs::File::create(dir.join("agent.log"))?;
     let child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", run.cluster.node_netns))
         .arg(&opts.agent)
-        .args(["agent", "--node-name", NODE_NAME, "--interface-prefix", crate::topology::IF_PREFIX, "--poll-ms", "50"])
+        .args([
+            "agent",
+            "--node-name",
+            NODE_NAME,
+            "--interface-prefix",
+            crate::topology::IF_PREFIX,
+            "--poll-ms",
+            "50",
+        ])
         .args(["--deny-idle-secs", "1.5"])
         .arg("--source")
         .arg(&source)
@@ -180,12 +213,20 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
         .stderr(stderr)
         .spawn()
         .context("starting the agent (nsenter from util-linux)")?;
-    let _agent = Agent { child, dir: dir.clone(), pin_root, agent_bin: opts.agent.clone() };
+    let _agent = Agent {
+        child,
+        dir: dir.clone(),
+        pin_root,
+        agent_bin: opts.agent.clone(),
+    };
 
     let mut passed = run.wait_and_check("initial", &scenario.expect.clone())?;
     for step in &scenario.steps {
         for r in &step.relabel {
-            let pod = run.pods.get_mut(&r.pod).with_context(|| format!("step {:?}: no pod {}", step.name, r.pod))?;
+            let pod = run
+                .pods
+                .get_mut(&r.pod)
+                .with_context(|| format!("step {:?}: no pod {}", step.name, r.pod))?;
             pod.labels = r.labels.clone();
         }
         for r in &step.relabel_namespace {
@@ -197,7 +238,14 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
             run.policies.push(obj.clone());
         }
         for d in &step.delete {
-            run.policies.retain(|p| object_key(p) != (d.kind.clone(), d.namespace.clone().unwrap_or_default(), d.name.clone()));
+            run.policies.retain(|p| {
+                object_key(p)
+                    != (
+                        d.kind.clone(),
+                        d.namespace.clone().unwrap_or_default(),
+                        d.name.clone(),
+                    )
+            });
         }
         for p in &step.delete_pods {
             run.pods.remove(p);
@@ -238,7 +286,11 @@ fn object_key(v: &serde_yaml::Value) -> (String, String, String) {
         }
         cur.as_str().unwrap_or_default().to_string()
     };
-    (s(&["kind"]), s(&["metadata", "namespace"]), s(&["metadata", "name"]))
+    (
+        s(&["kind"]),
+        s(&["metadata", "namespace"]),
+        s(&["metadata", "name"]),
+    )
 }
 
 impl Run<'_> {
@@ -265,17 +317,37 @@ impl Run<'_> {
             *next += 1;
             let third = (ns_idx + 1) as u8;
             let fourth = (10 + pod_idx) as u8;
-            let v4 = self.cluster.family.v4().then_some(Ipv4Addr::new(10, 244, third, fourth));
-            let v6 = self.cluster.family.v6().then_some(Ipv6Addr::new(0xfd00, 0x10, 0x244, ns_idx + 1, 0, 0, 0, 10 + pod_idx));
+            let v4 = self
+                .cluster
+                .family
+                .v4()
+                .then_some(Ipv4Addr::new(10, 244, third, fourth));
+            let v6 = self.cluster.family.v6().then_some(Ipv6Addr::new(
+                0xfd00,
+                0x10,
+                0x244,
+                ns_idx + 1,
+                0,
+                0,
+                0,
+                10 + pod_idx,
+            ));
             let h = self.cluster.add_wired(&name, v4, v6, ports)?;
             self.listen(&h)?;
         }
-        self.pods.insert(name, PodState { spec: p.clone(), labels: p.labels.clone() });
+        self.pods.insert(
+            name,
+            PodState {
+                spec: p.clone(),
+                labels: p.labels.clone(),
+            },
+        );
         Ok(())
     }
 
     fn listen(&mut self, h: &Host) -> anyhow::Result<()> {
-        let l = probe::listen(h.netns.as_deref(), &h.ports).with_context(|| format!("listeners of {}", h.name))?;
+        let l = probe::listen(h.netns.as_deref(), &h.ports)
+            .with_context(|| format!("listeners of {}", h.name))?;
         self.listeners.insert(h.name.clone(), l);
         Ok(())
     }
@@ -341,10 +413,12 @@ impl Run<'_> {
             for v6 in families {
                 let expanded = expand_placeholders(&raw, &|pod| self.pod_ip(pod, v6))?;
                 let mut obj: serde_yaml::Value = serde_yaml::from_str(&expanded)?;
-                if dual && v6 {
-                    if let Some(n) = obj.get_mut("metadata").and_then(|m| m.get_mut("name")) {
-                        *n = serde_yaml::Value::String(format!("{}-v6", n.as_str().unwrap_or_default()));
-                    }
+                if dual
+                    && v6
+                    && let Some(n) = obj.get_mut("metadata").and_then(|m| m.get_mut("name"))
+                {
+                    *n =
+                        serde_yaml::Value::String(format!("{}-v6", n.as_str().unwrap_or_default()));
                 }
                 text.push_str("---\n");
                 text.push_str(&serde_yaml::to_string(&obj)?);
@@ -364,7 +438,10 @@ impl Run<'_> {
         let mut last = None;
         while Instant::now() < deadline {
             if let Ok(st) = Status::read(&self.status_file) {
-                if st.ready && st.source_digest == want && ifaces.iter().all(|i| st.attached.contains(i)) {
+                if st.ready
+                    && st.source_digest == want
+                    && ifaces.iter().all(|i| st.attached.contains(i))
+                {
                     if !st.rejected.is_empty() {
                         bail!("the agent rejected objects: {}", st.rejected.join("; "));
                     }
@@ -374,16 +451,22 @@ impl Run<'_> {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("the agent did not program the source within {:?} (last status: {last:?})", self.opts.ready_timeout)
+        bail!(
+            "the agent did not program the source within {:?} (last status: {last:?})",
+            self.opts.ready_timeout
+        )
     }
 
     fn wait_and_check(&mut self, label: &str, expects: &[Expect]) -> anyhow::Result<bool> {
         self.wait_programmed()?;
         let mut ok = true;
-        let families: Vec<bool> = [(self.cluster.family.v4(), false), (self.cluster.family.v6(), true)]
-            .into_iter()
-            .filter_map(|(on, v6)| on.then_some(v6))
-            .collect();
+        let families: Vec<bool> = [
+            (self.cluster.family.v4(), false),
+            (self.cluster.family.v6(), true),
+        ]
+        .into_iter()
+        .filter_map(|(on, v6)| on.then_some(v6))
+        .collect();
         for e in expects {
             let proto = Proto::parse(&e.protocol)?;
             for &v6 in &families {
@@ -412,14 +495,23 @@ impl Run<'_> {
         for l in &lines[self.deny_seen.min(lines.len())..] {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
                 let side = |s: &serde_json::Value| {
-                    let who = s["pod"].as_str().map(str::to_string).unwrap_or_else(|| s["ip"].as_str().unwrap_or("?").to_string());
+                    let who = s["pod"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| s["ip"].as_str().unwrap_or("?").to_string());
                     match s["port"].as_u64() {
                         Some(p) => format!("{who}:{p}"),
                         None => who,
                     }
                 };
                 let why = match v["policies"].as_array() {
-                    Some(p) if !p.is_empty() => format!("isolated by {}", p.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")),
+                    Some(p) if !p.is_empty() => format!(
+                        "isolated by {}",
+                        p.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                     _ => v["reason"].as_str().unwrap_or("?").to_string(),
                 };
                 if v["type"] == "deny" {
@@ -438,17 +530,37 @@ impl Run<'_> {
 
     fn check(&self, label: &str, e: &Expect, proto: Proto, v6: bool) -> anyhow::Result<Table> {
         let fam = if v6 { "IPv6" } else { "IPv4" };
-        let mut table = Table { title: format!("{} {}: {}/{} {fam}", self.scenario.name, label, e.port, e.protocol), ..Default::default() };
+        let mut table = Table {
+            title: format!(
+                "{} {}: {}/{} {fam}",
+                self.scenario.name, label, e.port, e.protocol
+            ),
+            ..Default::default()
+        };
         let proto_name = e.protocol.as_str();
         let mut sources: Vec<String> = self.pods.keys().cloned().collect();
         sources.push("node".into());
         let mut dests: Vec<String> = self.pods.keys().cloned().collect();
-        dests.extend(self.cluster.hosts.keys().filter(|k| k.starts_with("external:")).cloned());
+        dests.extend(
+            self.cluster
+                .hosts
+                .keys()
+                .filter(|k| k.starts_with("external:"))
+                .cloned(),
+        );
         let mut probes = Vec::new();
         let mut pairs = Vec::new();
         for d in &dests {
-            let host = self.cluster.hosts.get(d).context("destination without host")?;
-            if !host.ports.iter().any(|p| p.port == e.port && p.protocol == proto_name) {
+            let host = self
+                .cluster
+                .hosts
+                .get(d)
+                .context("destination without host")?;
+            if !host
+                .ports
+                .iter()
+                .any(|p| p.port == e.port && p.protocol == proto_name)
+            {
                 continue;
             }
             let Some(addr) = host.addr(v6) else { continue };
@@ -459,18 +571,31 @@ impl Run<'_> {
                     continue;
                 }
                 let origin = if s == "node" {
-                    Origin { netns: self.cluster.node_netns.clone(), cgroup: None }
+                    Origin {
+                        netns: self.cluster.node_netns.clone(),
+                        cgroup: None,
+                    }
                 } else {
                     let h = self.cluster.hosts.get(s).context("source without host")?;
                     if h.addr(v6).is_none() {
                         continue;
                     }
                     match &h.netns {
-                        Some(n) => Origin { netns: n.clone(), cgroup: None },
-                        None => Origin { netns: self.cluster.node_netns.clone(), cgroup: h.cgroup.clone() },
+                        Some(n) => Origin {
+                            netns: n.clone(),
+                            cgroup: None,
+                        },
+                        None => Origin {
+                            netns: self.cluster.node_netns.clone(),
+                            cgroup: h.cgroup.clone(),
+                        },
                     }
                 };
-                probes.push(Probe { origin, to: SocketAddr::new(addr, e.port), proto });
+                probes.push(Probe {
+                    origin,
+                    to: SocketAddr::new(addr, e.port),
+                    proto,
+                });
                 pairs.push((s.clone(), d.clone()));
             }
         }
@@ -479,8 +604,14 @@ impl Run<'_> {
             let expected = matrix::expected(e, &s, &d) == Verdict::Allow;
             table.cells.insert((s, d), (expected, observed));
         }
-        table.sources = sources.into_iter().filter(|s| table.cells.keys().any(|(a, _)| a == s)).collect();
-        table.dests = dests.into_iter().filter(|d| table.cells.keys().any(|(_, b)| b == d)).collect();
+        table.sources = sources
+            .into_iter()
+            .filter(|s| table.cells.keys().any(|(a, _)| a == s))
+            .collect();
+        table.dests = dests
+            .into_iter()
+            .filter(|d| table.cells.keys().any(|(_, b)| b == d))
+            .collect();
         Ok(table)
     }
 }

@@ -73,7 +73,11 @@ pub fn default_ports() -> Vec<PortSpec> {
     let mut v = Vec::new();
     for port in [80, 81] {
         for protocol in ["TCP", "UDP"] {
-            v.push(PortSpec { port, protocol: protocol.into(), name: None });
+            v.push(PortSpec {
+                port,
+                protocol: protocol.into(),
+                name: None,
+            });
         }
     }
     v
@@ -170,18 +174,26 @@ pub struct Step {
 
 impl Scenario {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Kinds this agent cannot enforce, as `apiVersion/kind`.
     pub fn unsupported_kinds(&self) -> Vec<String> {
-        let all = self.policies.iter().chain(self.steps.iter().flat_map(|s| s.apply.iter()));
+        let all = self
+            .policies
+            .iter()
+            .chain(self.steps.iter().flat_map(|s| s.apply.iter()));
         let mut out: Vec<String> = all
             .filter_map(|v| {
-                let api = v.get("apiVersion").and_then(|a| a.as_str()).unwrap_or_default();
+                let api = v
+                    .get("apiVersion")
+                    .and_then(|a| a.as_str())
+                    .unwrap_or_default();
                 let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-                (!(api == "networking.k8s.io/v1" && kind == "NetworkPolicy")).then(|| format!("{api}/{kind}"))
+                (!(api == "networking.k8s.io/v1" && kind == "NetworkPolicy"))
+                    .then(|| format!("{api}/{kind}"))
             })
             .collect();
         out.sort();
@@ -191,7 +203,10 @@ impl Scenario {
 }
 
 /// `{{ip NS/POD}}` and `{{net NS/POD LEN}}` in policy text.
-pub fn expand_placeholders(text: &str, lookup: &dyn Fn(&str) -> Option<IpAddr>) -> anyhow::Result<String> {
+pub fn expand_placeholders(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<IpAddr>,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -199,12 +214,22 @@ pub fn expand_placeholders(text: &str, lookup: &dyn Fn(&str) -> Option<IpAddr>) 
         let end = rest[start..].find("}}").context("unclosed {{ in policy")? + start;
         let inner = rest[start + 2..end].trim();
         let parts: Vec<&str> = inner.split_whitespace().collect();
-        let ip = |pod: &str| lookup(pod).with_context(|| format!("placeholder {{{{{inner}}}}}: no pod {pod}"));
+        let ip = |pod: &str| {
+            lookup(pod).with_context(|| format!("placeholder {{{{{inner}}}}}: no pod {pod}"))
+        };
         match parts.as_slice() {
             ["ip", pod] => out.push_str(&ip(pod)?.to_string()),
             ["net", pod, len] => {
-                let len: u8 = len.parse().with_context(|| format!("placeholder {{{{{inner}}}}}: bad length"))?;
-                let net = ipnet::IpNet::new(ip(pod)?, len).context("prefix length")?.trunc();
+                let len: u8 = len
+                    .parse()
+                    .with_context(|| format!("placeholder {{{{{inner}}}}}: bad length"))?;
+                // Clamped to the family's width, so `{{net P 128}}` is the host
+                // prefix under both families of a dual-stack scenario.
+                let addr = ip(pod)?;
+                let len = len.min(if addr.is_ipv4() { 32 } else { 128 });
+                let net = ipnet::IpNet::new(addr, len)
+                    .context("prefix length")?
+                    .trunc();
                 out.push_str(&net.to_string());
             }
             _ => anyhow::bail!("unknown placeholder {{{{{inner}}}}}"),

@@ -42,7 +42,8 @@ fn remember(c: Created) {
 
 /// Removes everything any cluster of this process created (interrupt handler).
 pub fn cleanup_all() {
-    let items: Vec<Created> = std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
+    let items: Vec<Created> =
+        std::mem::take(&mut *CREATED.lock().unwrap_or_else(|e| e.into_inner()));
     for c in items.into_iter().rev() {
         remove(&c);
     }
@@ -56,7 +57,10 @@ fn remove(c: &Created) {
         Created::Cgroup(p) => {
             // Deepest first; only empty cgroups can go.
             for dir in p.ancestors().take(4) {
-                if dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with("palisade-e2e")) {
+                if dir
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("palisade-e2e"))
+                {
                     let _ = std::fs::remove_dir(dir);
                     break;
                 }
@@ -88,7 +92,11 @@ pub struct Host {
 
 impl Host {
     pub fn addr(&self, v6: bool) -> Option<IpAddr> {
-        if v6 { self.v6.map(IpAddr::V6) } else { self.v4.map(IpAddr::V4) }
+        if v6 {
+            self.v6.map(IpAddr::V6)
+        } else {
+            self.v4.map(IpAddr::V4)
+        }
     }
 }
 
@@ -107,13 +115,37 @@ impl Cluster {
         ip(&["netns", "add", &node_netns])?;
         remember(Created::Netns(node_netns.clone()));
         ip(&["-n", &node_netns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &node_netns, "addr", "add", &format!("{NODE_V4}/32"), "dev", "lo"])?;
-        ip(&["-n", &node_netns, "addr", "add", &format!("{NODE_V6}/128"), "dev", "lo", "nodad"])?;
+        ip(&[
+            "-n",
+            &node_netns,
+            "addr",
+            "add",
+            &format!("{NODE_V4}/32"),
+            "dev",
+            "lo",
+        ])?;
+        ip(&[
+            "-n",
+            &node_netns,
+            "addr",
+            "add",
+            &format!("{NODE_V6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
         for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
             run(Command::new("ip").args(["netns", "exec", &node_netns, "sysctl", "-qw", sysctl]))?;
         }
         let cgroup_root = PathBuf::from(cgroup2_mount()?).join(format!("palisade-e2e-{run_id}"));
-        Ok(Self { run: run_id.to_string(), node_netns, family, hosts: BTreeMap::new(), next_if: 0, cgroup_root })
+        Ok(Self {
+            run: run_id.to_string(),
+            node_netns,
+            family,
+            hosts: BTreeMap::new(),
+            next_if: 0,
+            cgroup_root,
+        })
     }
 
     pub fn cgroup_root(&self) -> &PathBuf {
@@ -121,7 +153,13 @@ impl Cluster {
     }
 
     /// Adds a host in its own namespace with the given addresses.
-    pub fn add_wired(&mut self, name: &str, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>, ports: Vec<PortSpec>) -> anyhow::Result<Host> {
+    pub fn add_wired(
+        &mut self,
+        name: &str,
+        v4: Option<Ipv4Addr>,
+        v6: Option<Ipv6Addr>,
+        ports: Vec<PortSpec>,
+    ) -> anyhow::Result<Host> {
         let idx = self.next_if;
         self.next_if += 1;
         let netns = format!("pal{}-{idx}", self.run);
@@ -129,22 +167,86 @@ impl Cluster {
         let node = self.node_netns.clone();
         ip(&["netns", "add", &netns])?;
         remember(Created::Netns(netns.clone()));
-        ip(&["-n", &node, "link", "add", &ifname, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        ip(&[
+            "-n", &node, "link", "add", &ifname, "type", "veth", "peer", "name", "eth0", "netns",
+            &netns,
+        ])?;
         ip(&["-n", &node, "link", "set", &ifname, "up"])?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
         if let Some(a) = v4 {
-            ip(&["-n", &netns, "addr", "add", &format!("{a}/32"), "dev", "eth0"])?;
-            ip(&["-n", &node, "addr", "add", &format!("{GATEWAY_V4}/32"), "dev", &ifname])?;
-            ip(&["-n", &netns, "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link"])?;
-            ip(&["-n", &netns, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0"])?;
-            ip(&["-n", &node, "route", "add", &format!("{a}/32"), "dev", &ifname, "src", &NODE_V4.to_string()])?;
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{GATEWAY_V4}/32"),
+                "dev",
+                &ifname,
+            ])?;
+            ip(&[
+                "-n", &netns, "route", "add", GATEWAY_V4, "dev", "eth0", "scope", "link",
+            ])?;
+            ip(&[
+                "-n", &netns, "route", "add", "default", "via", GATEWAY_V4, "dev", "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &node,
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                &ifname,
+                "src",
+                &NODE_V4.to_string(),
+            ])?;
         }
         if let Some(a) = v6 {
-            ip(&["-n", &netns, "addr", "add", &format!("{a}/128"), "dev", "eth0", "nodad"])?;
-            ip(&["-n", &node, "addr", "add", &format!("{GATEWAY_V6}/64"), "dev", &ifname, "nodad"])?;
-            ip(&["-n", &netns, "-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0"])?;
-            ip(&["-n", &node, "-6", "route", "add", &format!("{a}/128"), "dev", &ifname, "src", &NODE_V6.to_string()])?;
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{GATEWAY_V6}/64"),
+                "dev",
+                &ifname,
+                "nodad",
+            ])?;
+            ip(&[
+                "-n", &netns, "-6", "route", "add", "default", "via", GATEWAY_V6, "dev", "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &node,
+                "-6",
+                "route",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                &ifname,
+                "src",
+                &NODE_V6.to_string(),
+            ])?;
         }
         let host = Host {
             name: name.to_string(),
@@ -166,8 +268,13 @@ impl Cluster {
         let idx = self.next_if;
         self.next_if += 1;
         let uid = format!("{:08x}-0000-4000-8000-{:012x}", idx, idx);
-        let cgroup = self.cgroup_root.join("kubepods").join("besteffort").join(format!("pod{uid}"));
-        std::fs::create_dir_all(&cgroup).with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+        let cgroup = self
+            .cgroup_root
+            .join("kubepods")
+            .join("besteffort")
+            .join(format!("pod{uid}"));
+        std::fs::create_dir_all(&cgroup)
+            .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         remember(Created::Cgroup(cgroup.clone()));
         let host = Host {
             name: name.to_string(),
@@ -196,7 +303,10 @@ impl Cluster {
 
     /// Node-side interfaces that must carry the programs.
     pub fn interfaces(&self) -> Vec<String> {
-        self.hosts.values().filter_map(|h| h.ifname.clone()).collect()
+        self.hosts
+            .values()
+            .filter_map(|h| h.ifname.clone())
+            .collect()
     }
 }
 
@@ -207,7 +317,11 @@ impl Drop for Cluster {
             self.remove_host(&n);
         }
         remove(&Created::Netns(self.node_netns.clone()));
-        for d in [self.cgroup_root.join("kubepods/besteffort"), self.cgroup_root.join("kubepods"), self.cgroup_root.clone()] {
+        for d in [
+            self.cgroup_root.join("kubepods/besteffort"),
+            self.cgroup_root.join("kubepods"),
+            self.cgroup_root.clone(),
+        ] {
             let _ = std::fs::remove_dir(d);
         }
     }
@@ -215,7 +329,8 @@ impl Drop for Cluster {
 
 /// Where cgroup v2 is mounted (/sys/fs/cgroup/unified on hybrid hosts).
 pub fn cgroup2_mount() -> anyhow::Result<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     mounts
         .lines()
         .filter_map(|l| {

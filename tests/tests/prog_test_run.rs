@@ -3,7 +3,10 @@
 //! the in-memory simulation gives (the behaviour the engine's tests rely on).
 //! Privileged: needs root (CAP_BPF, CAP_NET_ADMIN); fails, never skips.
 
-use std::{net::IpAddr, sync::atomic::{AtomicU32, Ordering}};
+use std::{
+    net::IpAddr,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
@@ -28,7 +31,11 @@ impl Drop for Pins {
 
 fn pins() -> Pins {
     static N: AtomicU32 = AtomicU32::new(0);
-    Pins(PinPaths::new(format!("/sys/fs/bpf/palisade-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))))
+    Pins(PinPaths::new(format!(
+        "/sys/fs/bpf/palisade-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )))
 }
 
 const MODEL: &str = r#"
@@ -86,16 +93,30 @@ spec:
     ports: [{port: 80}]
 "#;
 
-fn setup(profile: &Profile) -> (Pins, Datapath, Syncer<palisade_agent::dataplane::kernel::KernelMaps>) {
+fn setup(
+    profile: &Profile,
+) -> (
+    Pins,
+    Datapath,
+    Syncer<palisade_agent::dataplane::kernel::KernelMaps>,
+) {
     // SAFETY: no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "privileged test: run as root (cargo xtask test)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
     let pins = pins();
-    let mut dp = Datapath::open(pins.0.clone()).expect("load the programs (verifier must accept them)");
+    let mut dp =
+        Datapath::open(pins.0.clone()).expect("load the programs (verifier must accept them)");
     let mut index = Index::default();
     for o in parse_objects("test", MODEL) {
         index.apply(&o.expect("valid")).expect("valid");
     }
-    let node = palisade_agent::model::Node { name: "n1".into(), addresses: vec!["172.31.0.1".parse().expect("ip")] };
+    let node = palisade_agent::model::Node {
+        name: "n1".into(),
+        addresses: vec!["172.31.0.1".parse().expect("ip")],
+    };
     let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
     let r = syncer.sync(index.model(), &node, profile);
     assert_eq!(r.failed, 0);
@@ -104,7 +125,12 @@ fn setup(profile: &Profile) -> (Pins, Datapath, Syncer<palisade_agent::dataplane
 
 fn run(dp: &mut Datapath, hook: Hook, pkt: &[u8]) -> u32 {
     let prog = dp.classifier(hook).expect("program");
-    prog.test_run(TestRunOptions { data_in: Some(pkt), ..TestRunOptions::new() }).expect("BPF_PROG_TEST_RUN").return_value
+    prog.test_run(TestRunOptions {
+        data_in: Some(pkt),
+        ..TestRunOptions::new()
+    })
+    .expect("BPF_PROG_TEST_RUN")
+    .return_value
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -116,12 +142,24 @@ fn kernel_verdicts_match_the_simulation() {
     let (_pins, mut dp, syncer) = setup(&Profile::default());
     let maps = syncer.state().maps.clone();
     let addrs = [
-        "10.0.1.10", "10.0.1.11", "10.0.1.12", "203.0.113.7", "172.31.0.1", "169.254.169.254", "8.8.8.8",
-        "fd00::1:10", "fd00::1:11", "fd00:ec2::254", "2001:db8::1",
+        "10.0.1.10",
+        "10.0.1.11",
+        "10.0.1.12",
+        "203.0.113.7",
+        "172.31.0.1",
+        "169.254.169.254",
+        "8.8.8.8",
+        "fd00::1:10",
+        "fd00::1:11",
+        "fd00:ec2::254",
+        "2001:db8::1",
     ];
     let mut sport = 20000u16;
     let mut checked = 0;
-    for (proto, ports) in [(TCP, vec![80u16, 443, 1000, 1500, 2000, 2001, 22]), (UDP, vec![53, 80])] {
+    for (proto, ports) in [
+        (TCP, vec![80u16, 443, 1000, 1500, 2000, 2001, 22]),
+        (UDP, vec![53, 80]),
+    ] {
         for s in addrs {
             for d in addrs {
                 if s == d || ip(s).is_ipv4() != ip(d).is_ipv4() {
@@ -130,13 +168,22 @@ fn kernel_verdicts_match_the_simulation() {
                 for &port in &ports {
                     sport += 1;
                     let (src, dst) = (ip(s), ip(d));
-                    for (hook, dir, local, remote) in
-                        [(Hook::FromPod, Direction::Egress, src, dst), (Hook::ToPod, Direction::Ingress, dst, src)]
-                    {
+                    for (hook, dir, local, remote) in [
+                        (Hook::FromPod, Direction::Egress, src, dst),
+                        (Hook::ToPod, Direction::Ingress, dst, src),
+                    ] {
                         let want = sim::judge(&maps, local, remote, dir, proto, port).allows();
                         let flags = if proto == TCP { SYN } else { 0 };
-                        let got = run(&mut dp, hook, &packets::packet(src, dst, proto, sport, port, flags));
-                        assert_eq!(got, if want { TC_ACT_OK } else { TC_ACT_SHOT }, "{s}:{sport} -> {d}:{port} proto {proto} at {hook:?}");
+                        let got = run(
+                            &mut dp,
+                            hook,
+                            &packets::packet(src, dst, proto, sport, port, flags),
+                        );
+                        assert_eq!(
+                            got,
+                            if want { TC_ACT_OK } else { TC_ACT_SHOT },
+                            "{s}:{sport} -> {d}:{port} proto {proto} at {hook:?}"
+                        );
                         checked += 1;
                     }
                 }
@@ -151,21 +198,78 @@ fn replies_of_allowed_flows_pass_and_unsolicited_ones_do_not() {
     let (_pins, mut dp, _s) = setup(&Profile::default());
     let (a, b, c) = (ip("10.0.1.10"), ip("10.0.1.11"), ip("10.0.1.12"));
     // b -> a:80 is allowed at a's ingress (and b's egress): the flow is tracked.
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::packet(b, a, TCP, 40000, 80, SYN)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, a, TCP, 40000, 80, SYN)
+        ),
+        TC_ACT_OK
+    );
     // a's reply leaves a (a's egress is not isolated anyway) and enters b:
     // b's ingress is not isolated, so look at a's side only: the reply is tracked.
-    assert_eq!(run(&mut dp, Hook::FromPod, &packets::packet(a, b, TCP, 80, 40000, SYN | ACK)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(a, b, TCP, 80, 40000, SYN | ACK)
+        ),
+        TC_ACT_OK
+    );
     // c -> a:80 is denied; an unsolicited "reply" from c to a is too.
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::packet(c, a, TCP, 40001, 80, SYN)), TC_ACT_SHOT);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(c, a, TCP, 40001, 80, SYN)
+        ),
+        TC_ACT_SHOT
+    );
     // b's egress is isolated (only 203.0.113.0/24 and port 80): b -> c:22 denied,
     // but the reply of c's connection *to* b (b's ingress is open) passes b's egress.
-    assert_eq!(run(&mut dp, Hook::FromPod, &packets::packet(b, c, TCP, 40002, 22, SYN)), TC_ACT_SHOT);
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::packet(c, b, TCP, 40003, 22, SYN)), TC_ACT_OK);
-    assert_eq!(run(&mut dp, Hook::FromPod, &packets::packet(b, c, TCP, 22, 40003, SYN | ACK)), TC_ACT_OK, "reply of a tracked flow");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(b, c, TCP, 40002, 22, SYN)
+        ),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(c, b, TCP, 40003, 22, SYN)
+        ),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(b, c, TCP, 22, 40003, SYN | ACK)
+        ),
+        TC_ACT_OK,
+        "reply of a tracked flow"
+    );
     // UDP: b -> 203.0.113.7:53 allowed, the answer comes back into b.
     let ext = ip("203.0.113.7");
-    assert_eq!(run(&mut dp, Hook::FromPod, &packets::packet(b, ext, UDP, 5353, 53, 0)), TC_ACT_OK);
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::packet(ext, b, UDP, 53, 5353, 0)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(b, ext, UDP, 5353, 53, 0)
+        ),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(ext, b, UDP, 53, 5353, 0)
+        ),
+        TC_ACT_OK
+    );
 }
 
 #[test]
@@ -174,22 +278,56 @@ fn mid_stream_tcp_is_adopted_only_when_policy_allows_it() {
     let (a, b, c) = (ip("10.0.1.10"), ip("10.0.1.11"), ip("10.0.1.12"));
     // An ACK from b:80 into a with no tracked flow: the reply of a connection
     // a opened before enforcement. a may connect to b:80, so it is adopted...
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::packet(b, a, TCP, 80, 41000, ACK)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, a, TCP, 80, 41000, ACK)
+        ),
+        TC_ACT_OK
+    );
     // ...and a's next segments are tracked.
-    assert_eq!(run(&mut dp, Hook::FromPod, &packets::packet(a, b, TCP, 41000, 80, ACK)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(a, b, TCP, 41000, 80, ACK)
+        ),
+        TC_ACT_OK
+    );
     // An ACK from c:5555 into a: neither c -> a:41001 (ingress) nor
     // a -> c:5555 (egress) is allowed, so it is no one's reply: dropped.
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::packet(c, a, TCP, 5555, 41001, ACK)), TC_ACT_SHOT);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(c, a, TCP, 5555, 41001, ACK)
+        ),
+        TC_ACT_SHOT
+    );
     // A mid-stream segment b -> c:5555 could be the reply of a connection c
     // opened to b:41002, which b's open ingress allows: adopted.
-    assert_eq!(run(&mut dp, Hook::FromPod, &packets::packet(b, c, TCP, 41002, 5555, ACK)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(b, c, TCP, 41002, 5555, ACK)
+        ),
+        TC_ACT_OK
+    );
 }
 
 #[test]
 fn ipv6_extension_headers_fragments_and_malformed_packets() {
     let (_pins, mut dp, _s) = setup(&Profile::default());
-    let a6: [u8; 16] = "fd00::1:10".parse::<std::net::Ipv6Addr>().expect("ip").octets();
-    let b6: [u8; 16] = "fd00::1:11".parse::<std::net::Ipv6Addr>().expect("ip").octets();
+    let a6: [u8; 16] = "fd00::1:10"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    let b6: [u8; 16] = "fd00::1:11"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
     let tcp = |dport: u16| {
         let mut p = 41000u16.to_be_bytes().to_vec();
         p.extend(dport.to_be_bytes());
@@ -197,15 +335,50 @@ fn ipv6_extension_headers_fragments_and_malformed_packets() {
         p
     };
     // b -> a:80 over IPv6 through hop-by-hop and destination options: allowed.
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::ipv6(b6, a6, TCP, &[0, 60], &tcp(80))), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::ipv6(b6, a6, TCP, &[0, 60], &tcp(80))
+        ),
+        TC_ACT_OK
+    );
     // b -> a:22 likewise: denied (the ports behind the headers were found).
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::ipv6(b6, a6, TCP, &[0, 60], &tcp(22))), TC_ACT_SHOT);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::ipv6(b6, a6, TCP, &[0, 60], &tcp(22))
+        ),
+        TC_ACT_SHOT
+    );
     // Later IPv4 fragments carry no ports: denied into an endpoint isolated by port rules.
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::later_fragment([10, 0, 1, 11], [10, 0, 1, 10], TCP)), TC_ACT_SHOT);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::later_fragment([10, 0, 1, 11], [10, 0, 1, 10], TCP)
+        ),
+        TC_ACT_SHOT
+    );
     // ...and passed where the endpoint is not isolated (c's ingress).
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::later_fragment([10, 0, 1, 11], [10, 0, 1, 12], TCP)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::later_fragment([10, 0, 1, 11], [10, 0, 1, 12], TCP)
+        ),
+        TC_ACT_OK
+    );
     // A header shorter than its minimum: dropped.
-    assert_eq!(run(&mut dp, Hook::ToPod, &packets::bad_ihl([10, 0, 1, 11], [10, 0, 1, 10])), TC_ACT_SHOT);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::bad_ihl([10, 0, 1, 11], [10, 0, 1, 10])
+        ),
+        TC_ACT_SHOT
+    );
     // A frame cut inside the TCP header (the kernel's test runner refuses
     // frames cut inside the IP header): dropped.
     let mut cut = packets::packet(ip("10.0.1.11"), ip("10.0.1.10"), TCP, 1, 80, SYN);
@@ -223,7 +396,24 @@ fn metadata_is_blocked_even_for_unisolated_pods() {
     let (_pins, mut dp, _s) = setup(&Profile::default());
     let md = ip("169.254.169.254");
     // c has no egress policy at all.
-    assert_eq!(run(&mut dp, Hook::FromPod, &packets::packet(ip("10.0.1.12"), md, TCP, 41000, 80, SYN)), TC_ACT_SHOT);
-    let (_pins2, mut dp2, _s2) = setup(&Profile { block_metadata: false, ..Profile::default() });
-    assert_eq!(run(&mut dp2, Hook::FromPod, &packets::packet(ip("10.0.1.12"), md, TCP, 41000, 80, SYN)), TC_ACT_OK);
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(ip("10.0.1.12"), md, TCP, 41000, 80, SYN)
+        ),
+        TC_ACT_SHOT
+    );
+    let (_pins2, mut dp2, _s2) = setup(&Profile {
+        block_metadata: false,
+        ..Profile::default()
+    });
+    assert_eq!(
+        run(
+            &mut dp2,
+            Hook::FromPod,
+            &packets::packet(ip("10.0.1.12"), md, TCP, 41000, 80, SYN)
+        ),
+        TC_ACT_OK
+    );
 }

@@ -25,21 +25,32 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 pub fn status(cmd: &mut Command) -> anyhow::Result<ExitStatus> {
-    cmd.status().with_context(|| format!("running `{}`", describe(cmd)))
+    cmd.status()
+        .with_context(|| format!("running `{}`", describe(cmd)))
 }
 
 /// Runs a command and returns its stdout; fails naming it on a non-zero exit.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running `{}`", describe(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running `{}`", describe(cmd)))?;
     if !out.status.success() {
-        bail!("`{}` failed: {}: {}", describe(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{}` failed: {}: {}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 pub fn cargo() -> Command {
@@ -50,7 +61,14 @@ pub fn cargo() -> Command {
 
 /// Builds the agent and the harness; returns (palisade, palisade-scenario) paths.
 pub fn build_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
-    exec(cargo().args(["build", "--package", "palisade-agent", "--package", "palisade-tests", "--bins"]))?;
+    exec(cargo().args([
+        "build",
+        "--package",
+        "palisade-agent",
+        "--package",
+        "palisade-tests",
+        "--bins",
+    ]))?;
     let dir = root().join("target").join("debug");
     Ok((dir.join("palisade"), dir.join("palisade-scenario")))
 }

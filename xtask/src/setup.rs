@@ -18,8 +18,16 @@ pub struct Options {}
 
 /// Debian packages: (package, a command it provides, why).
 const PACKAGES: &[(&str, &str, &str)] = &[
-    ("iproute2", "ip", "network namespaces, veths, routes for the harness"),
-    ("util-linux", "nsenter", "running the agent inside the test node's namespace"),
+    (
+        "iproute2",
+        "ip",
+        "network namespaces, veths, routes for the harness",
+    ),
+    (
+        "util-linux",
+        "nsenter",
+        "running the agent inside the test node's namespace",
+    ),
     ("socat", "socat", "manual probes and the demo"),
     ("iperf3", "iperf3", "throughput benchmarks"),
     ("nftables", "nft", "the nftables baseline in benchmarks"),
@@ -29,11 +37,16 @@ const PACKAGES: &[(&str, &str, &str)] = &[
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 pub fn run(_: &Options) -> anyhow::Result<()> {
@@ -56,11 +69,11 @@ fn rust_src() -> anyhow::Result<()> {
 
 fn bpf_linker() -> anyhow::Result<()> {
     let bin = cargo_home().join("bin").join("bpf-linker");
-    if let Ok(v) = output(Command::new(&bin).arg("--version")) {
-        if v.contains("0.13") {
-            println!("setup: {} already installed", v.trim());
-            return Ok(());
-        }
+    if let Ok(v) = output(Command::new(&bin).arg("--version"))
+        && v.contains("0.13")
+    {
+        println!("setup: {} already installed", v.trim());
+        return Ok(());
     }
     // The toolchain ships libLLVM as lib/libLLVM.so.<major>.<minor>-rust-...;
     // bpf-linker's build wants <prefix>/lib/libLLVM.so.
@@ -68,8 +81,17 @@ fn bpf_linker() -> anyhow::Result<()> {
     let lib = std::fs::read_dir(sysroot.join("lib"))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
-        .with_context(|| format!("no libLLVM.so.* in {}/lib; is the toolchain complete?", sysroot.display()))?;
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}/lib; is the toolchain complete?",
+                sysroot.display()
+            )
+        })?;
     let name = lib.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let major = name
         .trim_start_matches("libLLVM.so.")
@@ -81,11 +103,23 @@ fn bpf_linker() -> anyhow::Result<()> {
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib").join("libLLVM.so");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("linking {}", link.display()))?;
-    println!("setup: building bpf-linker 0.13 against {} (LLVM {major}), about a minute", lib.display());
+    std::os::unix::fs::symlink(&lib, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    println!(
+        "setup: building bpf-linker 0.13 against {} (LLVM {major}), about a minute",
+        lib.display()
+    );
     exec(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["install", "bpf-linker", "--locked", "--version", "^0.13", "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                "^0.13",
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}"))
             .env("LLVM_PREFIX", &prefix),
     )?;
@@ -96,9 +130,16 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, cmd, _)| !have(cmd)).map(|(p, _, _)| *p).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, cmd, _)| !have(cmd))
+        .map(|(p, _, _)| *p)
+        .collect();
     if missing.is_empty() {
-        println!("setup: Debian packages present ({})", PACKAGES.iter().map(|p| p.0).collect::<Vec<_>>().join(", "));
+        println!(
+            "setup: Debian packages present ({})",
+            PACKAGES.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+        );
         return Ok(());
     }
     for (p, _, why) in PACKAGES.iter().filter(|(p, _, _)| missing.contains(p)) {

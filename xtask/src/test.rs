@@ -44,7 +44,10 @@ impl Tally {
 /// Runs a command, echoing its stdout, and returns (success, stdout lines).
 fn tee(cmd: &mut Command) -> anyhow::Result<(bool, Vec<String>)> {
     println!("==> {}", describe(cmd));
-    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("running `{}`", describe(cmd)))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running `{}`", describe(cmd)))?;
     let mut lines = Vec::new();
     for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
         let line = line?;
@@ -91,7 +94,8 @@ fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
     let shared = root().join("../shared/scenarios/seeds");
     let ours = root().join("tests/scenarios");
     for dir in [&shared, &ours] {
-        let rd = std::fs::read_dir(dir).with_context(|| format!("reading scenarios in {}", dir.display()))?;
+        let rd = std::fs::read_dir(dir)
+            .with_context(|| format!("reading scenarios in {}", dir.display()))?;
         let mut v: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())
@@ -109,31 +113,60 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     let (ok, _) = tee(cargo().args(["fmt", "--all", "--", "--check"]))?;
     t.stage("cargo fmt (workspace)", ok);
-    let (ok, _) = tee(cargo().args(["fmt", "--manifest-path", "ebpf/Cargo.toml", "--", "--check"]))?;
+    let (ok, _) =
+        tee(cargo().args(["fmt", "--manifest-path", "ebpf/Cargo.toml", "--", "--check"]))?;
     t.stage("cargo fmt (ebpf)", ok);
-    let (ok, _) = tee(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let (ok, _) = tee(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     t.stage("clippy (host)", ok);
-    let (ok, _) = tee(
-        cargo()
-            .current_dir(root().join("ebpf"))
-            .env("RUSTC_BOOTSTRAP", "1")
-            // Its own target dir: a build inside ebpf/ would make the agent's
-            // build script (which watches ebpf/) rebuild the programs every time.
-            .args(["clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-            .arg("--target-dir")
-            .arg(root().join("target/bpf-clippy"))
-            .args(["--", "-D", "warnings"]),
-    )?;
+    let (ok, _) = tee(cargo()
+        .current_dir(root().join("ebpf"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        // Its own target dir: a build inside ebpf/ would make the agent's
+        // build script (which watches ebpf/) rebuild the programs every time.
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(root().join("target/bpf-clippy"))
+        .args(["--", "-D", "warnings"]))?;
     t.stage("clippy (bpfel-unknown-none)", ok);
 
-    cargo_tests(&mut t, "unit tests", cargo().args(["test", "--workspace", "--exclude", "palisade-tests"]))?;
+    cargo_tests(
+        &mut t,
+        "unit tests",
+        cargo().args(["test", "--workspace", "--exclude", "palisade-tests"]),
+    )?;
 
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc::geteuid() } == 0;
     if root_user {
-        cargo_tests(&mut t, "privileged tests", cargo().args(["test", "--package", "palisade-tests", "--", "--test-threads=1"]))?;
+        cargo_tests(
+            &mut t,
+            "privileged tests",
+            cargo().args([
+                "test",
+                "--package",
+                "palisade-tests",
+                "--",
+                "--test-threads=1",
+            ]),
+        )?;
     } else {
-        println!("privileged tests: FAILED: they need root (eBPF load, network namespaces); run as root");
+        println!(
+            "privileged tests: FAILED: they need root (eBPF load, network namespaces); run as root"
+        );
         t.stage("privileged tests (need root)", false);
     }
 
@@ -142,9 +175,21 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     } else {
         let (agent, harness) = build_binaries()?;
         let files = scenario_files()?;
-        let (_, lines) = tee(Command::new(harness).arg("--agent").arg(agent).args(&files).current_dir(root()))?;
-        let last = lines.iter().rev().find(|l| l.ends_with(" failed")).cloned().unwrap_or_default();
-        let nums: Vec<u64> = last.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+        let (_, lines) = tee(Command::new(harness)
+            .arg("--agent")
+            .arg(agent)
+            .args(&files)
+            .current_dir(root()))?;
+        let last = lines
+            .iter()
+            .rev()
+            .find(|l| l.ends_with(" failed"))
+            .cloned()
+            .unwrap_or_default();
+        let nums: Vec<u64> = last
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
         match nums.as_slice() {
             [p, f] => {
                 t.passed += p;

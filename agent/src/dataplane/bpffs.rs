@@ -11,7 +11,6 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs by architecture")]
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
@@ -22,11 +21,18 @@ pub fn ensure_mounted(mount_point: &Path) -> io::Result<bool> {
     if is_bpffs(mount_point)? {
         return Ok(false);
     }
-    let target = CString::new(mount_point.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let target =
+        CString::new(mount_point.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     let fstype = CString::new("bpf").map_err(io::Error::other)?;
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());

@@ -14,7 +14,10 @@ pub struct Interface {
 }
 
 /// The veth interfaces, via an rtnetlink link dump.
-pub async fn veths(handle: &rtnetlink::Handle, prefixes: &[String]) -> Result<Vec<Interface>, rtnetlink::Error> {
+pub async fn veths(
+    handle: &rtnetlink::Handle,
+    prefixes: &[String],
+) -> Result<Vec<Interface>, rtnetlink::Error> {
     let mut out = Vec::new();
     let mut links = handle.link().get().execute();
     while let Some(msg) = links.try_next().await? {
@@ -24,7 +27,9 @@ pub async fn veths(handle: &rtnetlink::Handle, prefixes: &[String]) -> Result<Ve
             match attr {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::LinkInfo(infos) => {
-                    is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                    is_veth = infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
                 }
                 _ => {}
             }
@@ -33,7 +38,10 @@ pub async fn veths(handle: &rtnetlink::Handle, prefixes: &[String]) -> Result<Ve
             && is_veth
             && (prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str())))
         {
-            out.push(Interface { index: msg.header.index, name });
+            out.push(Interface {
+                index: msg.header.index,
+                name,
+            });
         }
     }
     out.sort();
@@ -41,7 +49,9 @@ pub async fn veths(handle: &rtnetlink::Handle, prefixes: &[String]) -> Result<Ve
 }
 
 /// Addresses of this network namespace (the node's own addresses).
-pub async fn local_addresses(handle: &rtnetlink::Handle) -> Result<Vec<std::net::IpAddr>, rtnetlink::Error> {
+pub async fn local_addresses(
+    handle: &rtnetlink::Handle,
+) -> Result<Vec<std::net::IpAddr>, rtnetlink::Error> {
     use netlink_packet_route::address::AddressAttribute;
     let mut out = Vec::new();
     let mut addrs = handle.address().get().execute();

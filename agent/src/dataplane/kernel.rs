@@ -103,14 +103,26 @@ impl MapWriter for KernelMaps {
 
     fn apply(&mut self, op: &MapOp) -> Result<(), ApplyError> {
         let r = match op {
-            MapOp::UpsertPolicy(k, v) => self.policy.insert(&wire::policy_key(k), wire::policy_value(*v), 0),
+            MapOp::UpsertPolicy(k, v) => {
+                self.policy
+                    .insert(&wire::policy_key(k), wire::policy_value(*v), 0)
+            }
             MapOp::DeletePolicy(k) => self.policy.remove(&wire::policy_key(k)),
-            MapOp::UpsertIpcache(k, v) => self.ipcache.insert(&wire::ipcache_key(k), wire::ipcache_value(v), 0),
+            MapOp::UpsertIpcache(k, v) => {
+                self.ipcache
+                    .insert(&wire::ipcache_key(k), wire::ipcache_value(v), 0)
+            }
             MapOp::DeleteIpcache(k) => self.ipcache.remove(&wire::ipcache_key(k)),
-            MapOp::UpsertEndpoint(k, v) => self.endpoints.insert(wire::addr(*k), wire::endpoint_value(v), 0),
+            MapOp::UpsertEndpoint(k, v) => {
+                self.endpoints
+                    .insert(wire::addr(*k), wire::endpoint_value(v), 0)
+            }
             MapOp::DeleteEndpoint(k) => self.endpoints.remove(&wire::addr(*k)),
         };
-        r.map_err(|source| ApplyError { op: format!("{op:?}"), source })
+        r.map_err(|source| ApplyError {
+            op: format!("{op:?}"),
+            source,
+        })
     }
 }
 
@@ -119,11 +131,23 @@ impl KernelMaps {
     pub fn read(&self) -> Maps {
         let mut maps = Maps::default();
         for (k, v) in self.endpoints.iter().flatten() {
-            maps.endpoints.insert(wire::ip(&k), EndpointEntry { id: v.id, flags: v.flags });
+            maps.endpoints.insert(
+                wire::ip(&k),
+                EndpointEntry {
+                    id: v.id,
+                    flags: v.flags,
+                },
+            );
         }
         for (k, v) in self.ipcache.iter().flatten() {
             if let Some(net) = wire::ipcache_net(&k) {
-                maps.ipcache.insert(net, IpcacheEntry { identity: v.identity, flags: v.flags });
+                maps.ipcache.insert(
+                    net,
+                    IpcacheEntry {
+                        identity: v.identity,
+                        flags: v.flags,
+                    },
+                );
             }
         }
         for (k, v) in self.policy.iter().flatten() {
@@ -143,7 +167,10 @@ pub struct Datapath {
 }
 
 fn ensure_dir(path: &Path) -> Result<(), DatapathError> {
-    std::fs::create_dir_all(path).map_err(|source| DatapathError::PinDir { path: path.to_path_buf(), source })
+    std::fs::create_dir_all(path).map_err(|source| DatapathError::PinDir {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn take_map<T>(
@@ -160,7 +187,10 @@ impl Datapath {
     /// enforcement state survives agent restarts) or creating and pinning them.
     pub fn open(pins: PinPaths) -> Result<Self, DatapathError> {
         let mount = bpffs::mount_point_for(pins.root()).to_path_buf();
-        if bpffs::ensure_mounted(&mount).map_err(|source| DatapathError::Bpffs { path: mount.clone(), source })? {
+        if bpffs::ensure_mounted(&mount).map_err(|source| DatapathError::Bpffs {
+            path: mount.clone(),
+            source,
+        })? {
             info!(path = %mount.display(), "mounted bpffs");
         }
         for dir in [pins.maps(), pins.links(), pins.cgroups()] {
@@ -176,7 +206,8 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
             let prog: &mut CgroupSockAddr = ebpf
@@ -184,7 +215,8 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         let maps = KernelMaps {
             endpoints: take_map(&mut ebpf, MAP_ENDPOINTS, HashMap::try_from)?,
@@ -194,12 +226,19 @@ impl Datapath {
         for stale in pins.stale_versions() {
             warn!(path = %stale.display(), "pins of another layout version remain; they are replaced as interfaces are re-attached");
         }
-        Ok(Self { ebpf, pins, maps: Some(maps), attached: BTreeMap::new() })
+        Ok(Self {
+            ebpf,
+            pins,
+            maps: Some(maps),
+            attached: BTreeMap::new(),
+        })
     }
 
     /// The policy maps, for the syncer (taken once).
     pub fn kernel_maps(&mut self) -> Result<KernelMaps, DatapathError> {
-        self.maps.take().ok_or(DatapathError::MissingMap(MAP_POLICY))
+        self.maps
+            .take()
+            .ok_or(DatapathError::MissingMap(MAP_POLICY))
     }
 
     /// The policy maps' current content (empty once they were taken).
@@ -221,12 +260,17 @@ impl Datapath {
     }
 
     pub fn take_counters(&mut self) -> Result<aya::maps::PerCpuArray<MapData, u64>, DatapathError> {
-        take_map(&mut self.ebpf, MAP_COUNTERS, aya::maps::PerCpuArray::try_from)
+        take_map(
+            &mut self.ebpf,
+            MAP_COUNTERS,
+            aya::maps::PerCpuArray::try_from,
+        )
     }
 
     pub fn take_conntrack(
         &mut self,
-    ) -> Result<HashMap<MapData, palisade_common::CtKey, palisade_common::CtValue>, DatapathError> {
+    ) -> Result<HashMap<MapData, palisade_common::CtKey, palisade_common::CtValue>, DatapathError>
+    {
         take_map(&mut self.ebpf, MAP_CONNTRACK, HashMap::try_from)
     }
 
@@ -257,23 +301,44 @@ impl Datapath {
                 .program_mut(prog_name)
                 .ok_or(DatapathError::MissingProgram(prog_name))?
                 .try_into()
-                .map_err(|source| DatapathError::Program { name: prog_name, source })?;
-            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach { ifname: ifname.to_string(), hook: hook.name(), source: e };
+                .map_err(|source| DatapathError::Program {
+                    name: prog_name,
+                    source,
+                })?;
+            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+                ifname: ifname.to_string(),
+                hook: hook.name(),
+                source: e,
+            };
             if path.exists() {
-                let pinned = PinnedLink::from_pin(&path)
-                    .map_err(|e| DatapathError::Pin { path: path.clone(), source: Box::new(e) })?;
-                let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| attach_err(Box::new(e)))?;
-                let id = prog.attach_to_link(link).map_err(|e| attach_err(Box::new(e)))?;
+                let pinned = PinnedLink::from_pin(&path).map_err(|e| DatapathError::Pin {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?;
+                let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                    .map_err(|e| attach_err(Box::new(e)))?;
+                let id = prog
+                    .attach_to_link(link)
+                    .map_err(|e| attach_err(Box::new(e)))?;
                 // The pin keeps the link; our handle can go.
                 let _ = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-                debug!(ifname, hook = hook.name(), "replaced program in pinned link");
+                debug!(
+                    ifname,
+                    hook = hook.name(),
+                    "replaced program in pinned link"
+                );
             } else {
                 let id = prog
                     .attach_with_options(ifname, tc, TcAttachOptions::TcxOrder(Default::default()))
                     .map_err(|e| attach_err(Box::new(e)))?;
                 let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-                let fd: FdLink = link.try_into().map_err(|e: LinkError| attach_err(Box::new(e)))?;
-                fd.pin(&path).map_err(|e| DatapathError::Pin { path: path.clone(), source: Box::new(e) })?;
+                let fd: FdLink = link
+                    .try_into()
+                    .map_err(|e: LinkError| attach_err(Box::new(e)))?;
+                fd.pin(&path).map_err(|e| DatapathError::Pin {
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?;
                 debug!(ifname, hook = hook.name(), "attached and pinned");
             }
         }
@@ -285,7 +350,11 @@ impl Datapath {
     /// dropped their links with the device) and forgets them.
     pub fn forget_missing(&mut self, present: &BTreeSet<u32>) {
         self.attached.retain(|ifindex, _| present.contains(ifindex));
-        for entry in std::fs::read_dir(self.pins.links()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(self.pins.links())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             let ifindex = PinPaths::link_ifindex(&name);
             if ifindex.is_some_and(|i| !present.contains(&i)) {
@@ -308,10 +377,16 @@ impl Datapath {
 
     /// Attaches the metadata block (connect/sendmsg hooks) to a cgroup.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
-        let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup { path: cgroup.to_path_buf(), source })?;
-        let ino = std::os::unix::fs::MetadataExt::ino(
-            &file.metadata().map_err(|source| DatapathError::Cgroup { path: cgroup.to_path_buf(), source })?,
-        );
+        let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().map_err(|source| {
+            DatapathError::Cgroup {
+                path: cgroup.to_path_buf(),
+                source,
+            }
+        })?);
         for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
             let path = self.pins.cgroup_link(ino, name);
             if path.exists() {
@@ -323,11 +398,22 @@ impl Datapath {
                 .ok_or(DatapathError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| DatapathError::Program { name, source })?;
-            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach { ifname: cgroup.display().to_string(), hook: name, source: e };
-            let id = prog.attach(file.as_fd(), CgroupAttachMode::AllowMultiple).map_err(|e| attach_err(Box::new(e)))?;
+            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+                ifname: cgroup.display().to_string(),
+                hook: name,
+                source: e,
+            };
+            let id = prog
+                .attach(file.as_fd(), CgroupAttachMode::AllowMultiple)
+                .map_err(|e| attach_err(Box::new(e)))?;
             let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-            let fd: FdLink = link.try_into().map_err(|e: LinkError| attach_err(Box::new(e)))?;
-            fd.pin(&path).map_err(|e| DatapathError::Pin { path: path.clone(), source: Box::new(e) })?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: LinkError| attach_err(Box::new(e)))?;
+            fd.pin(&path).map_err(|e| DatapathError::Pin {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }

@@ -64,7 +64,11 @@ impl PinPaths {
     }
 
     pub fn link(&self, ifname: &str, ifindex: u32, hook: Hook) -> PathBuf {
-        self.links().join(format!("{ifindex}-{}-{}", hook.name(), ifname.replace('.', "_")))
+        self.links().join(format!(
+            "{ifindex}-{}-{}",
+            hook.name(),
+            ifname.replace('.', "_")
+        ))
     }
 
     pub fn cgroup_link(&self, cgroup_ino: u64, hook: &str) -> PathBuf {
@@ -83,7 +87,11 @@ impl PinPaths {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('v') && n != current))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('v') && n != current)
+            })
             .map(|e| e.path())
             .collect()
     }

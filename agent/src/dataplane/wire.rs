@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
-use palisade_common::{Addr, EndpointValue, IpcacheValue, POLICY_PREFIX_NO_PORT, PolicyKeyData, PolicyValue};
+use palisade_common::{
+    Addr, EndpointValue, IpcacheValue, POLICY_PREFIX_NO_PORT, PolicyKeyData, PolicyValue,
+};
 
 use crate::policy::state::{Direction, EndpointEntry, IpcacheEntry, PolicyKey};
 
@@ -33,7 +35,9 @@ pub fn ipcache_net(key: &Key<Addr>) -> Option<IpNet> {
     let a = ip(&key.data());
     let len = key.prefix_len();
     match a {
-        IpAddr::V4(v4) => len.checked_sub(96).and_then(|l| IpNet::new(IpAddr::V4(v4), l as u8).ok()),
+        IpAddr::V4(v4) => len
+            .checked_sub(96)
+            .and_then(|l| IpNet::new(IpAddr::V4(v4), l as u8).ok()),
         IpAddr::V6(_) => IpNet::new(a, len as u8).ok(),
     }
 }
@@ -58,11 +62,17 @@ pub fn policy_key_back(k: &Key<PolicyKeyData>) -> PolicyKey {
 }
 
 pub fn endpoint_value(e: &EndpointEntry) -> EndpointValue {
-    EndpointValue { id: e.id, flags: e.flags }
+    EndpointValue {
+        id: e.id,
+        flags: e.flags,
+    }
 }
 
 pub fn ipcache_value(e: &IpcacheEntry) -> IpcacheValue {
-    IpcacheValue { identity: e.identity, flags: e.flags }
+    IpcacheValue {
+        identity: e.identity,
+        flags: e.flags,
+    }
 }
 
 pub fn policy_value(rule: u32) -> PolicyValue {
@@ -80,11 +90,24 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        for net in ["10.1.0.0/16", "0.0.0.0/0", "169.254.169.254/32", "fd00::/8", "::/0"] {
+        for net in [
+            "10.1.0.0/16",
+            "0.0.0.0/0",
+            "169.254.169.254/32",
+            "fd00::/8",
+            "::/0",
+        ] {
             let net: IpNet = net.parse().expect("valid");
             assert_eq!(ipcache_net(&ipcache_key(&net)), Some(net));
         }
-        let k = PolicyKey { endpoint: 7, dir: Direction::Egress, proto: 6, identity: 300, port: 8080, port_bits: 13 };
+        let k = PolicyKey {
+            endpoint: 7,
+            dir: Direction::Egress,
+            proto: 6,
+            identity: 300,
+            port: 8080,
+            port_bits: 13,
+        };
         assert_eq!(policy_key_back(&policy_key(&k)), k);
         assert_eq!(policy_key(&k).prefix_len(), 93);
         assert_eq!(ip(&addr(v4([10, 0, 0, 1]))), v4([10, 0, 0, 1]));

@@ -25,7 +25,12 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { idle: Duration::from_secs(2), max_age: Duration::from_secs(10), rate: 50.0, burst: 200.0 }
+        Self {
+            idle: Duration::from_secs(2),
+            max_age: Duration::from_secs(10),
+            rate: 50.0,
+            burst: 200.0,
+        }
     }
 }
 
@@ -58,7 +63,9 @@ impl Record {
     /// One line for people.
     pub fn human(&self) -> String {
         match self {
-            Record::Deny { time, flow, count, .. } => {
+            Record::Deny {
+                time, flow, count, ..
+            } => {
                 let side = |s: &super::Side| {
                     let who = s.pod.clone().unwrap_or_else(|| s.ip.to_string());
                     match s.port {
@@ -80,7 +87,9 @@ impl Record {
                     side(&flow.dst)
                 )
             }
-            Record::Suppressed { time, suppressed, .. } => format!(
+            Record::Suppressed {
+                time, suppressed, ..
+            } => format!(
                 "{} {suppressed} deny records suppressed (rate limit)",
                 humantime::format_rfc3339_seconds(*time)
             ),
@@ -106,12 +115,23 @@ pub struct DenyLog {
 impl DenyLog {
     pub fn new(node: impl Into<String>, settings: LogSettings) -> Self {
         let tokens = settings.burst;
-        Self { settings, node: node.into(), open: BTreeMap::new(), tokens, refilled: None, suppressed: 0 }
+        Self {
+            settings,
+            node: node.into(),
+            open: BTreeMap::new(),
+            tokens,
+            refilled: None,
+            suppressed: 0,
+        }
     }
 
     /// Counts one denied packet.
     pub fn observe(&mut self, flow: Denial, now: SystemTime) {
-        let e = self.open.entry(flow).or_insert(Open { first: now, last: now, count: 0 });
+        let e = self.open.entry(flow).or_insert(Open {
+            first: now,
+            last: now,
+            count: 0,
+        });
         e.count += 1;
         e.last = now;
     }
@@ -138,17 +158,29 @@ impl DenyLog {
             .collect();
         let mut out = Vec::new();
         for flow in due {
-            let Some(o) = self.open.remove(&flow) else { continue };
+            let Some(o) = self.open.remove(&flow) else {
+                continue;
+            };
             if self.tokens >= 1.0 {
                 self.tokens -= 1.0;
-                out.push(Record::Deny { time: now, node: self.node.clone(), flow, count: o.count, first: o.first });
+                out.push(Record::Deny {
+                    time: now,
+                    node: self.node.clone(),
+                    flow,
+                    count: o.count,
+                    first: o.first,
+                });
             } else {
                 self.suppressed += 1;
             }
         }
         if self.suppressed > 0 && self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            out.push(Record::Suppressed { time: now, node: self.node.clone(), suppressed: self.suppressed });
+            out.push(Record::Suppressed {
+                time: now,
+                node: self.node.clone(),
+                suppressed: self.suppressed,
+            });
             self.suppressed = 0;
         }
         out
@@ -170,8 +202,16 @@ mod tests {
         Denial {
             direction: Direction::Ingress,
             protocol: "TCP".into(),
-            src: Side { ip: "10.0.0.1".parse().expect("ip"), port: Some(sport), pod: None },
-            dst: Side { ip: "10.0.0.2".parse().expect("ip"), port: Some(80), pod: Some("x/b".into()) },
+            src: Side {
+                ip: "10.0.0.1".parse().expect("ip"),
+                port: Some(sport),
+                pod: None,
+            },
+            dst: Side {
+                ip: "10.0.0.2".parse().expect("ip"),
+                port: Some(80),
+                pod: Some("x/b".into()),
+            },
             reason: "policy".into(),
             policies: vec!["x/deny".into()],
         }
@@ -183,7 +223,10 @@ mod tests {
         let mut log = DenyLog::new("n1", LogSettings::default());
         log.observe(flow(1), t0);
         log.observe(flow(1), t0 + Duration::from_secs(1));
-        assert!(log.flush(t0 + Duration::from_millis(2500)).is_empty(), "still active");
+        assert!(
+            log.flush(t0 + Duration::from_millis(2500)).is_empty(),
+            "still active"
+        );
         let out = log.flush(t0 + Duration::from_secs(4));
         assert_eq!(out.len(), 1);
         assert!(matches!(&out[0], Record::Deny { count: 2, .. }));
@@ -192,14 +235,21 @@ mod tests {
 
     #[test]
     fn a_flood_stays_within_the_budget_and_is_summarised() {
-        let settings = LogSettings { rate: 10.0, burst: 20.0, ..Default::default() };
+        let settings = LogSettings {
+            rate: 10.0,
+            burst: 20.0,
+            ..Default::default()
+        };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let mut log = DenyLog::new("n1", settings);
         for p in 0..1000 {
             log.observe(flow(p), t0);
         }
         let out = log.flush(t0 + Duration::from_secs(3));
-        let denies = out.iter().filter(|r| matches!(r, Record::Deny { .. })).count();
+        let denies = out
+            .iter()
+            .filter(|r| matches!(r, Record::Deny { .. }))
+            .count();
         assert!(denies <= 20, "burst respected: {denies}");
         let out2 = log.flush(t0 + Duration::from_secs(4));
         let suppressed: u64 = out
@@ -212,6 +262,9 @@ mod tests {
             .sum();
         assert_eq!(suppressed as usize + denies, 1000);
         let json = serde_json::to_string(&out[0]).expect("serializes");
-        assert!(json.contains("\"type\":\"deny\"") && json.contains("\"policies\":[\"x/deny\"]"), "{json}");
+        assert!(
+            json.contains("\"type\":\"deny\"") && json.contains("\"policies\":[\"x/deny\"]"),
+            "{json}"
+        );
     }
 }

@@ -60,12 +60,23 @@ pub fn pods_by_ip(model: &Model) -> BTreeMap<IpAddr, ObjectRef> {
 }
 
 /// Attributes an event using the state that was programmed when it fired.
-pub fn attribute(ev: &DenyEvent, state: &DesiredState, pods: &BTreeMap<IpAddr, ObjectRef>) -> Denial {
+pub fn attribute(
+    ev: &DenyEvent,
+    state: &DesiredState,
+    pods: &BTreeMap<IpAddr, ObjectRef>,
+) -> Denial {
     let dir = Direction::from_wire(ev.dir);
-    let ports = matches!(ev.proto, palisade_common::PROTO_TCP | palisade_common::PROTO_UDP | palisade_common::PROTO_SCTP);
+    let ports = matches!(
+        ev.proto,
+        palisade_common::PROTO_TCP | palisade_common::PROTO_UDP | palisade_common::PROTO_SCTP
+    );
     let side = |addr: &[u8; 16], port: u16| {
         let ip = wire::ip(addr);
-        Side { ip, port: ports.then_some(port), pod: pods.get(&ip).map(ToString::to_string) }
+        Side {
+            ip,
+            port: ports.then_some(port),
+            pod: pods.get(&ip).map(ToString::to_string),
+        }
     };
     let mut src = side(&ev.saddr, ev.sport());
     let dst = side(&ev.daddr, ev.dport());
@@ -84,7 +95,11 @@ pub fn attribute(ev: &DenyEvent, state: &DesiredState, pods: &BTreeMap<IpAddr, O
                 Direction::Ingress => endpoint_flags::INGRESS_DEFAULT_DENY,
                 Direction::Egress => endpoint_flags::EGRESS_DEFAULT_DENY,
             };
-            let only_default = state.maps.endpoints.values().any(|e| e.id == ev.endpoint && e.flags & default_bit != 0);
+            let only_default = state
+                .maps
+                .endpoints
+                .values()
+                .any(|e| e.id == ev.endpoint && e.flags & default_bit != 0);
             if only_default {
                 (profile::DEFAULT_DENY.to_string(), Vec::new())
             } else {
@@ -92,5 +107,12 @@ pub fn attribute(ev: &DenyEvent, state: &DesiredState, pods: &BTreeMap<IpAddr, O
             }
         }
     };
-    Denial { direction: dir, protocol: protocol_name(ev.proto), src, dst, reason, policies }
+    Denial {
+        direction: dir,
+        protocol: protocol_name(ev.proto),
+        src,
+        dst,
+        reason,
+        policies,
+    }
 }

@@ -30,16 +30,26 @@ pub fn namespace_from_api(ns: &ApiNamespace) -> Result<Namespace, ConvertError> 
 /// `Ok(None)` for a pod that has finished (Succeeded/Failed): it holds no address.
 pub fn pod_from_api(pod: &ApiPod) -> Result<Option<Pod>, ConvertError> {
     let name = pod.metadata.name.clone().ok_or(ConvertError::MissingName)?;
-    let namespace = pod.metadata.namespace.clone().ok_or(ConvertError::MissingNamespace)?;
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(ConvertError::MissingNamespace)?;
     let status = pod.status.as_ref();
-    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
         return Ok(None);
     }
     let spec = pod.spec.as_ref();
 
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut push_ip = |field: String, value: &str| -> Result<(), ConvertError> {
-        let ip: IpAddr = value.parse().map_err(|_| ConvertError::BadIp { field, value: value.to_string() })?;
+        let ip: IpAddr = value.parse().map_err(|_| ConvertError::BadIp {
+            field,
+            value: value.to_string(),
+        })?;
         if !ips.contains(&ip) {
             ips.push(ip);
         }
@@ -55,13 +65,21 @@ pub fn pod_from_api(pod: &ApiPod) -> Result<Option<Pod>, ConvertError> {
     }
 
     let mut ports = Vec::new();
-    for (ci, c) in spec.map(|s| s.containers.as_slice()).unwrap_or_default().iter().enumerate() {
+    for (ci, c) in spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         for (pi, p) in c.ports.iter().flatten().enumerate() {
             let field = format!("spec.containers[{ci}].ports[{pi}]");
             let port = u16::try_from(p.container_port)
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or(ConvertError::BadPort { field: field.clone(), value: p.container_port })?;
+                .ok_or(ConvertError::BadPort {
+                    field: field.clone(),
+                    value: p.container_port,
+                })?;
             let protocol = match p.protocol.as_deref() {
                 None => Protocol::Tcp,
                 Some(s) => Protocol::parse(s).ok_or_else(|| ConvertError::BadProtocol {
@@ -69,7 +87,11 @@ pub fn pod_from_api(pod: &ApiPod) -> Result<Option<Pod>, ConvertError> {
                     value: s.to_string(),
                 })?,
             };
-            ports.push(ContainerPort { name: p.name.clone(), port, protocol });
+            ports.push(ContainerPort {
+                name: p.name.clone(),
+                port,
+                protocol,
+            });
         }
     }
 

@@ -66,7 +66,7 @@ pub enum IndexError {
     Policy {
         key: ObjectKey,
         #[source]
-        source: PolicyError,
+        source: Box<PolicyError>,
     },
     #[error("{key}: {source}")]
     Convert {
@@ -137,7 +137,10 @@ impl Index {
                     }
                     Err(source) => {
                         self.rejected.insert(key.clone(), source.to_string());
-                        Err(IndexError::Policy { key, source })
+                        Err(IndexError::Policy {
+                            key,
+                            source: Box::new(source),
+                        })
                     }
                 };
             }
@@ -178,14 +181,28 @@ impl Index {
                 .model
                 .namespaces
                 .keys()
-                .map(|n| ObjectKey { kind, object: ObjectRef::new("", n) })
+                .map(|n| ObjectKey {
+                    kind,
+                    object: ObjectRef::new("", n),
+                })
                 .collect(),
-            Kind::Pod => self.model.pods.keys().map(|r| ObjectKey { kind, object: r.clone() }).collect(),
+            Kind::Pod => self
+                .model
+                .pods
+                .keys()
+                .map(|r| ObjectKey {
+                    kind,
+                    object: r.clone(),
+                })
+                .collect(),
             Kind::NetworkPolicy => self
                 .model
                 .policies
                 .keys()
-                .map(|r| ObjectKey { kind, object: r.clone() })
+                .map(|r| ObjectKey {
+                    kind,
+                    object: r.clone(),
+                })
                 .collect(),
         };
         for k in existing {
@@ -193,7 +210,8 @@ impl Index {
                 self.delete(&k);
             }
         }
-        self.rejected.retain(|k, _| k.kind != kind || keep.contains(k));
+        self.rejected
+            .retain(|k, _| k.kind != kind || keep.contains(k));
         objects
             .iter()
             .filter(|o| o.key().kind == kind)

@@ -16,7 +16,11 @@ fn walk(input: &Value, parsed: &Value, path: String, out: &mut Vec<String>) {
     match (input, parsed) {
         (Value::Object(i), Value::Object(p)) => {
             for (k, v) in i {
-                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match p.get(k) {
                     Some(pv) => walk(v, pv, sub, out),
                     None if v.is_null() => {}
@@ -42,9 +46,18 @@ mod tests {
     fn finds_misspelt_fields() {
         let input = json!({"spec": {"podSelecter": {}, "ingress": [{"form": []}, {"from": []}]}});
         let parsed = json!({"spec": {"ingress": [{}, {"from": []}]}});
-        assert_eq!(unknown_fields(&input, &parsed), vec!["spec.ingress[0].form".to_string(), "spec.podSelecter".to_string()]);
+        assert_eq!(
+            unknown_fields(&input, &parsed),
+            vec![
+                "spec.ingress[0].form".to_string(),
+                "spec.podSelecter".to_string()
+            ]
+        );
         let input = json!({"spec": {"ingress": [{"form": [{"x": 1}]}]}});
         let parsed = json!({"spec": {"ingress": [{}]}});
-        assert_eq!(unknown_fields(&input, &parsed), vec!["spec.ingress[0].form".to_string()]);
+        assert_eq!(
+            unknown_fields(&input, &parsed),
+            vec!["spec.ingress[0].form".to_string()]
+        );
     }
 }

@@ -76,10 +76,16 @@ impl Compiler {
     /// maps of a previous run), so no id can mean two things while the first
     /// diff is applied.
     pub fn above(mut self, observed: &super::state::Maps) -> Self {
-        let max_identity = observed.ipcache.values().map(|e| e.identity).max().unwrap_or(0);
+        let max_identity = observed
+            .ipcache
+            .values()
+            .map(|e| e.identity)
+            .max()
+            .unwrap_or(0);
         let max_endpoint = observed.endpoints.values().map(|e| e.id).max().unwrap_or(0);
         let max_rule = observed.policy.values().copied().max().unwrap_or(0);
-        self.identities = Allocator::starting_at(IDENTITY_FIRST.max(max_identity.saturating_add(1)));
+        self.identities =
+            Allocator::starting_at(IDENTITY_FIRST.max(max_identity.saturating_add(1)));
         self.endpoints = Allocator::starting_at(max_endpoint.saturating_add(1).max(1));
         self.rules = Allocator::starting_at(max_rule.saturating_add(1).max(1));
         self
@@ -134,28 +140,51 @@ impl Compiler {
             }
         }
         let containing = |addr: &IpNet| -> Vec<IpNet> {
-            blocks.iter().filter(|b| b.contains(addr)).copied().collect()
+            blocks
+                .iter()
+                .filter(|b| b.contains(addr))
+                .copied()
+                .collect()
         };
 
         // Address -> signature. Later inserts win: CIDRs, then node, metadata, pods.
         let mut addresses: BTreeMap<IpNet, (Signature, u32)> = BTreeMap::new();
         for b in &blocks {
-            addresses.insert(*b, (Signature { kind: Kind::Cidr, blocks: containing(b) }, 0));
+            addresses.insert(
+                *b,
+                (
+                    Signature {
+                        kind: Kind::Cidr,
+                        blocks: containing(b),
+                    },
+                    0,
+                ),
+            );
         }
         if profile.block_metadata {
             for m in metadata_prefixes() {
-                let sig = Signature { kind: Kind::Metadata(m), blocks: containing(&m) };
+                let sig = Signature {
+                    kind: Kind::Metadata(m),
+                    blocks: containing(&m),
+                };
                 addresses.insert(m, (sig, ipcache_flags::METADATA));
             }
         }
         for ip in &node.addresses {
             let net = IpNet::from(*ip);
-            let sig = Signature { kind: Kind::Host, blocks: containing(&net) };
+            let sig = Signature {
+                kind: Kind::Host,
+                blocks: containing(&net),
+            };
             addresses.insert(net, (sig, ipcache_flags::HOST));
         }
         for pod in model.pods.values().filter(|p| !p.host_network) {
-            let mut named_ports: Vec<ContainerPort> =
-                pod.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
+            let mut named_ports: Vec<ContainerPort> = pod
+                .ports
+                .iter()
+                .filter(|p| p.name.is_some())
+                .cloned()
+                .collect();
             named_ports.sort();
             for ip in &pod.ips {
                 let net = IpNet::from(*ip);
@@ -181,14 +210,21 @@ impl Compiler {
             let id = *by_sig
                 .entry(sig.clone())
                 .or_insert_with(|| self.identities.id(sig));
-            state.maps.ipcache.insert(*net, IpcacheEntry { identity: id, flags: *flags });
+            state.maps.ipcache.insert(
+                *net,
+                IpcacheEntry {
+                    identity: id,
+                    flags: *flags,
+                },
+            );
         }
         let ns_labels: BTreeMap<String, Labels> = by_sig
             .keys()
             .filter_map(|s| match &s.kind {
-                Kind::Pod { namespace, .. } => {
-                    Some((namespace.clone(), model.namespace_labels(namespace).into_owned()))
-                }
+                Kind::Pod { namespace, .. } => Some((
+                    namespace.clone(),
+                    model.namespace_labels(namespace).into_owned(),
+                )),
                 _ => None,
             })
             .collect();
@@ -207,12 +243,18 @@ impl Compiler {
             state.identities.insert(
                 f.id,
                 match &f.sig.kind {
-                    Kind::Pod { namespace, labels, .. } => IdentityInfo::Pods {
+                    Kind::Pod {
+                        namespace, labels, ..
+                    } => IdentityInfo::Pods {
                         namespace: namespace.clone(),
                         labels: labels.clone(),
                     },
                     Kind::Cidr => IdentityInfo::Cidr(
-                        *f.sig.blocks.iter().max_by_key(|b| b.prefix_len()).unwrap_or(&IpNet::default()),
+                        *f.sig
+                            .blocks
+                            .iter()
+                            .max_by_key(|b| b.prefix_len())
+                            .unwrap_or(&IpNet::default()),
                     ),
                     Kind::Host => IdentityInfo::Host,
                     Kind::Metadata(_) => IdentityInfo::Metadata,
@@ -229,13 +271,22 @@ impl Compiler {
             let pod_ns_labels = model.namespace_labels(&pod.namespace);
             let block_metadata =
                 profile.block_metadata && !profile.metadata_opted_out(&pod.labels, &pod_ns_labels);
-            let mut flags = if block_metadata { endpoint_flags::BLOCK_METADATA } else { 0 };
-            let mut info = EndpointInfo { pod: Some(pod_ref), ..Default::default() };
+            let mut flags = if block_metadata {
+                endpoint_flags::BLOCK_METADATA
+            } else {
+                0
+            };
+            let mut info = EndpointInfo {
+                pod: Some(pod_ref),
+                ..Default::default()
+            };
 
             for dir in Direction::BOTH {
                 let mut isolated_by = Vec::new();
                 for (pi, policy) in policies.iter().enumerate() {
-                    if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
+                    if policy.namespace != pod.namespace
+                        || !policy.pod_selector.matches(&pod.labels)
+                    {
                         continue;
                     }
                     let Some(rules) = (match dir {
@@ -258,7 +309,13 @@ impl Compiler {
                             .or_insert_with(|| match_peers(rule, &identities));
                         emit_rule(
                             &mut state.maps.policy,
-                            Emit { endpoint: ep_id, dir, rule_id, pod, block_metadata },
+                            Emit {
+                                endpoint: ep_id,
+                                dir,
+                                rule_id,
+                                pod,
+                                block_metadata,
+                            },
                             rule,
                             peers,
                             &identities,
@@ -269,15 +326,25 @@ impl Compiler {
                     isolated_by.sort();
                     // Isolated by the profile alone (default deny and its DNS
                     // allowance): denials are the default deny's.
-                    let only_default = isolated_by.iter().all(|o| matches!(o, PolicyOrigin::Profile(_)));
+                    let only_default = isolated_by
+                        .iter()
+                        .all(|o| matches!(o, PolicyOrigin::Profile(_)));
                     flags |= match dir {
                         Direction::Ingress => {
                             endpoint_flags::INGRESS_ISOLATED
-                                | if only_default { endpoint_flags::INGRESS_DEFAULT_DENY } else { 0 }
+                                | if only_default {
+                                    endpoint_flags::INGRESS_DEFAULT_DENY
+                                } else {
+                                    0
+                                }
                         }
                         Direction::Egress => {
                             endpoint_flags::EGRESS_ISOLATED
-                                | if only_default { endpoint_flags::EGRESS_DEFAULT_DENY } else { 0 }
+                                | if only_default {
+                                    endpoint_flags::EGRESS_DEFAULT_DENY
+                                } else {
+                                    0
+                                }
                         }
                     };
                 }
@@ -287,16 +354,26 @@ impl Compiler {
                 }
             }
             for ip in &pod.ips {
-                state.maps.endpoints.insert(*ip, EndpointEntry { id: ep_id, flags });
+                state
+                    .maps
+                    .endpoints
+                    .insert(*ip, EndpointEntry { id: ep_id, flags });
             }
             state.endpoint_info.insert(ep_id, info);
         }
 
         // Rule names for every rule id in use.
         for p in &policies {
-            for (dir, rules) in [(Direction::Ingress, &p.ingress), (Direction::Egress, &p.egress)] {
+            for (dir, rules) in [
+                (Direction::Ingress, &p.ingress),
+                (Direction::Egress, &p.egress),
+            ] {
                 for ri in 0..rules.as_ref().map_or(0, Vec::len) {
-                    let r = RuleRef { origin: p.origin.clone(), dir, index: ri };
+                    let r = RuleRef {
+                        origin: p.origin.clone(),
+                        dir,
+                        index: ri,
+                    };
                     let id = self.rules.id(&r);
                     state.rules.insert(id, r);
                 }
@@ -337,10 +414,15 @@ fn match_peers(rule: &Rule, identities: &[IdentityFacts<'_>]) -> PeerMatch {
         for peer in &rule.peers {
             match peer {
                 Peer::Pods { namespaces, pods } => {
-                    if let Kind::Pod { namespace, labels, .. } = &f.sig.kind {
+                    if let Kind::Pod {
+                        namespace, labels, ..
+                    } = &f.sig.kind
+                    {
                         let ns_ok = match namespaces {
                             NamespaceScope::Own(ns) => ns == namespace,
-                            NamespaceScope::Selected(sel) => f.ns_labels.is_some_and(|l| sel.matches(l)),
+                            NamespaceScope::Selected(sel) => {
+                                f.ns_labels.is_some_and(|l| sel.matches(l))
+                            }
                         };
                         if ns_ok && pods.matches(labels) {
                             matched = true;
@@ -348,7 +430,8 @@ fn match_peers(rule: &Rule, identities: &[IdentityFacts<'_>]) -> PeerMatch {
                     }
                 }
                 Peer::IpBlock { cidr, except } => {
-                    let inside = f.sig.blocks.contains(cidr) && !except.iter().any(|e| f.sig.blocks.contains(e));
+                    let inside = f.sig.blocks.contains(cidr)
+                        && !except.iter().any(|e| f.sig.blocks.contains(e));
                     if inside {
                         matched = true;
                         if let Kind::Metadata(m) = &f.sig.kind
@@ -367,7 +450,11 @@ fn match_peers(rule: &Rule, identities: &[IdentityFacts<'_>]) -> PeerMatch {
             _ => loose.push(i),
         }
     }
-    PeerMatch::Some { loose, metadata_exact, metadata_loose }
+    PeerMatch::Some {
+        loose,
+        metadata_exact,
+        metadata_loose,
+    }
 }
 
 struct Emit<'a> {
@@ -383,7 +470,11 @@ pub fn port_prefixes(start: u16, end: u16) -> Vec<(u16, u8)> {
     let mut out = Vec::new();
     let (mut s, e) = (u32::from(start), u32::from(end));
     while s <= e {
-        let mut size: u32 = if s == 0 { 1 << 16 } else { s & s.wrapping_neg() };
+        let mut size: u32 = if s == 0 {
+            1 << 16
+        } else {
+            s & s.wrapping_neg()
+        };
         while s + size - 1 > e {
             size >>= 1;
         }
@@ -433,7 +524,11 @@ fn emit_rule(
     // ones plus the metadata identities the block leaves open to this rule.
     let listed: Vec<usize> = match peers {
         PeerMatch::Any => Vec::new(),
-        PeerMatch::Some { loose, metadata_exact, metadata_loose } => {
+        PeerMatch::Some {
+            loose,
+            metadata_exact,
+            metadata_loose,
+        } => {
             let mut v = loose.clone();
             v.extend(metadata_exact);
             if !e.block_metadata {
@@ -443,8 +538,11 @@ fn emit_rule(
         }
     };
     let any = matches!(peers, PeerMatch::Any);
-    let peer_ids: Vec<u32> =
-        if any { vec![IDENTITY_ANY] } else { listed.iter().map(|i| identities[*i].id).collect() };
+    let peer_ids: Vec<u32> = if any {
+        vec![IDENTITY_ANY]
+    } else {
+        listed.iter().map(|i| identities[*i].id).collect()
+    };
     let key = |proto: u8, identity: u32| PolicyKey {
         endpoint: e.endpoint,
         dir: e.dir,
@@ -483,12 +581,25 @@ fn emit_rule(
             // Egress: the name is each destination pod's port, so it can mean
             // a different number per peer identity.
             Some(PortRef::Named(name)) => {
-                let candidates: Vec<usize> = if any { (0..identities.len()).collect() } else { listed.clone() };
+                let candidates: Vec<usize> = if any {
+                    (0..identities.len()).collect()
+                } else {
+                    listed.clone()
+                };
                 for i in candidates {
                     if let Kind::Pod { named_ports, .. } = &identities[i].sig.kind {
                         for p in named_ports {
-                            if p.protocol == spec.protocol && p.name.as_deref() == Some(name.as_str()) {
-                                emit_ports(map, &e, identities[i].id, spec.protocol, p.port, p.port);
+                            if p.protocol == spec.protocol
+                                && p.name.as_deref() == Some(name.as_str())
+                            {
+                                emit_ports(
+                                    map,
+                                    &e,
+                                    identities[i].id,
+                                    spec.protocol,
+                                    p.port,
+                                    p.port,
+                                );
                             }
                         }
                     }
@@ -511,14 +622,27 @@ mod tests {
     fn port_ranges_split_into_exact_prefixes() {
         assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
         assert_eq!(port_prefixes(32000, 32767), vec![(32000, 8), (32256, 7)]);
-        for (s, e) in [(1u16, 65535u16), (1000, 1999), (0, 0), (65535, 65535), (5, 6)] {
+        for (s, e) in [
+            (1u16, 65535u16),
+            (1000, 1999),
+            (0, 0),
+            (65535, 65535),
+            (5, 6),
+        ] {
             let parts = port_prefixes(s, e);
             for p in 0..=65535u32 {
                 let p = p as u16;
                 let hits = parts
                     .iter()
                     .filter(|(v, bits)| {
-                        let k = PolicyKey { endpoint: 0, dir: Direction::Ingress, proto: 6, identity: 0, port: *v, port_bits: *bits };
+                        let k = PolicyKey {
+                            endpoint: 0,
+                            dir: Direction::Ingress,
+                            proto: 6,
+                            identity: 0,
+                            port: *v,
+                            port_bits: *bits,
+                        };
                         k.covers_port(p)
                     })
                     .count();

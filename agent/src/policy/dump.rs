@@ -34,32 +34,73 @@ fn proto_name(p: u8) -> String {
 pub fn render(state: &DesiredState) -> String {
     let mut out = String::new();
     for (id, info) in &state.endpoint_info {
-        let pod = info.pod.as_ref().map(ToString::to_string).unwrap_or_default();
-        let ips: Vec<String> =
-            state.maps.endpoints.iter().filter(|(_, e)| e.id == *id).map(|(ip, e)| format!("{ip} flags={:#x}", e.flags)).collect();
+        let pod = info
+            .pod
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let ips: Vec<String> = state
+            .maps
+            .endpoints
+            .iter()
+            .filter(|(_, e)| e.id == *id)
+            .map(|(ip, e)| format!("{ip} flags={:#x}", e.flags))
+            .collect();
         let _ = writeln!(out, "endpoint {id} {pod} [{}]", ips.join(", "));
         for dir in Direction::BOTH {
-            let by: Vec<String> = info.isolated_by(dir).iter().map(ToString::to_string).collect();
+            let by: Vec<String> = info
+                .isolated_by(dir)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             if by.is_empty() {
                 let _ = writeln!(out, "  {dir}: not isolated");
             } else {
                 let _ = writeln!(out, "  {dir}: isolated by {}", by.join(", "));
             }
-            for (k, rule) in state.maps.policy.iter().filter(|(k, _)| k.endpoint == *id && k.dir == dir) {
-                let r = state.rules.get(rule).map(ToString::to_string).unwrap_or_else(|| format!("rule {rule}"));
-                let port = if k.port_bits == 0 { "*".to_string() } else { format!("{}/{}", k.port, k.port_bits) };
-                let _ = writeln!(out, "    allow {} {} port {port} <- {r}", identity_name(state, k.identity), proto_name(k.proto));
+            for (k, rule) in state
+                .maps
+                .policy
+                .iter()
+                .filter(|(k, _)| k.endpoint == *id && k.dir == dir)
+            {
+                let r = state
+                    .rules
+                    .get(rule)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| format!("rule {rule}"));
+                let port = if k.port_bits == 0 {
+                    "*".to_string()
+                } else {
+                    format!("{}/{}", k.port, k.port_bits)
+                };
+                let _ = writeln!(
+                    out,
+                    "    allow {} {} port {port} <- {r}",
+                    identity_name(state, k.identity),
+                    proto_name(k.proto)
+                );
             }
         }
     }
     out.push_str("ipcache:\n");
     for (net, e) in &state.maps.ipcache {
-        let _ = writeln!(out, "  {net} -> {} flags={:#x}", identity_name(state, e.identity), e.flags);
+        let _ = writeln!(
+            out,
+            "  {net} -> {} flags={:#x}",
+            identity_name(state, e.identity),
+            e.flags
+        );
     }
     out
 }
 
 /// Counts, for a status line.
 pub fn summary(maps: &Maps) -> String {
-    format!("{} endpoints, {} ipcache, {} policy entries", maps.endpoints.len(), maps.ipcache.len(), maps.policy.len())
+    format!(
+        "{} endpoints, {} ipcache, {} policy entries",
+        maps.endpoints.len(),
+        maps.ipcache.len(),
+        maps.policy.len()
+    )
 }

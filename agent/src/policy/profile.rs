@@ -21,11 +21,7 @@ pub const METADATA_BLOCK: &str = "metadata-block";
 pub fn metadata_prefixes() -> [IpNet; 2] {
     [
         IpNet::new(IpAddr::from([169, 254, 169, 254]), 32).expect("valid prefix"),
-        IpNet::new(
-            IpAddr::from([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]),
-            128,
-        )
-        .expect("valid prefix"),
+        IpNet::new(IpAddr::from([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]), 128).expect("valid prefix"),
     ]
 }
 
@@ -87,7 +83,12 @@ impl Default for DnsSettings {
     }
 }
 
-pub const DEFAULT_EXEMPT: [&str; 4] = ["kube-system", "kube-public", "kube-node-lease", "palisade-system"];
+pub const DEFAULT_EXEMPT: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "palisade-system",
+];
 
 impl Default for Profile {
     fn default() -> Self {
@@ -119,10 +120,11 @@ impl Profile {
             .iter()
             .enumerate()
             .map(|(index, p)| {
-                let protocol = Protocol::parse(&p.protocol).ok_or_else(|| ProfileError::DnsProtocol {
-                    index,
-                    value: p.protocol.clone(),
-                })?;
+                let protocol =
+                    Protocol::parse(&p.protocol).ok_or_else(|| ProfileError::DnsProtocol {
+                        index,
+                        value: p.protocol.clone(),
+                    })?;
                 Ok(PortSpec {
                     protocol,
                     port: Some(PortRef::Range {

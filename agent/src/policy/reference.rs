@@ -46,8 +46,16 @@ fn all_policies(model: &Model, profile: &Profile, namespace: &str) -> Vec<Policy
 
 /// "A connection from a source pod to a destination pod requires both the
 /// egress policy on the source and the ingress policy on the destination."
-pub fn allowed(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_>, protocol: Protocol, port: u16) -> bool {
-    egress_allows(model, profile, src, dst, protocol, port) && ingress_allows(model, profile, src, dst, protocol, port)
+pub fn allowed(
+    model: &Model,
+    profile: &Profile,
+    src: Party<'_>,
+    dst: Party<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    egress_allows(model, profile, src, dst, protocol, port)
+        && ingress_allows(model, profile, src, dst, protocol, port)
 }
 
 fn peer_matches(model: &Model, policy: &Policy, peer: &Peer, other: Party<'_>) -> bool {
@@ -59,7 +67,9 @@ fn peer_matches(model: &Model, policy: &Policy, peer: &Peer, other: Party<'_>) -
             };
             let ns_ok = match namespaces {
                 NamespaceScope::Own(ns) => *ns == pod.namespace && *ns == policy.namespace,
-                NamespaceScope::Selected(sel) => sel.matches(&model.namespace_labels(&pod.namespace)),
+                NamespaceScope::Selected(sel) => {
+                    sel.matches(&model.namespace_labels(&pod.namespace))
+                }
             };
             ns_ok && pods.matches(&pod.labels)
         }
@@ -67,21 +77,42 @@ fn peer_matches(model: &Model, policy: &Policy, peer: &Peer, other: Party<'_>) -
 }
 
 /// Whether `rule` admits `other` on `port`, named ports resolved on `server`.
-fn rule_matches(model: &Model, policy: &Policy, rule: &Rule, other: Party<'_>, server: Option<&Pod>, protocol: Protocol, port: u16) -> bool {
-    let peer_ok = rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(model, policy, p, other));
+fn rule_matches(
+    model: &Model,
+    policy: &Policy,
+    rule: &Rule,
+    other: Party<'_>,
+    server: Option<&Pod>,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    let peer_ok = rule.peers.is_empty()
+        || rule
+            .peers
+            .iter()
+            .any(|p| peer_matches(model, policy, p, other));
     let port_ok = rule.ports.is_empty()
         || rule.ports.iter().any(|spec| {
             spec.protocol == protocol
                 && match &spec.port {
                     None => true,
                     Some(PortRef::Range { start, end }) => (*start..=*end).contains(&port),
-                    Some(PortRef::Named(name)) => server.and_then(|s| s.named_port(name, protocol)) == Some(port),
+                    Some(PortRef::Named(name)) => {
+                        server.and_then(|s| s.named_port(name, protocol)) == Some(port)
+                    }
                 }
         });
     peer_ok && port_ok
 }
 
-fn egress_allows(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_>, protocol: Protocol, port: u16) -> bool {
+fn egress_allows(
+    model: &Model,
+    profile: &Profile,
+    src: Party<'_>,
+    dst: Party<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
     let Some(pod) = src.pod() else {
         return true;
     };
@@ -103,7 +134,10 @@ fn egress_allows(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_
                 }) && rule_matches(
                     model,
                     p,
-                    &Rule { peers: Vec::new(), ports: r.ports.clone() },
+                    &Rule {
+                        peers: Vec::new(),
+                        ports: r.ports.clone(),
+                    },
                     dst,
                     dst.pod(),
                     protocol,
@@ -116,12 +150,22 @@ fn egress_allows(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_
     if isolating.is_empty() {
         return true;
     }
-    isolating
-        .iter()
-        .any(|p| p.egress.iter().flatten().any(|r| rule_matches(model, p, r, dst, dst.pod(), protocol, port)))
+    isolating.iter().any(|p| {
+        p.egress
+            .iter()
+            .flatten()
+            .any(|r| rule_matches(model, p, r, dst, dst.pod(), protocol, port))
+    })
 }
 
-fn ingress_allows(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'_>, protocol: Protocol, port: u16) -> bool {
+fn ingress_allows(
+    model: &Model,
+    profile: &Profile,
+    src: Party<'_>,
+    dst: Party<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
     let Some(pod) = dst.pod() else {
         return true;
     };
@@ -132,7 +176,10 @@ fn ingress_allows(model: &Model, profile: &Profile, src: Party<'_>, dst: Party<'
     if isolating.is_empty() || matches!(src, Party::Node(_)) {
         return true;
     }
-    isolating
-        .iter()
-        .any(|p| p.ingress.iter().flatten().any(|r| rule_matches(model, p, r, src, Some(pod), protocol, port)))
+    isolating.iter().any(|p| {
+        p.ingress
+            .iter()
+            .flatten()
+            .any(|r| rule_matches(model, p, r, src, Some(pod), protocol, port))
+    })
 }

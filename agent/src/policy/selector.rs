@@ -95,7 +95,11 @@ impl Selector {
                 Operator::In | Operator::NotIn if values.is_empty() => {
                     return Err(SelectorError::MissingValues {
                         key: e.key.clone(),
-                        operator: if operator == Operator::In { "In" } else { "NotIn" },
+                        operator: if operator == Operator::In {
+                            "In"
+                        } else {
+                            "NotIn"
+                        },
                     });
                 }
                 Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
@@ -153,9 +157,7 @@ fn check_key(key: &str) -> Result<(), SelectorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-        LabelSelector, LabelSelectorRequirement,
-    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
@@ -181,11 +183,13 @@ mod tests {
 
     #[test]
     fn operators_follow_the_api() {
-        let sel = |e| Selector::from_api(&LabelSelector {
-            match_expressions: Some(vec![e]),
-            ..Default::default()
-        })
-        .expect("valid");
+        let sel = |e| {
+            Selector::from_api(&LabelSelector {
+                match_expressions: Some(vec![e]),
+                ..Default::default()
+            })
+            .expect("valid")
+        };
         let env_in = sel(expr("env", "In", &["prod", "stage"]));
         assert!(env_in.matches(&labels(&[("env", "prod")])));
         assert!(!env_in.matches(&labels(&[("env", "dev")])));
@@ -221,9 +225,21 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert!(matches!(bad(expr("a", "Like", &["x"])), Err(SelectorError::UnknownOperator { .. })));
-        assert!(matches!(bad(expr("a", "In", &[])), Err(SelectorError::MissingValues { .. })));
-        assert!(matches!(bad(expr("a", "Exists", &["x"])), Err(SelectorError::UnexpectedValues { .. })));
-        assert!(matches!(bad(expr("bad key!", "Exists", &[])), Err(SelectorError::InvalidKey(_))));
+        assert!(matches!(
+            bad(expr("a", "Like", &["x"])),
+            Err(SelectorError::UnknownOperator { .. })
+        ));
+        assert!(matches!(
+            bad(expr("a", "In", &[])),
+            Err(SelectorError::MissingValues { .. })
+        ));
+        assert!(matches!(
+            bad(expr("a", "Exists", &["x"])),
+            Err(SelectorError::UnexpectedValues { .. })
+        ));
+        assert!(matches!(
+            bad(expr("bad key!", "Exists", &[])),
+            Err(SelectorError::InvalidKey(_))
+        ));
     }
 }

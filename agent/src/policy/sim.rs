@@ -44,11 +44,32 @@ pub fn lookup_ipcache(maps: &Maps, addr: IpAddr) -> IpcacheEntry {
     }
 }
 
-fn lookup_policy(maps: &Maps, ep: u32, dir: Direction, proto: u8, identity: u32, port: u16) -> Option<u32> {
+fn lookup_policy(
+    maps: &Maps,
+    ep: u32,
+    dir: Direction,
+    proto: u8,
+    identity: u32,
+    port: u16,
+) -> Option<u32> {
     // Entries for this (endpoint, dir, proto, identity) differ only in port
     // prefix; they never overlap, so any covering one is the match.
-    let lo = PolicyKey { endpoint: ep, dir, proto, identity, port: 0, port_bits: 0 };
-    let hi = PolicyKey { endpoint: ep, dir, proto, identity, port: u16::MAX, port_bits: u8::MAX };
+    let lo = PolicyKey {
+        endpoint: ep,
+        dir,
+        proto,
+        identity,
+        port: 0,
+        port_bits: 0,
+    };
+    let hi = PolicyKey {
+        endpoint: ep,
+        dir,
+        proto,
+        identity,
+        port: u16::MAX,
+        port_bits: u8::MAX,
+    };
     maps.policy
         .range(lo..=hi)
         .filter(|(k, _)| proto == PROTO_ANY || k.covers_port(port))
@@ -56,7 +77,15 @@ fn lookup_policy(maps: &Maps, ep: u32, dir: Direction, proto: u8, identity: u32,
         .map(|(_, v)| *v)
 }
 
-fn rule_for(maps: &Maps, ep: u32, dir: Direction, proto: u8, identity: u32, port: u16, any_peer: bool) -> Option<u32> {
+fn rule_for(
+    maps: &Maps,
+    ep: u32,
+    dir: Direction,
+    proto: u8,
+    identity: u32,
+    port: u16,
+    any_peer: bool,
+) -> Option<u32> {
     lookup_policy(maps, ep, dir, proto, identity, port)
         .or_else(|| lookup_policy(maps, ep, dir, PROTO_ANY, identity, 0))
         .or_else(|| {
@@ -71,7 +100,14 @@ fn rule_for(maps: &Maps, ep: u32, dir: Direction, proto: u8, identity: u32, port
 
 /// The verdict at `local`'s veth for a new flow with `remote`, where `port`
 /// is the server's port (local on ingress, remote on egress).
-pub fn judge(maps: &Maps, local: IpAddr, remote: IpAddr, dir: Direction, proto: u8, port: u16) -> Verdict {
+pub fn judge(
+    maps: &Maps,
+    local: IpAddr,
+    remote: IpAddr,
+    dir: Direction,
+    proto: u8,
+    port: u16,
+) -> Verdict {
     let Some(ep) = maps.endpoints.get(&local) else {
         return Verdict::NotLocal;
     };
@@ -93,7 +129,8 @@ pub fn judge(maps: &Maps, local: IpAddr, remote: IpAddr, dir: Direction, proto: 
     if dir == Direction::Ingress && peer.flags & ipcache_flags::HOST != 0 {
         return Verdict::Host;
     }
-    rule_for(maps, ep.id, dir, proto, peer.identity, port, true).map_or(Verdict::DeniedIsolated, Verdict::Rule)
+    rule_for(maps, ep.id, dir, proto, peer.identity, port, true)
+        .map_or(Verdict::DeniedIsolated, Verdict::Rule)
 }
 
 /// Whether a new connection from `src` to `dst:port` passes both veths

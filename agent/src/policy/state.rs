@@ -114,7 +114,10 @@ impl EndpointInfo {
 /// What an identity stands for, for logs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum IdentityInfo {
-    Pods { namespace: String, labels: BTreeMap<String, String> },
+    Pods {
+        namespace: String,
+        labels: BTreeMap<String, String>,
+    },
     Cidr(IpNet),
     Host,
     Metadata,
@@ -144,12 +147,24 @@ pub enum MapOp {
 /// endpoints, removals last.
 pub fn diff(old: &Maps, new: &Maps) -> Vec<MapOp> {
     let mut ops = Vec::new();
-    upserts(&old.policy, &new.policy, &mut ops, |k, v| MapOp::UpsertPolicy(*k, *v));
-    upserts(&old.ipcache, &new.ipcache, &mut ops, |k, v| MapOp::UpsertIpcache(*k, *v));
-    upserts(&old.endpoints, &new.endpoints, &mut ops, |k, v| MapOp::UpsertEndpoint(*k, *v));
-    removals(&old.endpoints, &new.endpoints, &mut ops, |k| MapOp::DeleteEndpoint(*k));
-    removals(&old.ipcache, &new.ipcache, &mut ops, |k| MapOp::DeleteIpcache(*k));
-    removals(&old.policy, &new.policy, &mut ops, |k| MapOp::DeletePolicy(*k));
+    upserts(&old.policy, &new.policy, &mut ops, |k, v| {
+        MapOp::UpsertPolicy(*k, *v)
+    });
+    upserts(&old.ipcache, &new.ipcache, &mut ops, |k, v| {
+        MapOp::UpsertIpcache(*k, *v)
+    });
+    upserts(&old.endpoints, &new.endpoints, &mut ops, |k, v| {
+        MapOp::UpsertEndpoint(*k, *v)
+    });
+    removals(&old.endpoints, &new.endpoints, &mut ops, |k| {
+        MapOp::DeleteEndpoint(*k)
+    });
+    removals(&old.ipcache, &new.ipcache, &mut ops, |k| {
+        MapOp::DeleteIpcache(*k)
+    });
+    removals(&old.policy, &new.policy, &mut ops, |k| {
+        MapOp::DeletePolicy(*k)
+    });
     ops
 }
 

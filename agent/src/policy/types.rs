@@ -209,10 +209,20 @@ fn ingress_rule(
     r: &NetworkPolicyIngressRule,
 ) -> Result<Rule, PolicyError> {
     let field = format!("spec.ingress[{n}]");
-    rule(namespace, &field, "from", r.from.as_deref(), r.ports.as_deref())
+    rule(
+        namespace,
+        &field,
+        "from",
+        r.from.as_deref(),
+        r.ports.as_deref(),
+    )
 }
 
-fn egress_rule(namespace: &str, n: usize, r: &NetworkPolicyEgressRule) -> Result<Rule, PolicyError> {
+fn egress_rule(
+    namespace: &str,
+    n: usize,
+    r: &NetworkPolicyEgressRule,
+) -> Result<Rule, PolicyError> {
     let field = format!("spec.egress[{n}]");
     rule(namespace, &field, "to", r.to.as_deref(), r.ports.as_deref())
 }
@@ -360,7 +370,8 @@ fn port_number(field: &str, n: i64) -> Result<u16, PolicyError> {
 fn valid_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && s.chars().any(|c| c.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')

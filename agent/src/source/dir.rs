@@ -42,21 +42,36 @@ pub struct DirSource {
 }
 
 fn is_object_file(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
-        && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    ) && !p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 fn files(root: &Path) -> Result<Vec<PathBuf>, DirError> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let rd = std::fs::read_dir(&dir).map_err(|source| DirError::Read { path: dir.clone(), source })?;
+        let rd = std::fs::read_dir(&dir).map_err(|source| DirError::Read {
+            path: dir.clone(),
+            source,
+        })?;
         for entry in rd {
-            let entry = entry.map_err(|source| DirError::Read { path: dir.clone(), source })?;
+            let entry = entry.map_err(|source| DirError::Read {
+                path: dir.clone(),
+                source,
+            })?;
             let path = entry.path();
             // Follow symlinks (ConfigMap volumes are made of them), skip dot dirs.
             if path.is_dir() {
-                if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                if !path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+                {
                     stack.push(path);
                 }
             } else if is_object_file(&path) {
@@ -69,7 +84,9 @@ fn files(root: &Path) -> Result<Vec<PathBuf>, DirError> {
 }
 
 pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(hash, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -86,7 +103,10 @@ pub fn digest<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> u64 {
 
 impl DirSource {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), last: None }
+        Self {
+            root: root.into(),
+            last: None,
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -96,7 +116,10 @@ impl DirSource {
     fn stamp(&self) -> Result<Stamp, DirError> {
         let mut stamp = Stamp::new();
         for f in files(&self.root)? {
-            let meta = std::fs::metadata(&f).map_err(|source| DirError::Read { path: f.clone(), source })?;
+            let meta = std::fs::metadata(&f).map_err(|source| DirError::Read {
+                path: f.clone(),
+                source,
+            })?;
             stamp.insert(f, (meta.len(), meta.modified().ok()));
         }
         Ok(stamp)
@@ -117,8 +140,15 @@ impl DirSource {
         let mut snapshot = Snapshot::default();
         let mut contents = Vec::new();
         for f in files(&self.root)? {
-            let bytes = std::fs::read(&f).map_err(|source| DirError::Read { path: f.clone(), source })?;
-            let rel = f.strip_prefix(&self.root).unwrap_or(&f).to_string_lossy().into_owned();
+            let bytes = std::fs::read(&f).map_err(|source| DirError::Read {
+                path: f.clone(),
+                source,
+            })?;
+            let rel = f
+                .strip_prefix(&self.root)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .into_owned();
             contents.push((rel, bytes));
         }
         snapshot.digest = digest(contents.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
@@ -127,7 +157,9 @@ impl DirSource {
             for r in parse_objects(name, &text) {
                 match r {
                     Ok(o) => snapshot.objects.push(o),
-                    Err(e @ (ParseError::Yaml { .. } | ParseError::Object { .. })) => snapshot.errors.push(e.to_string()),
+                    Err(e @ (ParseError::Yaml { .. } | ParseError::Object { .. })) => {
+                        snapshot.errors.push(e.to_string())
+                    }
                 }
             }
         }

@@ -33,7 +33,11 @@ pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>
         let value: serde_yaml::Value = match serde::Deserialize::deserialize(de) {
             Ok(v) => v,
             Err(source) => {
-                out.push(Err(ParseError::Yaml { origin: origin.to_string(), doc, source }));
+                out.push(Err(ParseError::Yaml {
+                    origin: origin.to_string(),
+                    doc,
+                    source,
+                }));
                 // The stream cannot continue past a syntax error.
                 break;
             }
@@ -49,7 +53,12 @@ pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>
             }
         };
         if json.get("kind").and_then(Value::as_str) == Some("List") {
-            for item in json.get("items").and_then(Value::as_array).into_iter().flatten() {
+            for item in json
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 out.push(object(origin, doc, item));
             }
         } else {
@@ -60,29 +69,51 @@ pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>
 }
 
 fn object_error(origin: &str, doc: usize, what: impl Into<String>, message: String) -> ParseError {
-    ParseError::Object { origin: origin.to_string(), doc, what: what.into(), message }
+    ParseError::Object {
+        origin: origin.to_string(),
+        doc,
+        what: what.into(),
+        message,
+    }
 }
 
-fn typed<T: DeserializeOwned + serde::Serialize>(origin: &str, doc: usize, what: &str, v: &Value) -> Result<T, ParseError> {
-    let t: T = serde_json::from_value(v.clone()).map_err(|e| object_error(origin, doc, what, e.to_string()))?;
-    let back = serde_json::to_value(&t).map_err(|e| object_error(origin, doc, what, e.to_string()))?;
+fn typed<T: DeserializeOwned + serde::Serialize>(
+    origin: &str,
+    doc: usize,
+    what: &str,
+    v: &Value,
+) -> Result<T, ParseError> {
+    let t: T = serde_json::from_value(v.clone())
+        .map_err(|e| object_error(origin, doc, what, e.to_string()))?;
+    let back =
+        serde_json::to_value(&t).map_err(|e| object_error(origin, doc, what, e.to_string()))?;
     let unknown = unknown_fields(v, &back);
     if !unknown.is_empty() {
-        return Err(object_error(origin, doc, what, format!("unknown field(s): {}", unknown.join(", "))));
+        return Err(object_error(
+            origin,
+            doc,
+            what,
+            format!("unknown field(s): {}", unknown.join(", ")),
+        ));
     }
     Ok(t)
 }
 
 fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
-    let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let api_version = v
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
     let name = v
         .pointer("/metadata/name")
         .and_then(Value::as_str)
-        .map(|n| match v.pointer("/metadata/namespace").and_then(Value::as_str) {
-            Some(ns) => format!("{kind} {ns}/{n}"),
-            None => format!("{kind} {n}"),
-        })
+        .map(
+            |n| match v.pointer("/metadata/namespace").and_then(Value::as_str) {
+                Some(ns) => format!("{kind} {ns}/{n}"),
+                None => format!("{kind} {n}"),
+            },
+        )
         .unwrap_or_else(|| format!("{kind} (unnamed)"));
     match (api_version, kind) {
         ("v1", "Namespace") => typed(origin, doc, &name, v).map(|o| Object::Namespace(Box::new(o))),
@@ -94,7 +125,9 @@ fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
             origin,
             doc,
             name,
-            format!("unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy)"),
+            format!(
+                "unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy)"
+            ),
         )),
     }
 }
@@ -123,9 +156,20 @@ metadata: {name: g}
         let r = parse_objects("f.yaml", text);
         assert_eq!(r.len(), 3);
         assert!(matches!(r[0], Ok(Object::Namespace(_))));
-        let e1 = r[1].as_ref().err().map(ToString::to_string).unwrap_or_default();
-        assert!(e1.contains("NetworkPolicy x/p") && e1.contains("spec.podSelecter"), "{e1}");
-        let e2 = r[2].as_ref().err().map(ToString::to_string).unwrap_or_default();
+        let e1 = r[1]
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            e1.contains("NetworkPolicy x/p") && e1.contains("spec.podSelecter"),
+            "{e1}"
+        );
+        let e2 = r[2]
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         assert!(e2.contains("unsupported"), "{e2}");
     }
 }

@@ -16,7 +16,9 @@ use palisade_agent::{
 pub fn model(yaml: &str) -> Model {
     let mut index = Index::default();
     for o in objects(yaml) {
-        index.apply(&o).unwrap_or_else(|e| panic!("test object rejected: {e}"));
+        index
+            .apply(&o)
+            .unwrap_or_else(|e| panic!("test object rejected: {e}"));
     }
     index.model().clone()
 }
@@ -31,7 +33,10 @@ pub fn objects(yaml: &str) -> Vec<Object> {
 pub const NODE: &str = "n1";
 
 pub fn node() -> Node {
-    Node { name: NODE.into(), addresses: vec!["172.31.0.1".parse().expect("ip")] }
+    Node {
+        name: NODE.into(),
+        addresses: vec!["172.31.0.1".parse().expect("ip")],
+    }
 }
 
 /// A pod document on node n1.
@@ -44,7 +49,9 @@ pub fn pod(ns: &str, name: &str, labels: &str, ip: &str) -> String {
 }
 
 pub fn ns(name: &str, labels: &str) -> String {
-    format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n")
+    format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"
+    )
 }
 
 /// The classic model: namespaces x, y, z (labelled ns: x|y|z), pods a, b, c
@@ -54,7 +61,12 @@ pub fn xyz() -> String {
     for (i, n) in ["x", "y", "z"].iter().enumerate() {
         s.push_str(&ns(n, &format!("ns: {n}")));
         for (j, p) in ["a", "b", "c"].iter().enumerate() {
-            s.push_str(&pod(n, p, &format!("pod: {p}"), &format!("10.0.{}.{}", i + 1, 10 + j)));
+            s.push_str(&pod(
+                n,
+                p,
+                &format!("pod: {p}"),
+                &format!("10.0.{}.{}", i + 1, 10 + j),
+            ));
         }
     }
     s
@@ -67,9 +79,15 @@ pub fn ip(s: &str) -> IpAddr {
 /// Address of pod `ns/p` in the xyz model.
 pub fn xyz_ip(name: &str) -> IpAddr {
     let (n, p) = name.split_once('/').expect("ns/pod");
-    let i = ["x", "y", "z"].iter().position(|x| *x == n).expect("namespace") + 1;
+    let i = ["x", "y", "z"]
+        .iter()
+        .position(|x| *x == n)
+        .expect("namespace")
+        + 1;
     let j = ["a", "b", "c"].iter().position(|x| *x == p).expect("pod") + 10;
     ip(&format!("10.0.{i}.{j}"))
 }
 
-pub const XYZ: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
+pub const XYZ: [&str; 9] = [
+    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+];

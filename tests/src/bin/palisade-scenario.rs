@@ -44,9 +44,26 @@ enum Hidden {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Hidden::Probe { netns, cgroup, to, proto, timeout_ms }) = cli.hidden {
-        let proto = if proto == "udp" { probe::Proto::Udp } else { probe::Proto::Tcp };
-        let ok = probe::child_probe(&netns, &cgroup, to, proto, Duration::from_millis(timeout_ms))?;
+    if let Some(Hidden::Probe {
+        netns,
+        cgroup,
+        to,
+        proto,
+        timeout_ms,
+    }) = cli.hidden
+    {
+        let proto = if proto == "udp" {
+            probe::Proto::Udp
+        } else {
+            probe::Proto::Tcp
+        };
+        let ok = probe::child_probe(
+            &netns,
+            &cgroup,
+            to,
+            proto,
+            Duration::from_millis(timeout_ms),
+        )?;
         std::process::exit(if ok { 0 } else { 1 });
     }
     ctrlc::set_handler(|| {
@@ -62,7 +79,10 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("scenarios need root (network namespaces, eBPF); run as root");
     }
     let opts = runner::Options {
-        agent: cli.agent.canonicalize().map_err(|e| anyhow::anyhow!("agent binary {}: {e}", cli.agent.display()))?,
+        agent: cli
+            .agent
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("agent binary {}: {e}", cli.agent.display()))?,
         probe_timeout: Duration::from_secs_f64(cli.probe_timeout),
         parallel: cli.parallel,
         show_denials: cli.show,
@@ -75,10 +95,20 @@ fn main() -> anyhow::Result<()> {
         let out = runner::run_file(f, &opts);
         if out.passed {
             passed += 1;
-            println!("PASS {} ({} checks, {:.1}s)", out.name, out.checks, t0.elapsed().as_secs_f64());
+            println!(
+                "PASS {} ({} checks, {:.1}s)",
+                out.name,
+                out.checks,
+                t0.elapsed().as_secs_f64()
+            );
         } else {
             failed += 1;
-            println!("FAIL {} ({:.1}s)\n{}", out.name, t0.elapsed().as_secs_f64(), out.report);
+            println!(
+                "FAIL {} ({:.1}s)\n{}",
+                out.name,
+                t0.elapsed().as_secs_f64(),
+                out.report
+            );
         }
     }
     topology::cleanup_all();
