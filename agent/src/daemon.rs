@@ -1,7 +1,7 @@
 //! The agent's main loop in standalone mode: a directory is the cluster.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -14,14 +14,14 @@ use tokio::io::unix::AsyncFd;
 use tracing::{error, info, info_span, warn};
 
 use crate::{
-    dataplane::{Datapath, PinPaths, interfaces},
+    dataplane::{Datapath, PinPaths, cgroups, interfaces},
     flows::{
         self,
         log::{DenyLog, LogSettings, Record},
     },
     index::{Index, Kind, Object},
     model::Node,
-    policy::Profile,
+    policy::{DesiredState, Profile, state::HostNetworkBlock},
     source::dir::DirSource,
     status::Status,
     sync::Syncer,
@@ -46,6 +46,20 @@ pub struct Options {
     pub deny_log: LogFormat,
     pub log_settings: LogSettings,
     pub poll: Duration,
+    /// Where to look for pod cgroups (default: the cgroup v2 mount).
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// An error with its causes, for one log field.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn monotonic_ns() -> u64 {
@@ -99,6 +113,49 @@ fn emit(records: Vec<Record>, format: LogFormat) {
     }
 }
 
+/// Puts the metadata block on the cgroups of local hostNetwork pods that
+/// need it and takes it off those that no longer do. A pod whose cgroup does
+/// not exist yet is looked for again on the next pass.
+fn reconcile_cgroups(
+    dp: &mut Datapath,
+    state: &DesiredState,
+    root: Option<&std::path::Path>,
+    attached: &mut BTreeMap<HostNetworkBlock, (PathBuf, u64)>,
+) {
+    let gone: Vec<HostNetworkBlock> = attached
+        .keys()
+        .filter(|b| !state.host_network_blocks.contains(b))
+        .cloned()
+        .collect();
+    for b in gone {
+        if let Some((path, ino)) = attached.remove(&b) {
+            dp.detach_cgroup(ino);
+            info!(pod = %b.pod, cgroup = %path.display(), "metadata block removed");
+        }
+    }
+    let Some(root) = root else {
+        if !state.host_network_blocks.is_empty() {
+            warn!("no cgroup v2 mount: hostNetwork pods are not covered by the metadata block");
+        }
+        return;
+    };
+    for b in &state.host_network_blocks {
+        if attached.contains_key(b) {
+            continue;
+        }
+        let Some(path) = cgroups::find_pod_cgroup(root, &b.uid) else {
+            continue;
+        };
+        match dp.attach_cgroup(&path) {
+            Ok(ino) => {
+                info!(pod = %b.pod, cgroup = %path.display(), "metadata block attached");
+                attached.insert(b.clone(), (path, ino));
+            }
+            Err(e) => error!(pod = %b.pod, error = %chain(&e), "attaching the metadata block"),
+        }
+    }
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let span = info_span!("agent", node = %opts.node_name);
     let _enter = span.enter();
@@ -127,6 +184,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut dirty = true;
     let mut deny_log = DenyLog::new(&opts.node_name, opts.log_settings.clone());
     let mut pods = flows::pods_by_ip(index.model());
+
+    let cgroup_root = opts.cgroup_root.clone().or_else(cgroups::cgroup2_root);
+    // Pods whose cgroup carries the metadata block: pod -> cgroup inode.
+    let mut blocked_cgroups: BTreeMap<HostNetworkBlock, (PathBuf, u64)> = BTreeMap::new();
 
     let mut tick = tokio::time::interval(opts.poll);
     let mut gc = tokio::time::interval(Duration::from_secs(10));
@@ -222,13 +283,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     if !dp.attached().contains_key(&l.index) {
                         match dp.attach(&l.name, l.index) {
                             Ok(()) => info!(ifname = %l.name, "attached"),
-                            Err(e) => error!(error = %e, "attach failed"),
+                            Err(e) => error!(ifname = %l.name, error = %chain(&e), "attach failed"),
                         }
                     }
                 }
             }
             Err(e) => warn!(error = %e, "listing interfaces"),
         }
+
+        reconcile_cgroups(
+            &mut dp,
+            syncer.state(),
+            cgroup_root.as_deref(),
+            &mut blocked_cgroups,
+        );
 
         emit(deny_log.flush(SystemTime::now()), opts.deny_log);
 
@@ -238,7 +306,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 revision: syncer.revision(),
                 source_digest: digest.clone(),
                 attached: dp.attached().values().cloned().collect(),
-                cgroups: Vec::new(),
+                cgroups: blocked_cgroups.keys().map(|b| b.pod.to_string()).collect(),
                 endpoints: syncer.state().maps.endpoints.len(),
                 map_entries: syncer.mirror().len(),
                 rejected: index

@@ -95,6 +95,9 @@ struct AgentArgs {
     /// Deny records per second (token bucket rate; burst is 4x).
     #[arg(long, default_value = "50")]
     deny_rate: f64,
+    /// Where pod cgroups are looked for (default: the cgroup v2 mount).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
     /// How often the source and interfaces are checked, in milliseconds.
     #[arg(long, default_value = "200")]
     poll_ms: u64,
@@ -151,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 poll: Duration::from_millis(a.poll_ms),
+                cgroup_root: a.cgroup_root,
             })
             .await
         }

@@ -96,6 +96,8 @@ pub struct ContainerPort {
 pub struct Pod {
     pub namespace: String,
     pub name: String,
+    /// metadata.uid: how the kubelet names the pod's cgroup.
+    pub uid: String,
     pub labels: Labels,
     /// Empty until the pod has an address; such a pod is neither endpoint nor peer.
     pub ips: Vec<IpAddr>,

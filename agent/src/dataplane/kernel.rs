@@ -375,8 +375,9 @@ impl Datapath {
         self.attached.remove(&ifindex);
     }
 
-    /// Attaches the metadata block (connect/sendmsg hooks) to a cgroup.
-    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+    /// Attaches the metadata block (connect/sendmsg hooks) to a cgroup;
+    /// returns the cgroup's inode, which names its pins.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<u64, DatapathError> {
         let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
             path: cgroup.to_path_buf(),
             source,
@@ -403,8 +404,9 @@ impl Datapath {
                 hook: name,
                 source: e,
             };
+            // A cgroup bpf_link takes no attach flags: links always share the hook.
             let id = prog
-                .attach(file.as_fd(), CgroupAttachMode::AllowMultiple)
+                .attach(file.as_fd(), CgroupAttachMode::Single)
                 .map_err(|e| attach_err(Box::new(e)))?;
             let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
             let fd: FdLink = link
@@ -415,7 +417,7 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         }
-        Ok(())
+        Ok(ino)
     }
 
     /// Removes the metadata block from a cgroup.

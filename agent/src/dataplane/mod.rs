@@ -3,6 +3,7 @@
 //! effect; the logic it serves lives in `policy`.
 
 pub mod bpffs;
+pub mod cgroups;
 pub mod counters;
 pub mod interfaces;
 pub mod kernel;

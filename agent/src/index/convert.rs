@@ -98,6 +98,7 @@ pub fn pod_from_api(pod: &ApiPod) -> Result<Option<Pod>, ConvertError> {
     Ok(Some(Pod {
         namespace,
         name,
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
         ips,
         node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),

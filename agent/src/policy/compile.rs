@@ -24,8 +24,8 @@ use super::{
     alloc::Allocator,
     profile::{Profile, metadata_prefixes},
     state::{
-        DesiredState, Direction, EndpointEntry, EndpointInfo, IdentityInfo, IpcacheEntry,
-        PolicyKey, RuleRef,
+        DesiredState, Direction, EndpointEntry, EndpointInfo, HostNetworkBlock, IdentityInfo,
+        IpcacheEntry, PolicyKey, RuleRef,
     },
     types::{NamespaceScope, Peer, Policy, PolicyOrigin, PortRef, Rule},
 };
@@ -360,6 +360,23 @@ impl Compiler {
                     .insert(*ip, EndpointEntry { id: ep_id, flags });
             }
             state.endpoint_info.insert(ep_id, info);
+        }
+
+        // hostNetwork pods of this node: the metadata block goes on their cgroup.
+        if profile.block_metadata {
+            for pod in model
+                .pods
+                .values()
+                .filter(|p| p.node == node.name && p.host_network)
+            {
+                if !profile.metadata_opted_out(&pod.labels, &model.namespace_labels(&pod.namespace))
+                {
+                    state.host_network_blocks.insert(HostNetworkBlock {
+                        pod: pod.key(),
+                        uid: pod.uid.clone(),
+                    });
+                }
+            }
         }
 
         // Rule names for every rule id in use.

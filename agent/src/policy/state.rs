@@ -123,10 +123,19 @@ pub enum IdentityInfo {
     Metadata,
 }
 
+/// A local hostNetwork pod whose processes get the metadata block through
+/// cgroup hooks (its traffic crosses no pod veth).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostNetworkBlock {
+    pub pod: ObjectRef,
+    pub uid: String,
+}
+
 /// Everything the datapath maps should hold, plus what explains it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub maps: Maps,
+    pub host_network_blocks: std::collections::BTreeSet<HostNetworkBlock>,
     pub endpoint_info: BTreeMap<u32, EndpointInfo>,
     pub rules: BTreeMap<u32, RuleRef>,
     pub identities: BTreeMap<u32, IdentityInfo>,
