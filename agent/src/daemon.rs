@@ -182,6 +182,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut digest = String::new();
     let mut ready = false;
     let mut dirty = true;
+    let mut last_sync_ops = 0;
     let mut deny_log = DenyLog::new(&opts.node_name, opts.log_settings.clone());
     let mut pods = flows::pods_by_ip(index.model());
 
@@ -271,6 +272,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 "programmed"
             );
             dirty = report.failed > 0;
+            last_sync_ops = report.ops;
             ready = true;
         }
 
@@ -304,6 +306,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             let status = Status {
                 ready,
                 revision: syncer.revision(),
+                last_sync_ops,
                 source_digest: digest.clone(),
                 attached: dp.attached().values().cloned().collect(),
                 cgroups: blocked_cgroups.keys().map(|b| b.pod.to_string()).collect(),

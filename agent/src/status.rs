@@ -11,6 +11,8 @@ pub struct Status {
     /// True once the first full sync is programmed.
     pub ready: bool,
     pub revision: u64,
+    /// Map writes of the last sync (0 after a restart with nothing changed).
+    pub last_sync_ops: usize,
     /// Digest of the source directory the programmed state came from (hex).
     pub source_digest: String,
     /// Interfaces carrying the tc programs.

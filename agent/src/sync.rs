@@ -18,6 +18,8 @@ pub struct Syncer<W: MapWriter> {
     mirror: Maps,
     state: DesiredState,
     revision: u64,
+    /// Until the first sync: take over the ids found in the kernel maps.
+    adopt: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -36,6 +38,7 @@ impl<W: MapWriter> Syncer<W> {
         Self {
             compiler: Compiler::default().above(&observed),
             writer,
+            adopt: !observed.is_empty(),
             mirror: observed,
             state: DesiredState::default(),
             revision: 0,
@@ -66,7 +69,11 @@ impl<W: MapWriter> Syncer<W> {
     /// the mirror keeps the kernel's real content, so the next sync retries it.
     pub fn sync(&mut self, model: &Model, node: &Node, profile: &Profile) -> SyncReport {
         let t0 = Instant::now();
-        let desired = self.compiler.compile(model, node, profile);
+        let mut desired = self.compiler.compile(model, node, profile);
+        if std::mem::take(&mut self.adopt) {
+            self.compiler.adopt_ids(&self.mirror, &desired);
+            desired = self.compiler.compile(model, node, profile);
+        }
         let compile = t0.elapsed();
         let ops = diff(&self.mirror, &desired.maps);
         let t1 = Instant::now();

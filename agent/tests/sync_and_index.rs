@@ -120,3 +120,20 @@ fn a_relist_deletes_what_is_gone() {
     index.reset(Kind::Pod, &pods);
     assert_eq!(index.model().pods.len(), 2);
 }
+
+#[test]
+fn a_restarted_agent_rewrites_nothing_for_an_unchanged_model() {
+    let m = model(&(xyz() + NP_B));
+    let mut first = Syncer::new(Maps::default(), Maps::default());
+    first.sync(&m, &node(), &Profile::default());
+    let kernel = first.writer().clone();
+    // A new agent finds the maps pinned, with ids it did not allocate.
+    let mut second = Syncer::new(kernel.clone(), kernel.clone());
+    let r = second.sync(&m, &node(), &Profile::default());
+    assert_eq!(r.ops, 0, "adopted ids reproduce the pinned maps");
+    assert_eq!(second.writer(), &kernel);
+    // And a change after the restart is still minimal.
+    let m2 = model(&(xyz() + &NP_B.replace("pod: b}}}]}]", "pod: c}}}]}]")));
+    let r = second.sync(&m2, &node(), &Profile::default());
+    assert!(r.ops > 0 && r.ops <= 6, "{} ops", r.ops);
+}

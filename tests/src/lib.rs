@@ -2,6 +2,7 @@
 //! veths and cgroups, runs the real agent and sends real traffic. Run it
 //! through `cargo xtask scenario` / `cargo xtask test`.
 
+pub mod agent;
 pub mod exec;
 pub mod matrix;
 pub mod netns;

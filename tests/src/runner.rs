@@ -5,7 +5,6 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -14,6 +13,7 @@ use palisade_agent::{source::dir::DirSource, status::Status};
 use serde_json::json;
 
 use crate::{
+    agent::{AgentProcess, AgentSpec},
     matrix::{self, Table},
     probe::{self, Listeners, Origin, Probe, Proto},
     scenario::{Expect, PodSpec, Scenario, Verdict, default_ports, expand_placeholders},
@@ -43,36 +43,6 @@ pub struct Outcome {
 struct PodState {
     spec: PodSpec,
     labels: BTreeMap<String, String>,
-}
-
-/// The agent process and its files.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    pin_root: PathBuf,
-    agent_bin: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = Command::new(&self.agent_bin)
-            .args(["uninstall", "--pin-root"])
-            .arg(&self.pin_root)
-            .stderr(Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 struct Run<'a> {
@@ -185,40 +155,21 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
         &config,
         serde_yaml::to_string(&scenario.agent.clone().unwrap_or_default())?,
     )?;
-    let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{run_id}"));
-    let stdout = std::fs::File::create(&run.deny_log)?;
-    let stderr = std::fs::File::create(dir.join("agent.log"))?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", run.cluster.node_netns))
-        .arg(&opts.agent)
-        .args([
-            "agent",
-            "--node-name",
-            NODE_NAME,
-            "--interface-prefix",
-            crate::topology::IF_PREFIX,
-            "--poll-ms",
-            "50",
-        ])
-        .args(["--deny-idle-secs", "1.5"])
-        .arg("--source")
-        .arg(&source)
-        .arg("--config")
-        .arg(&config)
-        .arg("--pin-root")
-        .arg(&pin_root)
-        .arg("--status-file")
-        .arg(&run.status_file)
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .context("starting the agent (nsenter from util-linux)")?;
-    let _agent = Agent {
-        child,
-        dir: dir.clone(),
-        pin_root,
-        agent_bin: opts.agent.clone(),
-    };
+    // Dropped after the agent (reverse order), which writes into it.
+    let _dir = TempDir(dir.clone());
+    let _agent = AgentProcess::start(AgentSpec {
+        bin: opts.agent.clone(),
+        node_netns: run.cluster.node_netns.clone(),
+        source: source.clone(),
+        config: Some(config),
+        pin_root: PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{run_id}")),
+        status_file: run.status_file.clone(),
+        stdout: run.deny_log.clone(),
+        stderr: dir.join("agent.log"),
+        extra: ["--poll-ms", "50", "--deny-idle-secs", "1.5"]
+            .map(String::from)
+            .to_vec(),
+    })?;
 
     let mut passed = run.wait_and_check("initial", &scenario.expect.clone())?;
     for step in &scenario.steps {
@@ -267,6 +218,15 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
         }
     }
     Ok((passed, run.checks, run.report))
+}
+
+/// Removes a directory when dropped (after the agent, which writes into it).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn scenario_counter() -> u32 {

@@ -149,6 +149,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         cargo().args(["test", "--workspace", "--exclude", "palisade-tests"]),
     )?;
 
+    // The privileged tests and the scenarios run the real agent binary.
+    let (agent, harness) = build_binaries()?;
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc::geteuid() } == 0;
     if root_user {
@@ -173,7 +175,6 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if o.no_scenarios {
         println!("scenarios: not run (--no-scenarios)");
     } else {
-        let (agent, harness) = build_binaries()?;
         let files = scenario_files()?;
         let (_, lines) = tee(Command::new(harness)
             .arg("--agent")

@@ -53,6 +53,29 @@ impl<K: Ord + Clone> Allocator<K> {
         self.next = self.next.max(id.saturating_add(1));
     }
 
+    /// Renumbers keys: every key whose id is in `remap` gets the mapped id.
+    /// Ids stay unique: a target id already held by another key is skipped.
+    pub fn renumber(&mut self, remap: &std::collections::BTreeMap<u32, u32>) {
+        let taken: BTreeSet<u32> = self
+            .ids
+            .values()
+            .filter(|id| !remap.contains_key(id))
+            .copied()
+            .collect();
+        let mut given = BTreeSet::new();
+        for id in self.ids.values_mut() {
+            if let Some(new) = remap.get(id)
+                && !taken.contains(new)
+                && given.insert(*new)
+            {
+                *id = *new;
+            }
+        }
+        if let Some(max) = self.ids.values().max() {
+            self.next = self.next.max(max.saturating_add(1));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

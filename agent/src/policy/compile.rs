@@ -92,6 +92,52 @@ impl Compiler {
     }
 }
 
+impl Compiler {
+    /// Takes over the ids a previous run left in the kernel maps: `fresh` is
+    /// a compile of the current model; wherever it holds an address, endpoint
+    /// or policy key that `observed` also holds, the observed id replaces the
+    /// fresh one. Compiling again then reproduces the observed maps exactly
+    /// where the model is unchanged, so a restart rewrites nothing.
+    pub fn adopt_ids(&mut self, observed: &super::state::Maps, fresh: &DesiredState) {
+        fn consistent(pairs: impl Iterator<Item = (u32, u32)>) -> BTreeMap<u32, u32> {
+            let mut map: BTreeMap<u32, Option<u32>> = BTreeMap::new();
+            for (new, old) in pairs {
+                let e = map.entry(new).or_insert(Some(old));
+                if *e != Some(old) {
+                    *e = None;
+                }
+            }
+            let mut claimed = BTreeSet::new();
+            map.into_iter()
+                .filter_map(|(new, old)| old.map(|o| (new, o)))
+                .filter(|(_, old)| claimed.insert(*old))
+                .collect()
+        }
+        let identities =
+            consistent(fresh.maps.ipcache.iter().filter_map(|(net, e)| {
+                observed.ipcache.get(net).map(|o| (e.identity, o.identity))
+            }));
+        let endpoints = consistent(
+            fresh
+                .maps
+                .endpoints
+                .iter()
+                .filter_map(|(ip, e)| observed.endpoints.get(ip).map(|o| (e.id, o.id))),
+        );
+        let rules = consistent(fresh.maps.policy.iter().filter_map(|(k, rule)| {
+            let mut old_key = *k;
+            old_key.endpoint = *endpoints.get(&k.endpoint)?;
+            if k.identity != IDENTITY_ANY {
+                old_key.identity = *identities.get(&k.identity)?;
+            }
+            observed.policy.get(&old_key).map(|old| (*rule, *old))
+        }));
+        self.identities.renumber(&identities);
+        self.endpoints.renumber(&endpoints);
+        self.rules.renumber(&rules);
+    }
+}
+
 /// One-shot compile with fresh ids.
 pub fn compile(model: &Model, node: &Node, profile: &Profile) -> DesiredState {
     Compiler::default().compile(model, node, profile)

@@ -1,0 +1,144 @@
+//! The real agent as a child process inside a test node's namespace.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use palisade_agent::{source::dir::DirSource, status::Status};
+
+/// The `palisade` binary: $PALISADE_AGENT, or the workspace's debug build.
+pub fn agent_bin() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("PALISADE_AGENT") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/palisade"),
+    };
+    path.canonicalize().with_context(|| {
+        format!(
+            "agent binary {} missing: cargo build -p palisade-agent (cargo xtask test does)",
+            path.display()
+        )
+    })
+}
+
+pub struct AgentSpec {
+    pub bin: PathBuf,
+    pub node_netns: String,
+    pub source: PathBuf,
+    pub config: Option<PathBuf>,
+    pub pin_root: PathBuf,
+    pub status_file: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub extra: Vec<String>,
+}
+
+pub struct AgentProcess {
+    pub spec: AgentSpec,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    pub fn start(spec: AgentSpec) -> anyhow::Result<Self> {
+        let mut p = Self { spec, child: None };
+        p.restart()?;
+        Ok(p)
+    }
+
+    /// Starts the agent (again), appending to its logs.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let s = &self.spec;
+        let open = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+        };
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", s.node_netns))
+            .arg(&s.bin)
+            .args([
+                "agent",
+                "--node-name",
+                crate::topology::NODE_NAME,
+                "--interface-prefix",
+                crate::topology::IF_PREFIX,
+            ])
+            .arg("--source")
+            .arg(&s.source)
+            .arg("--pin-root")
+            .arg(&s.pin_root)
+            .arg("--status-file")
+            .arg(&s.status_file)
+            .args(&s.extra)
+            .stdin(Stdio::null())
+            .stdout(open(&s.stdout)?)
+            .stderr(open(&s.stderr)?);
+        if let Some(c) = &s.config {
+            cmd.arg("--config").arg(c);
+        }
+        let _ = std::fs::remove_file(&s.status_file);
+        self.child = Some(
+            cmd.spawn()
+                .context("starting the agent (nsenter from util-linux)")?,
+        );
+        Ok(())
+    }
+
+    /// Sends a signal and waits for the process to end.
+    pub fn stop(&mut self, signal: i32) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the agent did not stop within 10s of signal {signal}")
+    }
+
+    /// Waits until the agent has programmed the current source directory and
+    /// attached to every interface in `ifaces`.
+    pub fn wait_programmed(&self, ifaces: &[String], timeout: Duration) -> anyhow::Result<Status> {
+        let want = format!("{:016x}", DirSource::new(&self.spec.source).read()?.digest);
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Ok(st) = Status::read(&self.spec.status_file) {
+                if st.ready
+                    && st.source_digest == want
+                    && ifaces.iter().all(|i| st.attached.contains(i))
+                {
+                    return Ok(st);
+                }
+                last = Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the agent did not program the source within {timeout:?} (last status: {last:?})")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.spec.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.stop(libc::SIGTERM);
+        let _ = Command::new(&self.spec.bin)
+            .args(["uninstall", "--pin-root"])
+            .arg(&self.spec.pin_root)
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,249 @@
+//! Restarts: while the agent is killed (SIGKILL) or stopped (SIGTERM) and
+//! started again, an allowed TCP stream and a UDP request loop lose nothing,
+//! a denied client never gets through, and the restarted agent adopts the
+//! pinned state without rewriting it. Privileged: root, netns, eBPF.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use palisade_tests::{
+    agent::{AgentProcess, AgentSpec, agent_bin},
+    netns, probe,
+    scenario::PortSpec,
+    topology::Cluster,
+};
+
+const SOURCE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
+"#;
+
+fn pod(name: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}\n\
+         spec: {{nodeName: palisade-node, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
+    )
+}
+
+/// A TCP echo server in `ns` on port 80, one thread per connection.
+fn echo_server(ns: &str) -> anyhow::Result<()> {
+    let l = netns::in_netns(ns, || Ok(TcpListener::bind("0.0.0.0:80")?))?;
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counters {
+    tcp_ok: AtomicU64,
+    tcp_err: AtomicU64,
+    udp_ok: AtomicU64,
+    udp_lost: AtomicU64,
+    denied_through: AtomicU64,
+    denied_tries: AtomicU64,
+}
+
+#[test]
+fn restarts_lose_nothing_and_open_nothing() -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
+    let bin = agent_bin()?;
+    let run = format!("r{}", std::process::id() % 100_000);
+    let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
+    let ports = vec![PortSpec {
+        port: 81,
+        protocol: "UDP".into(),
+        name: None,
+    }];
+    let (ipa, ipb, ipc) = (
+        Ipv4Addr::new(10, 9, 0, 10),
+        Ipv4Addr::new(10, 9, 0, 11),
+        Ipv4Addr::new(10, 9, 0, 12),
+    );
+    let a = cluster.add_wired("x/a", Some(ipa), None, Vec::new())?;
+    let b = cluster.add_wired("x/b", Some(ipb), None, ports.clone())?;
+    let c = cluster.add_wired("x/c", Some(ipc), None, Vec::new())?;
+    let (na, nb, nc) = (
+        a.netns.clone().unwrap_or_default(),
+        b.netns.clone().unwrap_or_default(),
+        c.netns.clone().unwrap_or_default(),
+    );
+    echo_server(&nb)?;
+    let _udp = probe::listen(Some(&nb), &ports)?;
+
+    let dir = std::env::temp_dir().join(format!("palisade-restart-{run}"));
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source)?;
+    std::fs::write(
+        source.join("cluster.yaml"),
+        format!(
+            "{SOURCE}{}{}{}",
+            pod("a", ipa),
+            pod("b", ipb),
+            pod("c", ipc)
+        ),
+    )?;
+    let mut agent = AgentProcess::start(AgentSpec {
+        bin,
+        node_netns: cluster.node_netns.clone(),
+        source,
+        config: None,
+        pin_root: format!("/sys/fs/bpf/palisade-restart-{run}").into(),
+        status_file: dir.join("status.json"),
+        stdout: dir.join("deny.jsonl"),
+        stderr: dir.join("agent.log"),
+        extra: vec!["--poll-ms".into(), "50".into()],
+    })?;
+    let ifaces = cluster.interfaces();
+    let first = agent.wait_programmed(&ifaces, Duration::from_secs(20))?;
+    assert!(first.last_sync_ops > 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let n = Arc::new(Counters::default());
+    let mut threads = Vec::new();
+    {
+        // An allowed TCP stream a -> b:80, one round trip every 10 ms.
+        let (stop, n, na) = (stop.clone(), n.clone(), na.clone());
+        threads.push(std::thread::spawn(move || {
+            netns::enter(&na).expect("netns a");
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::from((ipb, 80)), Duration::from_secs(1))
+                    .expect("connect a -> b");
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            let mut buf = [0u8; 8];
+            while !stop.load(Ordering::Relaxed) {
+                let ok = s.write_all(b"palisade").is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"palisade";
+                if ok {
+                    n.tcp_ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    n.tcp_err.fetch_add(1, Ordering::Relaxed)
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
+    {
+        // An allowed UDP request loop a -> b:81.
+        let (stop, n, na) = (stop.clone(), n.clone(), na.clone());
+        threads.push(std::thread::spawn(move || {
+            netns::enter(&na).expect("netns a");
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            s.connect((ipb, 81)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                let ok = s.send(b"ping").is_ok()
+                    && s.recv(&mut buf).is_ok_and(|len| &buf[..len] == b"ping");
+                if ok {
+                    n.udp_ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    n.udp_lost.fetch_add(1, Ordering::Relaxed)
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }));
+    }
+    {
+        // A denied client c -> b:80, trying all the time.
+        let (stop, n) = (stop.clone(), n.clone());
+        threads.push(std::thread::spawn(move || {
+            netns::enter(&nc).expect("netns c");
+            while !stop.load(Ordering::Relaxed) {
+                n.denied_tries.fetch_add(1, Ordering::Relaxed);
+                if TcpStream::connect_timeout(
+                    &SocketAddr::from((ipb, 80)),
+                    Duration::from_millis(100),
+                )
+                .is_ok()
+                {
+                    n.denied_through.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    let pause = || std::thread::sleep(Duration::from_millis(700));
+    pause();
+    agent.stop(libc::SIGKILL)?;
+    pause();
+    agent.restart()?;
+    let after_kill = agent.wait_programmed(&ifaces, Duration::from_secs(20))?;
+    pause();
+    agent.stop(libc::SIGTERM)?;
+    pause();
+    agent.restart()?;
+    let after_term = agent.wait_programmed(&ifaces, Duration::from_secs(20))?;
+    pause();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("traffic thread panicked"))?;
+    }
+
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    eprintln!(
+        "tcp {} ok / {} err, udp {} ok / {} lost, denied {} through / {} tries",
+        get(&n.tcp_ok),
+        get(&n.tcp_err),
+        get(&n.udp_ok),
+        get(&n.udp_lost),
+        get(&n.denied_through),
+        get(&n.denied_tries)
+    );
+    assert!(
+        get(&n.tcp_ok) > 100 && get(&n.udp_ok) > 100,
+        "traffic flowed"
+    );
+    assert_eq!(get(&n.tcp_err), 0, "the allowed TCP stream lost nothing");
+    assert_eq!(get(&n.udp_lost), 0, "the allowed UDP loop lost nothing");
+    assert!(get(&n.denied_tries) > 10);
+    assert_eq!(
+        get(&n.denied_through),
+        0,
+        "the denied client never got through"
+    );
+    assert_eq!(
+        after_kill.last_sync_ops, 0,
+        "after SIGKILL the pinned maps were adopted as they were"
+    );
+    assert_eq!(after_term.last_sync_ops, 0, "after SIGTERM likewise");
+    assert!(agent.log().contains("adopted pinned maps"));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(cluster);
+    Ok(())
+}
