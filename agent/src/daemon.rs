@@ -4,7 +4,8 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
-    time::{Duration, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -14,12 +15,14 @@ use tokio::io::unix::AsyncFd;
 use tracing::{error, info, info_span, warn};
 
 use crate::{
-    dataplane::{Datapath, PinPaths, cgroups, interfaces},
+    api::{self, Shared},
+    dataplane::{Datapath, PinPaths, cgroups, counters, interfaces},
     flows::{
         self,
         log::{DenyLog, LogSettings, Record},
     },
     index::{Index, Kind, Object},
+    metrics::MapLabels,
     model::Node,
     policy::{DesiredState, Profile, state::HostNetworkBlock},
     source::dir::DirSource,
@@ -48,6 +51,8 @@ pub struct Options {
     pub poll: Duration,
     /// Where to look for pod cgroups (default: the cgroup v2 mount).
     pub cgroup_root: Option<PathBuf>,
+    /// The local HTTP endpoint (metrics, health, flows); `None`: off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// An error with its causes, for one log field.
@@ -101,8 +106,9 @@ fn gc_conntrack(ct: &mut HashMap<MapData, CtKey, CtValue>) -> usize {
     expired.len()
 }
 
-fn emit(records: Vec<Record>, format: LogFormat) {
+fn emit(records: Vec<Record>, format: LogFormat, shared: &Shared) {
     for r in records {
+        shared.publish(&r);
         match format {
             LogFormat::Json => match serde_json::to_string(&r) {
                 Ok(line) => println!("{line}"),
@@ -164,6 +170,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut dp = Datapath::open(opts.pins.clone()).context("loading the datapath")?;
     let observed = dp.read_maps();
     info!(entries = observed.len(), "adopted pinned maps");
+    let shared = Arc::new(Shared::new());
+    if let Some(addr) = opts.listen {
+        let s = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api::serve(addr, s).await {
+                error!(%addr, error = %e, "HTTP endpoint failed");
+            }
+        });
+        info!(%addr, "serving /metrics, /healthz, /readyz, /status, /flows");
+    }
+    let counters = dp.take_counters()?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
     // the fd cannot be closed while registered.
     let mut events =
@@ -183,6 +200,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut ready = false;
     let mut dirty = true;
     let mut last_sync_ops = 0;
+    let mut changed_at: Option<Instant> = None;
+    let mut last_metrics = Instant::now() - Duration::from_secs(60);
     let mut deny_log = DenyLog::new(&opts.node_name, opts.log_settings.clone());
     let mut pods = flows::pods_by_ip(index.model());
 
@@ -219,7 +238,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = sigterm.recv() => { interrupted = true; }
         }
         if interrupted {
-            emit(deny_log.drain(SystemTime::now()), opts.deny_log);
+            emit(deny_log.drain(SystemTime::now()), opts.deny_log, &shared);
             info!("stopping; pinned programs and maps keep enforcing");
             return Ok(());
         }
@@ -227,6 +246,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         // Source.
         match source.poll() {
             Ok(Some(snapshot)) => {
+                changed_at.get_or_insert_with(Instant::now);
                 for e in &snapshot.errors {
                     warn!(error = %e, "source object rejected");
                 }
@@ -274,6 +294,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             dirty = report.failed > 0;
             last_sync_ops = report.ops;
             ready = true;
+            shared.metrics.sync_errors.inc_by(report.failed as u64);
+            shared.metrics.revision.set(report.revision as i64);
+            if let Some(t) = changed_at.take() {
+                shared
+                    .metrics
+                    .programming_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
         }
 
         // Interfaces: attach to new veths before reporting ready for them.
@@ -300,27 +328,57 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             &mut blocked_cgroups,
         );
 
-        emit(deny_log.flush(SystemTime::now()), opts.deny_log);
+        emit(deny_log.flush(SystemTime::now()), opts.deny_log, &shared);
 
-        if let Some(path) = &opts.status_file {
-            let status = Status {
-                ready,
-                revision: syncer.revision(),
-                last_sync_ops,
-                source_digest: digest.clone(),
-                attached: dp.attached().values().cloned().collect(),
-                cgroups: blocked_cgroups.keys().map(|b| b.pod.to_string()).collect(),
-                endpoints: syncer.state().maps.endpoints.len(),
-                map_entries: syncer.mirror().len(),
-                rejected: index
-                    .rejected()
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect(),
-            };
-            if let Err(e) = status.write(path) {
-                warn!(error = %e, path = %path.display(), "writing status");
+        let status = Status {
+            ready,
+            revision: syncer.revision(),
+            last_sync_ops,
+            source_digest: digest.clone(),
+            attached: dp.attached().values().cloned().collect(),
+            cgroups: blocked_cgroups.keys().map(|b| b.pod.to_string()).collect(),
+            endpoints: syncer.state().maps.endpoints.len(),
+            map_entries: syncer.mirror().len(),
+            rejected: index
+                .rejected()
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect(),
+        };
+        if let Some(path) = &opts.status_file
+            && shared.status.read().map(|s| *s != status).unwrap_or(true)
+            && let Err(e) = status.write(path)
+        {
+            warn!(error = %e, path = %path.display(), "writing status");
+        }
+        if last_metrics.elapsed() >= Duration::from_secs(1) {
+            last_metrics = Instant::now();
+            shared.metrics.observe_datapath(&counters::read(&counters));
+            let maps = syncer.mirror();
+            for (name, n, cap) in [
+                (
+                    "endpoints",
+                    maps.endpoints.len(),
+                    palisade_common::MAX_ENDPOINTS,
+                ),
+                ("ipcache", maps.ipcache.len(), palisade_common::MAX_IPCACHE),
+                ("policy", maps.policy.len(), palisade_common::MAX_POLICY),
+            ] {
+                let l = MapLabels { map: name.into() };
+                shared.metrics.map_entries.get_or_create(&l).set(n as i64);
+                shared
+                    .metrics
+                    .map_capacity
+                    .get_or_create(&l)
+                    .set(i64::from(cap));
             }
+            shared
+                .metrics
+                .rejected_objects
+                .set(index.rejected().len() as i64);
+        }
+        if let Ok(mut s) = shared.status.write() {
+            *s = status;
         }
     }
 }

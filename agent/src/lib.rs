@@ -3,11 +3,13 @@
 //! Data flows one way: `source` -> `index` -> `policy` (compile, diff) ->
 //! `dataplane` (kernel); deny events flow back through `flows`.
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod flows;
 pub mod index;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod source;

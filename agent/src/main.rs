@@ -52,6 +52,24 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print the denied flows of the agent on this node.
+    Flows {
+        /// Keep printing new records as they come.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only flows with a pod of this namespace on either side.
+        #[arg(long, short)]
+        namespace: Option<String>,
+        /// Only flows of this pod (`name` or `namespace/name`) on either side.
+        #[arg(long)]
+        pod: Option<String>,
+        /// JSON lines, as the agent writes them.
+        #[arg(long)]
+        json: bool,
+        /// The agent's --listen address.
+        #[arg(long, default_value = palisade_agent::api::DEFAULT_LISTEN)]
+        agent: String,
+    },
     /// Remove every pinned program and map (enforcement stops).
     Uninstall {
         #[arg(long, default_value = DEFAULT_ROOT)]
@@ -90,11 +108,14 @@ struct AgentArgs {
     #[arg(long, value_enum, default_value = "json")]
     deny_log: LogFormat,
     /// Seconds a flow must be quiet before its deny record is written.
-    #[arg(long, default_value = "2")]
+    #[arg(long, default_value = "3")]
     deny_idle_secs: f64,
     /// Deny records per second (token bucket rate; burst is 4x).
     #[arg(long, default_value = "50")]
     deny_rate: f64,
+    /// Local HTTP endpoint: /metrics, /healthz, /readyz, /status, /flows ("off" to disable).
+    #[arg(long, default_value = palisade_agent::api::DEFAULT_LISTEN)]
+    listen: String,
     /// Where pod cgroups are looked for (default: the cgroup v2 mount).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
@@ -155,6 +176,15 @@ async fn main() -> anyhow::Result<()> {
                 },
                 poll: Duration::from_millis(a.poll_ms),
                 cgroup_root: a.cgroup_root,
+                listen: if a.listen == "off" {
+                    None
+                } else {
+                    Some(
+                        a.listen
+                            .parse()
+                            .with_context(|| format!("--listen {}", a.listen))?,
+                    )
+                },
             })
             .await
         }
@@ -182,6 +212,22 @@ async fn main() -> anyhow::Result<()> {
             let state = compile(index.model(), &node, &cfg.profile);
             print!("{}", dump::render(&state));
             Ok(())
+        }
+        Command::Flows {
+            follow,
+            namespace,
+            pod,
+            json,
+            agent,
+        } => {
+            palisade_agent::flows::client::run(
+                &agent,
+                follow,
+                namespace.as_deref(),
+                pod.as_deref(),
+                json,
+            )
+            .await
         }
         Command::Uninstall { pin_root } => {
             Datapath::uninstall(&PinPaths::new(&pin_root))

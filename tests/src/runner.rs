@@ -454,35 +454,7 @@ impl Run<'_> {
         println!("denied flows logged by the agent ({label}):");
         for l in &lines[self.deny_seen.min(lines.len())..] {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
-                let side = |s: &serde_json::Value| {
-                    let who = s["pod"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| s["ip"].as_str().unwrap_or("?").to_string());
-                    match s["port"].as_u64() {
-                        Some(p) => format!("{who}:{p}"),
-                        None => who,
-                    }
-                };
-                let why = match v["policies"].as_array() {
-                    Some(p) if !p.is_empty() => format!(
-                        "isolated by {}",
-                        p.iter()
-                            .filter_map(|x| x.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    _ => v["reason"].as_str().unwrap_or("?").to_string(),
-                };
-                if v["type"] == "deny" {
-                    println!(
-                        "  {} {} {} -> {}  ({why})",
-                        v["direction"].as_str().unwrap_or("?"),
-                        v["protocol"].as_str().unwrap_or("?"),
-                        side(&v["src"]),
-                        side(&v["dst"])
-                    );
-                }
+                println!("  {}", palisade_agent::flows::client::human(&v));
             }
         }
         self.deny_seen = lines.len();

@@ -1,6 +1,7 @@
 //! Deny events: decode (pure), attribute to pods and policies (pure),
 //! aggregate per flow and rate-limit (pure, clock passed in), print.
 
+pub mod client;
 pub mod log;
 
 use std::{collections::BTreeMap, net::IpAddr};

@@ -1,0 +1,171 @@
+//! The agent's local HTTP endpoint (`--listen`, default 127.0.0.1:9965):
+//!
+//! * `GET /metrics`: Prometheus text format;
+//! * `GET /healthz`: 200 while the agent runs; `GET /readyz`: 200 once the
+//!   first full sync is programmed, 503 before;
+//! * `GET /status`: what is programmed (JSON);
+//! * `GET /flows[?follow=true][&namespace=NS][&pod=NS/POD][&limit=N]`: deny
+//!   records as JSON lines, the recent ones, then (follow) new ones as they come.
+//!   `palisade flows` reads this.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::broadcast;
+use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
+
+use crate::{flows::log::Record, metrics::Metrics, status::Status};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9965";
+/// Deny records kept for `GET /flows` without `follow`.
+const RECENT: usize = 1000;
+
+pub struct Shared {
+    pub metrics: Metrics,
+    pub status: RwLock<Status>,
+    recent: Mutex<VecDeque<Record>>,
+    tx: broadcast::Sender<Record>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        Self {
+            metrics: Metrics::new(),
+            status: RwLock::new(Status::default()),
+            recent: Mutex::new(VecDeque::new()),
+            tx: broadcast::channel(4096).0,
+        }
+    }
+
+    /// Publishes a deny record to the metrics, the recent buffer and followers.
+    pub fn publish(&self, r: &Record) {
+        self.metrics.observe_record(r);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(r.clone());
+        let _ = self.tx.send(r.clone());
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct FlowQuery {
+    #[serde(default)]
+    pub follow: bool,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl FlowQuery {
+    /// Whether a record concerns the namespace / pod asked for (either side).
+    pub fn matches(&self, r: &Record) -> bool {
+        let Record::Deny { flow, .. } = r else {
+            return self.namespace.is_none() && self.pod.is_none();
+        };
+        let pods = [flow.src.pod.as_deref(), flow.dst.pod.as_deref()];
+        let ns_ok = self.namespace.as_ref().is_none_or(|ns| {
+            pods.iter()
+                .flatten()
+                .any(|p| p.split_once('/').is_some_and(|(n, _)| n == ns))
+        });
+        let pod_ok = self.pod.as_ref().is_none_or(|want| {
+            pods.iter()
+                .flatten()
+                .any(|p| p == want || p.split_once('/').is_some_and(|(_, name)| name == want))
+        });
+        ns_ok && pod_ok
+    }
+}
+
+fn line(r: &Record) -> String {
+    let mut s = serde_json::to_string(r).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.status.read().map(|st| st.ready).unwrap_or(false) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: first sync not programmed\n",
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let st = s.status.read().map(|st| st.clone()).unwrap_or_default();
+    axum::Json(st).into_response()
+}
+
+async fn flows(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Response {
+    let rx = s.tx.subscribe();
+    let mut recent: Vec<String> = s
+        .recent
+        .lock()
+        .map(|r| r.iter().filter(|r| q.matches(r)).map(line).collect())
+        .unwrap_or_default();
+    if let Some(limit) = q.limit {
+        let skip = recent.len().saturating_sub(limit);
+        recent.drain(..skip);
+    }
+    let head = tokio_stream::iter(recent.into_iter().map(Ok::<_, std::io::Error>));
+    let body = if q.follow {
+        let tail = BroadcastStream::new(rx).filter_map(move |r| match r {
+            Ok(r) if q.matches(&r) => Some(Ok(line(&r))),
+            _ => None,
+        });
+        Body::from_stream(head.chain(tail))
+    } else {
+        Body::from_stream(head)
+    };
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/flows", get(flows))
+        .with_state(shared)
+}
+
+/// Serves until the process ends.
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, router(shared)).await
+}

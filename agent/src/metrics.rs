@@ -1,0 +1,171 @@
+//! Prometheus metrics. Label values are bounded: counter names, directions,
+//! reasons and policy names, never addresses or pod names.
+
+use std::sync::Mutex;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::flows::log::Record;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CounterLabels {
+    pub counter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenyLabels {
+    pub direction: String,
+    pub reason: String,
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    datapath: Family<CounterLabels, Counter>,
+    /// Last kernel counter values seen, to add only the difference.
+    datapath_seen: Mutex<Vec<u64>>,
+    denied_flows: Family<DenyLabels, Counter>,
+    denied_packets: Family<DenyLabels, Counter>,
+    suppressed: Counter,
+    pub map_entries: Family<MapLabels, Gauge>,
+    pub map_capacity: Family<MapLabels, Gauge>,
+    pub programming_seconds: Histogram,
+    pub sync_errors: Counter,
+    pub rejected_objects: Gauge,
+    pub revision: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("palisade");
+        let datapath = Family::<CounterLabels, Counter>::default();
+        registry.register(
+            "datapath_packets",
+            "Packets by datapath outcome (allowed, denied, ct_hit, malformed, fragment, ...), from the per-CPU kernel counters",
+            datapath.clone(),
+        );
+        let denied_flows = Family::<DenyLabels, Counter>::default();
+        registry.register(
+            "denied_flows",
+            "Denied flows (one per deny record), by direction, reason and isolating policy",
+            denied_flows.clone(),
+        );
+        let denied_packets = Family::<DenyLabels, Counter>::default();
+        registry.register(
+            "denied_packets",
+            "Denied packets reported by deny events",
+            denied_packets.clone(),
+        );
+        let suppressed = Counter::default();
+        registry.register(
+            "deny_records_suppressed",
+            "Deny records not written because the log budget was spent",
+            suppressed.clone(),
+        );
+        let map_entries = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "map_entries",
+            "Entries in each datapath map",
+            map_entries.clone(),
+        );
+        let map_capacity = Family::<MapLabels, Gauge>::default();
+        registry.register(
+            "map_capacity",
+            "Maximum entries of each datapath map",
+            map_capacity.clone(),
+        );
+        let programming_seconds = Histogram::new([
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        registry.register(
+            "policy_programming_seconds",
+            "Time from noticing a change in the source to the datapath maps holding it",
+            programming_seconds.clone(),
+        );
+        let sync_errors = Counter::default();
+        registry.register(
+            "sync_errors",
+            "Map writes that failed (retried on the next sync)",
+            sync_errors.clone(),
+        );
+        let rejected_objects = Gauge::default();
+        registry.register(
+            "rejected_objects",
+            "Objects rejected by validation (their last good version stays)",
+            rejected_objects.clone(),
+        );
+        let revision = Gauge::default();
+        registry.register(
+            "programmed_revision",
+            "Revision of the state programmed into the datapath",
+            revision.clone(),
+        );
+        Self {
+            registry,
+            datapath,
+            datapath_seen: Mutex::new(Vec::new()),
+            denied_flows,
+            denied_packets,
+            suppressed,
+            map_entries,
+            map_capacity,
+            programming_seconds,
+            sync_errors,
+            rejected_objects,
+            revision,
+        }
+    }
+
+    /// Takes the kernel counters (cumulative, possibly from before this process).
+    pub fn observe_datapath(&self, values: &[(palisade_common::Counter, u64)]) {
+        let mut seen = self.datapath_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.resize(values.len(), 0);
+        for (i, (c, v)) in values.iter().enumerate() {
+            let delta = v.saturating_sub(seen[i]);
+            seen[i] = *v;
+            self.datapath
+                .get_or_create(&CounterLabels {
+                    counter: c.name().to_string(),
+                })
+                .inc_by(delta);
+        }
+    }
+
+    pub fn observe_record(&self, r: &Record) {
+        match r {
+            Record::Deny { flow, count, .. } => {
+                let labels = DenyLabels {
+                    direction: flow.direction.to_string(),
+                    reason: flow.reason.clone(),
+                    policy: flow.policies.join(","),
+                };
+                self.denied_flows.get_or_create(&labels).inc();
+                self.denied_packets.get_or_create(&labels).inc_by(*count);
+            }
+            Record::Suppressed { suppressed, .. } => {
+                self.suppressed.inc_by(*suppressed);
+            }
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,291 @@
+//! Deny records, `palisade flows` and metrics on real traffic: one
+//! aggregated record per denied flow with the right attribution (a named
+//! policy, the default deny, the metadata block), a flood kept within the
+//! log budget with a suppression summary, and Prometheus counters that move.
+//! Privileged: root, netns, eBPF.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use palisade_tests::{
+    agent::{AgentProcess, AgentSpec, agent_bin},
+    netns, probe,
+    scenario::{Family, PortSpec},
+    topology::Cluster,
+};
+use serde_json::Value;
+
+const SOURCE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: d}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
+"#;
+
+fn pod(ns: &str, name: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {name}}}}}\n\
+         spec: {{nodeName: palisade-node, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
+    )
+}
+
+fn connect_from(ns: &str, to: SocketAddr, timeout: Duration) -> bool {
+    let to_ns = ns.to_string();
+    netns::in_netns(&to_ns, move || {
+        Ok(TcpStream::connect_timeout(&to, timeout).is_ok())
+    })
+    .unwrap_or(false)
+}
+
+/// `GET path` on the agent's endpoint, from inside the node's namespace.
+fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
+    let path = path.to_string();
+    netns::in_netns(node, move || {
+        let mut s = TcpStream::connect("127.0.0.1:9965")?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
+fn records(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
+    let bin = agent_bin()?;
+    let run = format!("o{}", std::process::id() % 100_000);
+    let mut cluster = Cluster::new(&run, Family::Ipv4)?;
+    let web = vec![PortSpec {
+        port: 80,
+        protocol: "TCP".into(),
+        name: None,
+    }];
+    let ips = [
+        Ipv4Addr::new(10, 8, 0, 10),
+        Ipv4Addr::new(10, 8, 0, 11),
+        Ipv4Addr::new(10, 8, 0, 12),
+        Ipv4Addr::new(10, 8, 1, 10),
+    ];
+    let a = cluster.add_wired("x/a", Some(ips[0]), None, web.clone())?;
+    let b = cluster.add_wired("x/b", Some(ips[1]), None, web.clone())?;
+    let c = cluster.add_wired("x/c", Some(ips[2]), None, web.clone())?;
+    let d = cluster.add_wired("d/d1", Some(ips[3]), None, web.clone())?;
+    let md = cluster.add_wired(
+        "external:metadata",
+        Some(Ipv4Addr::new(169, 254, 169, 254)),
+        None,
+        web.clone(),
+    )?;
+    let _l: Vec<_> = [&b, &d, &md]
+        .iter()
+        .map(|h| probe::listen(h.netns.as_deref(), &web))
+        .collect::<Result<_, _>>()?;
+    let (na, nc) = (
+        a.netns.clone().unwrap_or_default(),
+        c.netns.clone().unwrap_or_default(),
+    );
+
+    let dir = std::env::temp_dir().join(format!("palisade-observe-{run}"));
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source)?;
+    std::fs::write(
+        source.join("cluster.yaml"),
+        format!(
+            "{SOURCE}{}{}{}{}",
+            pod("x", "a", ips[0]),
+            pod("x", "b", ips[1]),
+            pod("x", "c", ips[2]),
+            pod("d", "d1", ips[3])
+        ),
+    )?;
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "defaultDeny: true\ndefaultDenyExempt: [x, kube-system]\n",
+    )?;
+    let agent = AgentProcess::start(AgentSpec {
+        bin: bin.clone(),
+        node_netns: cluster.node_netns.clone(),
+        source,
+        config: Some(config),
+        pin_root: format!("/sys/fs/bpf/palisade-observe-{run}").into(),
+        status_file: dir.join("status.json"),
+        stdout: dir.join("deny.jsonl"),
+        stderr: dir.join("agent.log"),
+        extra: [
+            "--poll-ms",
+            "50",
+            "--deny-idle-secs",
+            "1.5",
+            "--deny-rate",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+    })?;
+    agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+    let node = cluster.node_netns.clone();
+    assert!(
+        http_get(&node, "/readyz")?.starts_with("HTTP/1.0 200"),
+        "ready once programmed"
+    );
+
+    // One denied flow per reason.
+    let short = Duration::from_millis(1500);
+    assert!(
+        !connect_from(&nc, SocketAddr::from((ips[1], 80)), short),
+        "c -> b is denied by x/b-from-a"
+    );
+    assert!(
+        !connect_from(&na, SocketAddr::from((ips[3], 80)), short),
+        "a -> d/d1 is denied by the default deny"
+    );
+    assert!(
+        !connect_from(&na, "169.254.169.254:80".parse()?, short),
+        "a -> metadata is blocked"
+    );
+    assert!(
+        connect_from(&na, SocketAddr::from((ips[1], 80)), short),
+        "a -> b is allowed"
+    );
+    // Each denied connect sent two SYNs (0 s, 1 s); the records come once
+    // the flows have been quiet for the idle window.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // Through the CLI, as an operator would.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{node}"))
+        .arg(&bin)
+        .args(["flows", "--json"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "palisade flows: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recs = records(&String::from_utf8_lossy(&out.stdout));
+    let to = |ip: Ipv4Addr| {
+        recs.iter()
+            .filter(|r| r["dst"]["ip"] == ip.to_string())
+            .collect::<Vec<_>>()
+    };
+    let c_to_b = to(ips[1]);
+    assert_eq!(
+        c_to_b.len(),
+        1,
+        "exactly one record for the denied flow: {c_to_b:?}"
+    );
+    assert_eq!(c_to_b[0]["reason"], "policy");
+    assert_eq!(c_to_b[0]["policies"], serde_json::json!(["x/b-from-a"]));
+    assert_eq!(c_to_b[0]["src"]["pod"], "x/c");
+    assert_eq!(c_to_b[0]["dst"]["pod"], "x/b");
+    assert_eq!(c_to_b[0]["dst"]["port"], 80);
+    assert_eq!(c_to_b[0]["direction"], "ingress");
+    assert!(c_to_b[0]["count"].as_u64().unwrap_or(0) >= 1);
+    let a_to_d = to(ips[3]);
+    assert_eq!(a_to_d.len(), 1, "{a_to_d:?}");
+    assert_eq!(a_to_d[0]["reason"], "default-deny");
+    let a_to_md = to(Ipv4Addr::new(169, 254, 169, 254));
+    assert_eq!(a_to_md.len(), 1, "{a_to_md:?}");
+    assert_eq!(a_to_md[0]["reason"], "metadata-block");
+    assert_eq!(a_to_md[0]["direction"], "egress");
+    // Filters.
+    let only_d = records(&http_get(&node, "/flows?namespace=d")?);
+    assert_eq!(only_d.len(), 1, "{only_d:?}");
+
+    // A flood of denied flows (distinct source ports) stays within the budget.
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let nc = nc.clone();
+            std::thread::spawn(move || {
+                connect_from(
+                    &nc,
+                    SocketAddr::from((ips[1], 80)),
+                    Duration::from_millis(300),
+                )
+            })
+        })
+        .collect();
+    for t in flood {
+        assert!(!t.join().unwrap_or(true), "flood connections are denied");
+    }
+    std::thread::sleep(Duration::from_millis(4000));
+    let all = records(&std::fs::read_to_string(dir.join("deny.jsonl"))?);
+    let denies = all.iter().filter(|r| r["type"] == "deny").count();
+    let suppressed: u64 = all
+        .iter()
+        .filter(|r| r["type"] == "suppressed")
+        .filter_map(|r| r["suppressed"].as_u64())
+        .sum();
+    // Budget: burst 8 (4x the rate) plus 2 per second over the few seconds of the test.
+    assert!(
+        denies <= 8 + 2 * 12,
+        "records stay within the budget: {denies}"
+    );
+    assert!(
+        suppressed > 100,
+        "a summary says how many were suppressed: {suppressed}"
+    );
+
+    // Metrics moved.
+    let metrics = http_get(&node, "/metrics")?;
+    let value = |needle: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("palisade_datapath_packets_total{counter=\"denied\"}") >= 200.0,
+        "{metrics}"
+    );
+    assert!(
+        value(
+            "palisade_denied_flows_total{direction=\"egress\",reason=\"metadata-block\",policy=\"\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("palisade_deny_records_suppressed_total") > 100.0,
+        "{metrics}"
+    );
+    assert!(
+        value("palisade_map_entries{map=\"policy\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("palisade_policy_programming_seconds_count 1"),
+        "{metrics}"
+    );
+
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
