@@ -21,11 +21,11 @@ use crate::{
         self,
         log::{DenyLog, LogSettings, Record},
     },
-    index::{Index, Kind, Object},
+    index::{Index, Kind},
     metrics::MapLabels,
     model::Node,
     policy::{DesiredState, Profile, state::HostNetworkBlock},
-    source::dir::DirSource,
+    source::{self, Batch, SourceEvent, dir::DirSource},
     status::Status,
     sync::Syncer,
 };
@@ -38,7 +38,7 @@ pub enum LogFormat {
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub source: PathBuf,
+    pub source: SourceConfig,
     pub node_name: String,
     /// Node addresses given explicitly; otherwise this namespace's addresses.
     pub node_addresses: Vec<IpAddr>,
@@ -162,6 +162,56 @@ fn reconcile_cgroups(
     }
 }
 
+const KINDS: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+
+/// Where the agent's objects come from.
+#[derive(Clone)]
+pub enum SourceConfig {
+    /// Standalone: a directory of YAML objects.
+    Dir(PathBuf),
+    /// The API server.
+    Kube(kube::Client),
+}
+
+impl std::fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceConfig::Dir(d) => write!(f, "Dir({})", d.display()),
+            SourceConfig::Kube(_) => f.write_str("Kube"),
+        }
+    }
+}
+
+/// Applies one batch of source events to the index (pure but for logs).
+pub fn apply_batch(
+    index: &mut Index,
+    listed: &mut BTreeSet<Kind>,
+    version: &mut String,
+    batch: Batch,
+) {
+    for ev in batch {
+        match ev {
+            SourceEvent::Reset { kind, objects } => {
+                for e in index.reset(kind, &objects) {
+                    warn!(error = %chain(&e), "object rejected; its last good version stays in force");
+                }
+                listed.insert(kind);
+            }
+            SourceEvent::Apply(o) => {
+                if let Err(e) = index.apply(&o) {
+                    warn!(error = %chain(&e), "object rejected; its last good version stays in force");
+                }
+            }
+            SourceEvent::Delete(key) => index.delete(&key),
+            SourceEvent::Rejected(e) => warn!(error = %e, "source object rejected"),
+            SourceEvent::Version(v) => *version = v,
+            SourceEvent::Trouble(e) => {
+                warn!(error = %e, "source trouble; enforcement unchanged, retrying")
+            }
+        }
+    }
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let span = info_span!("agent", node = %opts.node_name);
     let _enter = span.enter();
@@ -190,8 +240,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tokio::spawn(conn);
 
     let mut syncer = Syncer::new(dp.kernel_maps()?, observed);
-    let mut source = DirSource::new(&opts.source);
+    let (source_tx, mut source_rx) = tokio::sync::mpsc::channel::<Batch>(64);
+    match &opts.source {
+        SourceConfig::Dir(dir) => {
+            tokio::spawn(source::dir::run(DirSource::new(dir), opts.poll, source_tx));
+        }
+        SourceConfig::Kube(client) => {
+            tokio::spawn(source::kube::run(client.clone(), source_tx));
+        }
+    }
     let mut index = Index::default();
+    // Writes wait until every kind has been listed once.
+    let mut listed: BTreeSet<Kind> = BTreeSet::new();
     let mut node = Node {
         name: opts.node_name.clone(),
         addresses: opts.node_addresses.clone(),
@@ -234,6 +294,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 guard.clear_ready();
                 continue;
             }
+            batch = source_rx.recv() => {
+                let Some(batch) = batch else {
+                    anyhow::bail!("the source stopped");
+                };
+                changed_at.get_or_insert_with(Instant::now);
+                apply_batch(&mut index, &mut listed, &mut digest, batch);
+                // Whatever else is queued goes into the same sync.
+                while let Ok(more) = source_rx.try_recv() {
+                    apply_batch(&mut index, &mut listed, &mut digest, more);
+                }
+                pods = flows::pods_by_ip(index.model());
+                dirty = true;
+            }
             _ = tokio::signal::ctrl_c() => { interrupted = true; }
             _ = sigterm.recv() => { interrupted = true; }
         }
@@ -241,32 +314,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             emit(deny_log.drain(SystemTime::now()), opts.deny_log, &shared);
             info!("stopping; pinned programs and maps keep enforcing");
             return Ok(());
-        }
-
-        // Source.
-        match source.poll() {
-            Ok(Some(snapshot)) => {
-                changed_at.get_or_insert_with(Instant::now);
-                for e in &snapshot.errors {
-                    warn!(error = %e, "source object rejected");
-                }
-                for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
-                    let of_kind: Vec<Object> = snapshot
-                        .objects
-                        .iter()
-                        .filter(|o| o.key().kind == kind)
-                        .cloned()
-                        .collect();
-                    for e in index.reset(kind, &of_kind) {
-                        warn!(error = %e, "object rejected; its last good version stays in force");
-                    }
-                }
-                digest = format!("{:016x}", snapshot.digest);
-                pods = flows::pods_by_ip(index.model());
-                dirty = true;
-            }
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "source unreadable; enforcement unchanged"),
         }
 
         // Node addresses (unless given).
@@ -281,7 +328,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
 
-        if dirty {
+        if dirty && listed.len() == KINDS.len() {
             let report = syncer.sync(index.model(), &node, &opts.profile);
             info!(
                 revision = report.revision,

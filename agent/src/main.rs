@@ -81,8 +81,10 @@ enum Command {
 struct AgentArgs {
     /// Standalone mode: a directory of YAML objects (Namespaces, Pods with
     /// status.podIP and spec.nodeName, NetworkPolicies) is the cluster.
+    /// Without it the agent watches the API server (in-cluster config or
+    /// KUBECONFIG).
     #[arg(long)]
-    source: PathBuf,
+    source: Option<PathBuf>,
     /// This node's name; pods with this spec.nodeName are enforced here.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
@@ -159,8 +161,16 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut prefixes = cfg.interface_prefixes.clone();
             prefixes.extend(a.interface_prefixes);
+            let source = match a.source {
+                Some(dir) => daemon::SourceConfig::Dir(dir),
+                None => daemon::SourceConfig::Kube(
+                    kube::Client::try_default()
+                        .await
+                        .context("connecting to the API server (in-cluster or KUBECONFIG); use --source DIR for standalone mode")?,
+                ),
+            };
             daemon::run(daemon::Options {
-                source: a.source,
+                source,
                 node_name: a.node_name,
                 node_addresses: a.node_addresses,
                 pins: PinPaths::new(a.pin_root),

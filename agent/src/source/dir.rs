@@ -11,8 +11,11 @@ use std::{
     time::SystemTime,
 };
 
-use super::yaml::{ParseError, parse_objects};
-use crate::index::Object;
+use super::{
+    Batch, SourceEvent,
+    yaml::{ParseError, parse_objects},
+};
+use crate::index::{Kind, Object};
 
 /// Everything read from the directory at one moment.
 #[derive(Debug, Default)]
@@ -164,5 +167,50 @@ impl DirSource {
             }
         }
         Ok(snapshot)
+    }
+}
+
+/// Polls the directory every `every` and sends a relist of every kind when
+/// it changed. Runs until the receiver is gone.
+pub async fn run(
+    mut source: DirSource,
+    every: std::time::Duration,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+) {
+    let mut tick = tokio::time::interval(every);
+    let mut troubled = false;
+    loop {
+        tick.tick().await;
+        let batch = match source.poll() {
+            Ok(None) => continue,
+            Ok(Some(snapshot)) => {
+                troubled = false;
+                let mut batch: Batch = snapshot
+                    .errors
+                    .into_iter()
+                    .map(SourceEvent::Rejected)
+                    .collect();
+                for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
+                    let objects = snapshot
+                        .objects
+                        .iter()
+                        .filter(|o| o.key().kind == kind)
+                        .cloned()
+                        .collect();
+                    batch.push(SourceEvent::Reset { kind, objects });
+                }
+                batch.push(SourceEvent::Version(format!("{:016x}", snapshot.digest)));
+                batch
+            }
+            // Report once per outage; the last good state stays in force.
+            Err(e) if !troubled => {
+                troubled = true;
+                vec![SourceEvent::Trouble(e.to_string())]
+            }
+            Err(_) => continue,
+        };
+        if tx.send(batch).await.is_err() {
+            return;
+        }
     }
 }

@@ -1,5 +1,30 @@
 //! Where objects come from: a directory of YAML (standalone mode) or the
-//! API server. Sources produce typed objects; they never touch the model.
+//! API server. Sources only produce typed events; the daemon applies them to
+//! the index. Events come in batches that are applied together, so no sync
+//! ever sees half of a relist.
 
 pub mod dir;
+pub mod kube;
 pub mod yaml;
+
+use crate::index::{Kind, Object, ObjectKey};
+
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// Everything of one kind (initial list or relist): what is missing is deleted.
+    Reset {
+        kind: Kind,
+        objects: Vec<Object>,
+    },
+    Apply(Object),
+    Delete(ObjectKey),
+    /// Input the source could not turn into an object, with why (named).
+    Rejected(String),
+    /// The version of the source now delivered (directory digest).
+    Version(String),
+    /// The source is in trouble (API unreachable, directory unreadable);
+    /// enforcement continues unchanged and the source retries.
+    Trouble(String),
+}
+
+pub type Batch = Vec<SourceEvent>;
