@@ -2,6 +2,7 @@
 
 mod demo;
 mod exec;
+mod kind;
 mod scenario;
 mod setup;
 mod test;
@@ -25,6 +26,8 @@ enum Command {
     Scenario(scenario::Options),
     /// Show Palisade at work on a three-tier application.
     Demo(demo::Options),
+    /// A local kind cluster with Palisade (needs Docker, kind, kubectl).
+    Kind(kind::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(o) => test::run(&o),
         Command::Scenario(o) => scenario::run(&o),
         Command::Demo(o) => demo::run(&o),
+        Command::Kind(o) => kind::run(&o),
     }
 }
