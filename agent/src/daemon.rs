@@ -19,6 +19,7 @@ use crate::{
     dataplane::{Datapath, PinPaths, cgroups, counters, interfaces},
     flows::{
         self,
+        file::RotatingFile,
         log::{DenyLog, LogSettings, Record},
     },
     index::{Index, Kind},
@@ -51,6 +52,9 @@ pub struct Options {
     pub poll: Duration,
     /// Where to look for pod cgroups (default: the cgroup v2 mount).
     pub cgroup_root: Option<PathBuf>,
+    /// Deny records also go to this file (JSON lines), rotated by size.
+    pub deny_log_file: Option<PathBuf>,
+    pub deny_log_file_max_bytes: u64,
     /// The local HTTP endpoint (metrics, health, flows); `None`: off.
     pub listen: Option<std::net::SocketAddr>,
 }
@@ -106,9 +110,16 @@ fn gc_conntrack(ct: &mut HashMap<MapData, CtKey, CtValue>) -> usize {
     expired.len()
 }
 
-fn emit(records: Vec<Record>, format: LogFormat, shared: &Shared) {
+fn emit(records: Vec<Record>, format: LogFormat, shared: &Shared, file: &mut Option<RotatingFile>) {
     for r in records {
         shared.publish(&r);
+        if let Some(f) = file.as_mut()
+            && let Err(e) = serde_json::to_string(&r)
+                .map_err(std::io::Error::other)
+                .and_then(|l| f.write_line(&l))
+        {
+            warn!(error = %e, "writing the deny log file");
+        }
         match format {
             LogFormat::Json => match serde_json::to_string(&r) {
                 Ok(line) => println!("{line}"),
@@ -263,6 +274,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut changed_at: Option<Instant> = None;
     let mut last_metrics = Instant::now() - Duration::from_secs(60);
     let mut deny_log = DenyLog::new(&opts.node_name, opts.log_settings.clone());
+    let mut deny_file = match &opts.deny_log_file {
+        Some(p) => Some(
+            RotatingFile::open(p, opts.deny_log_file_max_bytes, 5)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
+        None => None,
+    };
     let mut pods = flows::pods_by_ip(index.model());
 
     let cgroup_root = opts.cgroup_root.clone().or_else(cgroups::cgroup2_root);
@@ -273,6 +291,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut gc = tokio::time::interval(Duration::from_secs(10));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupted = false;
+    let mut stale_removed = false;
 
     loop {
         tokio::select! {
@@ -311,7 +330,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = sigterm.recv() => { interrupted = true; }
         }
         if interrupted {
-            emit(deny_log.drain(SystemTime::now()), opts.deny_log, &shared);
+            emit(
+                deny_log.drain(SystemTime::now()),
+                opts.deny_log,
+                &shared,
+                &mut deny_file,
+            );
             info!("stopping; pinned programs and maps keep enforcing");
             return Ok(());
         }
@@ -356,13 +380,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Ok(links) => {
                 let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
                 dp.forget_missing(&present);
+                let mut failed = false;
                 for l in links {
                     if !dp.attached().contains_key(&l.index) {
                         match dp.attach(&l.name, l.index) {
                             Ok(()) => info!(ifname = %l.name, "attached"),
-                            Err(e) => error!(ifname = %l.name, error = %chain(&e), "attach failed"),
+                            Err(e) => {
+                                failed = true;
+                                error!(ifname = %l.name, error = %chain(&e), "attach failed");
+                            }
                         }
                     }
+                }
+                if !failed && !stale_removed {
+                    dp.remove_stale_versions();
+                    stale_removed = true;
                 }
             }
             Err(e) => warn!(error = %e, "listing interfaces"),
@@ -375,7 +407,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             &mut blocked_cgroups,
         );
 
-        emit(deny_log.flush(SystemTime::now()), opts.deny_log, &shared);
+        emit(
+            deny_log.flush(SystemTime::now()),
+            opts.deny_log,
+            &shared,
+            &mut deny_file,
+        );
 
         let status = Status {
             ready,

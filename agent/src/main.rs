@@ -109,6 +109,12 @@ struct AgentArgs {
     /// Format of deny records on stdout.
     #[arg(long, value_enum, default_value = "json")]
     deny_log: LogFormat,
+    /// Also write deny records (JSON lines) to this file, rotated by size
+    /// (5 old files kept as FILE.1 .. FILE.5).
+    #[arg(long)]
+    deny_log_file: Option<PathBuf>,
+    #[arg(long, default_value = "10485760")]
+    deny_log_file_max_bytes: u64,
     /// Seconds a flow must be quiet before its deny record is written.
     #[arg(long, default_value = "3")]
     deny_idle_secs: f64,
@@ -186,6 +192,8 @@ async fn main() -> anyhow::Result<()> {
                 },
                 poll: Duration::from_millis(a.poll_ms),
                 cgroup_root: a.cgroup_root,
+                deny_log_file: a.deny_log_file,
+                deny_log_file_max_bytes: a.deny_log_file_max_bytes,
                 listen: if a.listen == "off" {
                     None
                 } else {

@@ -33,7 +33,7 @@ pub const PROG_SENDMSG6: &str = "palisade_sendmsg6";
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another
 /// version are replaced, never reinterpreted.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_IPCACHE: u32 = 262_144;
@@ -172,7 +172,9 @@ pub struct CtValue {
     pub rule: u32,
 }
 
-/// Per-CPU counters, by index into [`MAP_COUNTERS`].
+/// Per-CPU counters, by index into [`MAP_COUNTERS`]. [`Counter::OUTCOMES`]
+/// partition the packets; the others (fragment, metadata_blocked, ct_new,
+/// host_allowed, per-direction verdicts, ...) say more about some of them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -192,9 +194,14 @@ pub enum Counter {
     Adopted = 13,
     HostAllowed = 14,
     IcmpRelated = 15,
+    IcmpControl = 16,
+    AllowedIngress = 17,
+    AllowedEgress = 18,
+    DeniedIngress = 19,
+    DeniedEgress = 20,
 }
 
-pub const COUNTER_COUNT: u32 = 16;
+pub const COUNTER_COUNT: u32 = 21;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -214,6 +221,25 @@ impl Counter {
         Counter::Adopted,
         Counter::HostAllowed,
         Counter::IcmpRelated,
+        Counter::IcmpControl,
+        Counter::AllowedIngress,
+        Counter::AllowedEgress,
+        Counter::DeniedIngress,
+        Counter::DeniedEgress,
+    ];
+
+    /// Outcomes: every packet the tc programs see adds exactly one of these.
+    pub const OUTCOMES: [Counter; 10] = [
+        Counter::Allowed,
+        Counter::Denied,
+        Counter::CtHit,
+        Counter::CtReply,
+        Counter::NotEndpoint,
+        Counter::Malformed,
+        Counter::NonIp,
+        Counter::Adopted,
+        Counter::IcmpRelated,
+        Counter::IcmpControl,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -234,6 +260,11 @@ impl Counter {
             Counter::Adopted => "adopted",
             Counter::HostAllowed => "host_allowed",
             Counter::IcmpRelated => "icmp_related",
+            Counter::IcmpControl => "icmp_control",
+            Counter::AllowedIngress => "allowed_ingress",
+            Counter::AllowedEgress => "allowed_egress",
+            Counter::DeniedIngress => "denied_ingress",
+            Counter::DeniedEgress => "denied_egress",
         }
     }
 }

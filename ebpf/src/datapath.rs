@@ -69,6 +69,7 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         Parsed::Flow(flow) => flow,
     };
     if flow.icmp == Icmp::Control {
+        count(Counter::IcmpControl);
         return TC_ACT_OK;
     }
     let (local, remote) = if dir == DIR_EGRESS {
@@ -280,6 +281,11 @@ fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64)
                 open(flow, dir, rule, now, 0);
             }
             count(Counter::Allowed);
+            count(if dir == DIR_INGRESS {
+                Counter::AllowedIngress
+            } else {
+                Counter::AllowedEgress
+            });
             TC_ACT_OK
         }
         Err(reason) => {
@@ -338,6 +344,11 @@ fn open(flow: &Flow, dir: u8, rule: u32, now: u64, flags: u32) {
 #[inline(always)]
 fn deny(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, reason: Reason, now: u64) {
     count(Counter::Denied);
+    count(if dir == DIR_INGRESS {
+        Counter::DeniedIngress
+    } else {
+        Counter::DeniedEgress
+    });
     if reason == Reason::MetadataBlock {
         count(Counter::MetadataBlocked);
     }

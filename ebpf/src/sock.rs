@@ -78,6 +78,7 @@ fn check6(ctx: &SockAddrContext) -> i32 {
 
 fn reject(daddr: [u8; 16], port_be_u32: u32, proto: u32) -> i32 {
     count(Counter::Denied);
+    count(Counter::DeniedEgress);
     count(Counter::MetadataBlocked);
     if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
         // SAFETY: plain helpers without preconditions.

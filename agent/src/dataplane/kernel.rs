@@ -224,7 +224,7 @@ impl Datapath {
             policy: take_map(&mut ebpf, MAP_POLICY, LpmTrie::try_from)?,
         };
         for stale in pins.stale_versions() {
-            warn!(path = %stale.display(), "pins of another layout version remain; they are replaced as interfaces are re-attached");
+            info!(path = %stale.display(), "pins of another layout version found; removed once this version is attached");
         }
         Ok(Self {
             ebpf,
@@ -425,6 +425,20 @@ impl Datapath {
         for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
             if let Ok(pinned) = PinnedLink::from_pin(self.pins.cgroup_link(cgroup_ino, name)) {
                 let _ = pinned.unpin();
+            }
+        }
+    }
+
+    /// Removes the pin trees of other layout versions: their programs detach
+    /// and their maps go. Called once this version's programs are attached
+    /// everywhere, so no interface is left without enforcement.
+    pub fn remove_stale_versions(&self) {
+        for stale in self.pins.stale_versions() {
+            match std::fs::remove_dir_all(&stale) {
+                Ok(()) => {
+                    info!(path = %stale.display(), "removed the pins of an older layout version")
+                }
+                Err(e) => warn!(path = %stale.display(), error = %e, "removing old pins"),
             }
         }
     }

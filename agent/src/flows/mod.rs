@@ -2,6 +2,7 @@
 //! aggregate per flow and rate-limit (pure, clock passed in), print.
 
 pub mod client;
+pub mod file;
 pub mod log;
 
 use std::{collections::BTreeMap, net::IpAddr};
