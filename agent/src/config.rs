@@ -14,6 +14,9 @@ pub struct FileConfig {
     pub profile: Profile,
     /// Attach only to veths whose names start with one of these (empty: all veths).
     pub interface_prefixes: Vec<String>,
+    /// Traffic of addresses on attached veths that are not known pods:
+    /// `deny` (default: a new pod is enforced before it can send) or `allow`.
+    pub unknown_pod_traffic: crate::dataplane::UnknownEndpoint,
 }
 
 #[derive(Debug, thiserror::Error)]

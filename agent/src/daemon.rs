@@ -46,6 +46,7 @@ pub struct Options {
     pub pins: PinPaths,
     pub status_file: Option<PathBuf>,
     pub interface_prefixes: Vec<String>,
+    pub unknown_endpoint: crate::dataplane::UnknownEndpoint,
     pub profile: Profile,
     pub deny_log: LogFormat,
     pub log_settings: LogSettings,
@@ -228,7 +229,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _enter = span.enter();
     opts.profile.validate()?;
 
-    let mut dp = Datapath::open(opts.pins.clone()).context("loading the datapath")?;
+    let mut dp =
+        Datapath::open(opts.pins.clone(), opts.unknown_endpoint).context("loading the datapath")?;
     let observed = dp.read_maps();
     info!(entries = observed.len(), "adopted pinned maps");
     let shared = Arc::new(Shared::new());
@@ -421,6 +423,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             source_digest: digest.clone(),
             attached: dp.attached().values().cloned().collect(),
             cgroups: blocked_cgroups.keys().map(|b| b.pod.to_string()).collect(),
+            cgroups_pending: syncer
+                .state()
+                .host_network_blocks
+                .iter()
+                .filter(|b| !blocked_cgroups.contains_key(b))
+                .map(|b| b.pod.to_string())
+                .collect(),
             endpoints: syncer.state().maps.endpoints.len(),
             map_entries: syncer.mirror().len(),
             rejected: index

@@ -106,6 +106,9 @@ struct AgentArgs {
     default_deny: Option<bool>,
     #[arg(long)]
     block_metadata: Option<bool>,
+    /// Traffic of unknown addresses on attached veths (overrides the config's unknownPodTraffic).
+    #[arg(long, value_enum)]
+    unknown_pod_traffic: Option<palisade_agent::dataplane::UnknownEndpoint>,
     /// Format of deny records on stdout.
     #[arg(long, value_enum, default_value = "json")]
     deny_log: LogFormat,
@@ -182,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
                 pins: PinPaths::new(a.pin_root),
                 status_file: a.status_file,
                 interface_prefixes: prefixes,
+                unknown_endpoint: a.unknown_pod_traffic.unwrap_or(cfg.unknown_pod_traffic),
                 profile: cfg.profile,
                 deny_log: a.deny_log,
                 log_settings: LogSettings {

@@ -17,8 +17,10 @@ pub struct Status {
     pub source_digest: String,
     /// Interfaces carrying the tc programs.
     pub attached: Vec<String>,
-    /// Cgroups carrying the metadata block.
+    /// hostNetwork pods whose cgroup carries the metadata block.
     pub cgroups: Vec<String>,
+    /// hostNetwork pods that need the block but whose cgroup is not found (yet).
+    pub cgroups_pending: Vec<String>,
     pub endpoints: usize,
     pub map_entries: usize,
     /// Objects rejected by validation, with why.

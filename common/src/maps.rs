@@ -31,6 +31,9 @@ pub const PROG_CONNECT6: &str = "palisade_connect6";
 pub const PROG_SENDMSG4: &str = "palisade_sendmsg4";
 pub const PROG_SENDMSG6: &str = "palisade_sendmsg6";
 
+/// Global patched at load: drop traffic of unknown addresses on attached veths.
+pub const GLOBAL_UNKNOWN_ENDPOINT_DROP: &str = "UNKNOWN_ENDPOINT_DROP";
+
 /// Bumped whenever a key or value layout below changes; pinned maps of another
 /// version are replaced, never reinterpreted.
 pub const LAYOUT_VERSION: u32 = 2;

@@ -35,6 +35,13 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT
 #[map(name = "PALISADE_EVENTS")]
 pub(crate) static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+/// Load-time knob (patched by the agent): 1 drops IP traffic of addresses
+/// that are not (yet) known endpoints on an attached veth. That closes the
+/// start-up race of a new pod whose veth exists before the agent has its
+/// address and policy; 0 passes such traffic.
+#[unsafe(no_mangle)]
+static UNKNOWN_ENDPOINT_DROP: u8 = 0;
+
 #[inline(always)]
 pub(crate) fn count(c: Counter) {
     if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
@@ -80,7 +87,12 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: the value is read once and copied.
     let Some(ep) = (unsafe { ENDPOINTS.get(local) }).copied() else {
         count(Counter::NotEndpoint);
-        return TC_ACT_OK;
+        // SAFETY: a read of a load-time constant; volatile so it is not folded.
+        return if unsafe { core::ptr::read_volatile(&UNKNOWN_ENDPOINT_DROP) } != 0 {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_OK
+        };
     };
     let now = unsafe { bpf_ktime_get_ns() };
 

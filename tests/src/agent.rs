@@ -117,6 +117,7 @@ impl AgentProcess {
                 if st.ready
                     && st.source_digest == want
                     && ifaces.iter().all(|i| st.attached.contains(i))
+                    && st.cgroups_pending.is_empty()
                 {
                     return Ok(st);
                 }

@@ -401,6 +401,7 @@ impl Run<'_> {
                 if st.ready
                     && st.source_digest == want
                     && ifaces.iter().all(|i| st.attached.contains(i))
+                    && st.cgroups_pending.is_empty()
                 {
                     if !st.rejected.is_empty() {
                         bail!("the agent rejected objects: {}", st.rejected.join("; "));
@@ -412,7 +413,7 @@ impl Run<'_> {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!(
-            "the agent did not program the source within {:?} (last status: {last:?})",
+            "the agent did not program the source within {:?} (want digest {want}, interfaces {ifaces:?}; last status: {last:?})",
             self.opts.ready_timeout
         )
     }

@@ -24,8 +24,10 @@ const GATEWAY_V6: &str = "fe80::1";
 /// The node's own addresses (on its loopback): the source of node-to-pod traffic.
 pub const NODE_V4: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
 pub const NODE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 1);
-/// Interface names of pod and external veths on the node side start with this.
+/// Node-side veths of pods start with this (the agent attaches to these);
+/// externals get `EXTERNAL_IF_PREFIX`, since they are not pods.
 pub const IF_PREFIX: &str = "pl";
+pub const EXTERNAL_IF_PREFIX: &str = "px";
 
 /// Everything a run created, so an interrupt can remove it.
 static CREATED: Mutex<Vec<Created>> = Mutex::new(Vec::new());
@@ -163,7 +165,12 @@ impl Cluster {
         let idx = self.next_if;
         self.next_if += 1;
         let netns = format!("pal{}-{idx}", self.run);
-        let ifname = format!("{IF_PREFIX}{idx}");
+        let prefix = if name.starts_with("external:") {
+            EXTERNAL_IF_PREFIX
+        } else {
+            IF_PREFIX
+        };
+        let ifname = format!("{prefix}{idx}");
         let node = self.node_netns.clone();
         ip(&["netns", "add", &netns])?;
         remember(Created::Netns(netns.clone()));
@@ -301,11 +308,12 @@ impl Cluster {
         }
     }
 
-    /// Node-side interfaces that must carry the programs.
+    /// Node-side interfaces that must carry the programs (the pods').
     pub fn interfaces(&self) -> Vec<String> {
         self.hosts
             .values()
             .filter_map(|h| h.ifname.clone())
+            .filter(|i| i.starts_with(IF_PREFIX))
             .collect()
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
-    dataplane::{Datapath, PinPaths, counters, paths::Hook},
+    dataplane::{Datapath, PinPaths, UnknownEndpoint, counters, paths::Hook},
     index::Index,
     model::Node,
     policy::{Maps, Profile},
@@ -121,7 +121,7 @@ fn every_packet_gets_a_verdict_and_one_outcome() {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut dp = Datapath::open(pins.clone()).expect("load");
+    let mut dp = Datapath::open(pins.clone(), UnknownEndpoint::Deny).expect("load");
     let mut index = Index::default();
     for o in parse_objects("test", MODEL) {
         index.apply(&o.expect("valid")).expect("valid");

@@ -10,7 +10,7 @@ use std::{
 
 use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
-    dataplane::{Datapath, PinPaths, paths::Hook},
+    dataplane::{Datapath, PinPaths, UnknownEndpoint, paths::Hook},
     index::Index,
     policy::{Direction, Maps, Profile, sim},
     source::yaml::parse_objects,
@@ -93,13 +93,13 @@ spec:
     ports: [{port: 80}]
 "#;
 
-fn setup(
-    profile: &Profile,
-) -> (
+type Setup = (
     Pins,
     Datapath,
-    Syncer<palisade_agent::dataplane::kernel::KernelMaps>,
-) {
+    Syncer<palisade_agent::dataplane::KernelMaps>,
+);
+
+fn setup_with(profile: &Profile, unknown: UnknownEndpoint) -> Setup {
     // SAFETY: no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -107,8 +107,8 @@ fn setup(
         "privileged test: run as root (cargo xtask test)"
     );
     let pins = pins();
-    let mut dp =
-        Datapath::open(pins.0.clone()).expect("load the programs (verifier must accept them)");
+    let mut dp = Datapath::open(pins.0.clone(), unknown)
+        .expect("load the programs (verifier must accept them)");
     let mut index = Index::default();
     for o in parse_objects("test", MODEL) {
         index.apply(&o.expect("valid")).expect("valid");
@@ -121,6 +121,10 @@ fn setup(
     let r = syncer.sync(index.model(), &node, profile);
     assert_eq!(r.failed, 0);
     (pins, dp, syncer)
+}
+
+fn setup(profile: &Profile) -> Setup {
+    setup_with(profile, UnknownEndpoint::Allow)
 }
 
 fn run(dp: &mut Datapath, hook: Hook, pkt: &[u8]) -> u32 {
@@ -416,4 +420,40 @@ fn metadata_is_blocked_even_for_unisolated_pods() {
         ),
         TC_ACT_OK
     );
+}
+
+#[test]
+fn unknown_addresses_on_pod_veths_are_dropped_when_configured() {
+    let (_pins, mut dp, _s) = setup_with(&Profile::default(), UnknownEndpoint::Deny);
+    // 10.0.1.99 has a veth but no pod the agent knows of (yet): dropped both ways.
+    let (new, b) = (ip("10.0.1.99"), ip("10.0.1.11"));
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(new, b, TCP, 40000, 80, SYN)
+        ),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, new, TCP, 40001, 80, SYN)
+        ),
+        TC_ACT_SHOT
+    );
+    // Known pods are judged as usual, and non-IP frames pass.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, ip("10.0.1.10"), TCP, 40002, 80, SYN)
+        ),
+        TC_ACT_OK
+    );
+    let mut arp = vec![0xff; 12];
+    arp.extend([0x08, 0x06]);
+    arp.extend([0u8; 28]);
+    assert_eq!(run(&mut dp, Hook::FromPod, &arp), TC_ACT_OK);
 }

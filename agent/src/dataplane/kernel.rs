@@ -83,6 +83,28 @@ pub enum DatapathError {
     },
 }
 
+/// What the tc programs do with traffic of an address on an attached veth
+/// that is not a known endpoint (a pod the agent does not know yet).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownEndpoint {
+    /// Drop: a new pod sends nothing before its policy is programmed.
+    #[default]
+    Deny,
+    /// Pass (fail-open), e.g. when non-pod veths cannot be told apart by name.
+    Allow,
+}
+
 /// The three policy maps, written by [`MapWriter::apply`].
 pub struct KernelMaps {
     endpoints: HashMap<MapData, Addr, EndpointValue>,
@@ -185,7 +207,7 @@ fn take_map<T>(
 impl Datapath {
     /// Loads the programs, reusing the pinned maps of a previous run (so
     /// enforcement state survives agent restarts) or creating and pinning them.
-    pub fn open(pins: PinPaths) -> Result<Self, DatapathError> {
+    pub fn open(pins: PinPaths, unknown_endpoint: UnknownEndpoint) -> Result<Self, DatapathError> {
         let mount = bpffs::mount_point_for(pins.root()).to_path_buf();
         if bpffs::ensure_mounted(&mount).map_err(|source| DatapathError::Bpffs {
             path: mount.clone(),
@@ -196,8 +218,14 @@ impl Datapath {
         for dir in [pins.maps(), pins.links(), pins.cgroups()] {
             ensure_dir(&dir)?;
         }
+        let drop_unknown: u8 = u8::from(unknown_endpoint == UnknownEndpoint::Deny);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps())
+            .override_global(
+                palisade_common::GLOBAL_UNKNOWN_ENDPOINT_DROP,
+                &drop_unknown,
+                true,
+            )
             .load(PROGRAMS)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [PROG_FROM_POD, PROG_TO_POD] {
