@@ -9,6 +9,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use palisade_agent::{source::dir::DirSource, status::Status};
 
+use crate::topology::{Created, forget, remember};
+
 /// The `palisade` binary: $PALISADE_AGENT, or the workspace's debug build.
 pub fn agent_bin() -> anyhow::Result<PathBuf> {
     let path = match std::env::var_os("PALISADE_AGENT") {
@@ -80,10 +82,12 @@ impl AgentProcess {
             cmd.arg("--config").arg(c);
         }
         let _ = std::fs::remove_file(&s.status_file);
-        self.child = Some(
-            cmd.spawn()
-                .context("starting the agent (nsenter from util-linux)")?,
-        );
+        let child = cmd
+            .spawn()
+            .context("starting the agent (nsenter from util-linux)")?;
+        remember(Created::Process(child.id()));
+        remember(Created::Pins(s.pin_root.clone()));
+        self.child = Some(child);
         Ok(())
     }
 
@@ -92,6 +96,7 @@ impl AgentProcess {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
+        forget(&Created::Process(child.id()));
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -141,5 +146,6 @@ impl Drop for AgentProcess {
             .arg(&self.spec.pin_root)
             .stderr(Stdio::null())
             .status();
+        forget(&Created::Pins(self.spec.pin_root.clone()));
     }
 }

@@ -32,14 +32,26 @@ pub const EXTERNAL_IF_PREFIX: &str = "px";
 /// Everything a run created, so an interrupt can remove it.
 static CREATED: Mutex<Vec<Created>> = Mutex::new(Vec::new());
 
-#[derive(Clone, Debug)]
-enum Created {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
     Netns(String),
     Cgroup(PathBuf),
+    /// A pin tree under /sys/fs/bpf.
+    Pins(PathBuf),
+    /// A child process (the agent).
+    Process(u32),
 }
 
-fn remember(c: Created) {
+pub fn remember(c: Created) {
     CREATED.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+}
+
+/// Forgets something that was cleaned up normally.
+pub fn forget(c: &Created) {
+    CREATED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|x| x != c);
 }
 
 /// Removes everything any cluster of this process created (interrupt handler).
@@ -55,6 +67,13 @@ fn remove(c: &Created) {
     match c {
         Created::Netns(n) => {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+        Created::Pins(p) => {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        Created::Process(pid) => {
+            // SAFETY: kill(2) of a child we started.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
         }
         Created::Cgroup(p) => {
             // Deepest first; only empty cgroups can go.

@@ -1,5 +1,6 @@
 //! Project automation that cargo alone cannot do: `cargo xtask <command>`.
 
+mod bench;
 mod demo;
 mod exec;
 mod kind;
@@ -26,6 +27,8 @@ enum Command {
     Scenario(scenario::Options),
     /// Show Palisade at work on a three-tier application.
     Demo(demo::Options),
+    /// Benchmarks: datapath cost against bare veth and nftables, engine scale.
+    Bench(bench::Options),
     /// A local kind cluster with Palisade (needs Docker, kind, kubectl).
     Kind(kind::Options),
 }
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Scenario(o) => scenario::run(&o),
         Command::Demo(o) => demo::run(&o),
         Command::Kind(o) => kind::run(&o),
+        Command::Bench(o) => bench::run(&o),
     }
 }

@@ -1,0 +1,39 @@
+//! `cargo xtask bench [--quick]`: release builds, then `palisade-bench`,
+//! which writes BENCHMARKS.md and bench.json at the workspace root.
+
+use std::process::Command;
+
+use crate::{
+    exec::{cargo, exec, root},
+    setup,
+};
+
+#[derive(clap::Args, Default)]
+pub struct Options {
+    /// Under 5 minutes: shorter transfers, fewer repetitions.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    setup::run(&setup::Options::default())?;
+    exec(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "palisade-agent",
+        "--package",
+        "palisade-tests",
+        "--bins",
+    ]))?;
+    let dir = root().join("target/release");
+    let mut cmd = Command::new(dir.join("palisade-bench"));
+    cmd.env("PALISADE_AGENT", dir.join("palisade"))
+        .arg("--out")
+        .arg(root())
+        .current_dir(root());
+    if o.quick {
+        cmd.arg("--quick");
+    }
+    exec(&mut cmd)
+}
