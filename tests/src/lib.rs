@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod exec;
+pub mod fixtures;
 pub mod matrix;
 pub mod netns;
 pub mod packets;

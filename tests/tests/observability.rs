@@ -13,7 +13,7 @@ use std::{
 
 use palisade_tests::{
     agent::{AgentProcess, AgentSpec, agent_bin},
-    netns, probe,
+    fixtures, netns, probe,
     scenario::{Family, PortSpec},
     topology::Cluster,
 };
@@ -35,13 +35,6 @@ spec:
   podSelector: {matchLabels: {pod: b}}
   ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
 "#;
-
-fn pod(ns: &str, name: &str, ip: Ipv4Addr) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {name}}}}}\n\
-         spec: {{nodeName: palisade-node, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
-    )
-}
 
 fn connect_from(ns: &str, to: SocketAddr, timeout: Duration) -> bool {
     let to_ns = ns.to_string();
@@ -117,10 +110,10 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
         source.join("cluster.yaml"),
         format!(
             "{SOURCE}{}{}{}{}",
-            pod("x", "a", ips[0]),
-            pod("x", "b", ips[1]),
-            pod("x", "c", ips[2]),
-            pod("d", "d1", ips[3])
+            fixtures::pod_yaml("x", "a", ips[0]),
+            fixtures::pod_yaml("x", "b", ips[1]),
+            fixtures::pod_yaml("x", "c", ips[2]),
+            fixtures::pod_yaml("d", "d1", ips[3])
         ),
     )?;
     let config = dir.join("config.yaml");

@@ -3,19 +3,15 @@
 //! outcome counter, whatever its headers say: truncated headers, bogus IHL,
 //! IPv6 extension header chains, fragments, garbage. Privileged.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
-    dataplane::{Datapath, PinPaths, UnknownEndpoint, counters, paths::Hook},
-    index::Index,
-    model::Node,
-    policy::{Maps, Profile},
-    source::yaml::parse_objects,
-    sync::Syncer,
+    dataplane::{UnknownEndpoint, counters, paths::Hook},
+    policy::Profile,
 };
 use palisade_common::Counter;
-use palisade_tests::packets::{self, ACK, SYN, TCP, UDP};
+use palisade_tests::{
+    fixtures,
+    packets::{self, ACK, SYN, TCP, UDP},
+};
 
 const MODEL: &str = r#"
 apiVersion: v1
@@ -109,29 +105,8 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 
 #[test]
 fn every_packet_gets_a_verdict_and_one_outcome() {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
-    static N: AtomicU32 = AtomicU32::new(0);
-    let pins = PinPaths::new(format!(
-        "/sys/fs/bpf/palisade-fuzz-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut dp = Datapath::open(pins.clone(), UnknownEndpoint::Deny).expect("load");
-    let mut index = Index::default();
-    for o in parse_objects("test", MODEL) {
-        index.apply(&o.expect("valid")).expect("valid");
-    }
-    let node = Node {
-        name: "n1".into(),
-        addresses: vec!["172.31.0.1".parse().expect("ip")],
-    };
-    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
-    syncer.sync(index.model(), &node, &Profile::default());
+    let (_pins, mut dp, _syncer) =
+        fixtures::load(MODEL, &Profile::default(), UnknownEndpoint::Deny);
     let counters_map = dp.take_counters().expect("counters");
     let outcomes = |m: &aya::maps::PerCpuArray<aya::maps::MapData, u64>| -> u64 {
         counters::read(m)
@@ -153,19 +128,14 @@ fn every_packet_gets_a_verdict_and_one_outcome() {
             Hook::ToPod
         };
         let before = outcomes(&counters_map);
-        let prog = dp.classifier(hook).expect("program");
-        match prog.test_run(TestRunOptions {
-            data_in: Some(&pkt),
-            ..TestRunOptions::new()
-        }) {
-            Ok(r) => {
+        match fixtures::test_run(&mut dp, hook, &pkt) {
+            Ok(verdict) => {
                 ran += 1;
                 assert!(
-                    r.return_value == 0 || r.return_value == 2,
-                    "verdict {} for {pkt:02x?}",
-                    r.return_value
+                    verdict == 0 || verdict == 2,
+                    "verdict {verdict} for {pkt:02x?}"
                 );
-                verdicts[(r.return_value / 2) as usize] += 1;
+                verdicts[(verdict / 2) as usize] += 1;
                 assert_eq!(
                     outcomes(&counters_map),
                     before + 1,
@@ -186,6 +156,4 @@ fn every_packet_gets_a_verdict_and_one_outcome() {
         verdicts[0] > 1000 && verdicts[1] > 1000,
         "both verdicts occur"
     );
-    drop(dp);
-    let _ = Datapath::uninstall(&pins);
 }

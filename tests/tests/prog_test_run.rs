@@ -3,40 +3,20 @@
 //! the in-memory simulation gives (the behaviour the engine's tests rely on).
 //! Privileged: needs root (CAP_BPF, CAP_NET_ADMIN); fails, never skips.
 
-use std::{
-    net::IpAddr,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
-    dataplane::{Datapath, PinPaths, UnknownEndpoint, paths::Hook},
-    index::Index,
-    policy::{Direction, Maps, Profile, sim},
-    source::yaml::parse_objects,
+    dataplane::{Datapath, UnknownEndpoint, paths::Hook},
+    policy::{Direction, Profile, sim},
     sync::Syncer,
 };
-use palisade_tests::packets::{self, ACK, SYN, TCP, UDP};
+use palisade_tests::{
+    fixtures::{self, Pins},
+    packets::{self, ACK, SYN, TCP, UDP},
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
-
-struct Pins(PinPaths);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = Datapath::uninstall(&self.0);
-    }
-}
-
-fn pins() -> Pins {
-    static N: AtomicU32 = AtomicU32::new(0);
-    Pins(PinPaths::new(format!(
-        "/sys/fs/bpf/palisade-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )))
-}
 
 const MODEL: &str = r#"
 apiVersion: v1
@@ -100,27 +80,7 @@ type Setup = (
 );
 
 fn setup_with(profile: &Profile, unknown: UnknownEndpoint) -> Setup {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
-    let pins = pins();
-    let mut dp = Datapath::open(pins.0.clone(), unknown)
-        .expect("load the programs (verifier must accept them)");
-    let mut index = Index::default();
-    for o in parse_objects("test", MODEL) {
-        index.apply(&o.expect("valid")).expect("valid");
-    }
-    let node = palisade_agent::model::Node {
-        name: "n1".into(),
-        addresses: vec!["172.31.0.1".parse().expect("ip")],
-    };
-    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
-    let r = syncer.sync(index.model(), &node, profile);
-    assert_eq!(r.failed, 0);
-    (pins, dp, syncer)
+    fixtures::load(MODEL, profile, unknown)
 }
 
 fn setup(profile: &Profile) -> Setup {
@@ -128,13 +88,7 @@ fn setup(profile: &Profile) -> Setup {
 }
 
 fn run(dp: &mut Datapath, hook: Hook, pkt: &[u8]) -> u32 {
-    let prog = dp.classifier(hook).expect("program");
-    prog.test_run(TestRunOptions {
-        data_in: Some(pkt),
-        ..TestRunOptions::new()
-    })
-    .expect("BPF_PROG_TEST_RUN")
-    .return_value
+    fixtures::test_run(dp, hook, pkt).expect("BPF_PROG_TEST_RUN")
 }
 
 fn ip(s: &str) -> IpAddr {

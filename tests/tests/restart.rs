@@ -15,7 +15,7 @@ use std::{
 
 use palisade_tests::{
     agent::{AgentProcess, AgentSpec, agent_bin},
-    netns, probe,
+    fixtures, netns, probe,
     scenario::PortSpec,
     topology::Cluster,
 };
@@ -32,13 +32,6 @@ spec:
   podSelector: {matchLabels: {pod: b}}
   ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
 "#;
-
-fn pod(name: &str, ip: Ipv4Addr) -> String {
-    format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{pod: {name}}}}}\n\
-         spec: {{nodeName: palisade-node, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: \"{ip}\"}}\n"
-    )
-}
 
 /// A TCP echo server in `ns` on port 80, one thread per connection.
 fn echo_server(ns: &str) -> anyhow::Result<()> {
@@ -108,9 +101,9 @@ fn restarts_lose_nothing_and_open_nothing() -> anyhow::Result<()> {
         source.join("cluster.yaml"),
         format!(
             "{SOURCE}{}{}{}",
-            pod("a", ipa),
-            pod("b", ipb),
-            pod("c", ipc)
+            fixtures::pod_yaml("x", "a", ipa),
+            fixtures::pod_yaml("x", "b", ipb),
+            fixtures::pod_yaml("x", "c", ipc)
         ),
     )?;
     let mut agent = AgentProcess::start(AgentSpec {

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use crate::{
-    exec::{cargo, exec, root},
+    exec::{build_binaries, exec, root},
     setup,
 };
 
@@ -17,16 +17,7 @@ pub struct Options {
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
     setup::run(&setup::Options::default())?;
-    exec(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "palisade-agent",
-        "--package",
-        "palisade-tests",
-        "--bins",
-    ]))?;
-    let dir = root().join("target/release");
+    let dir = build_binaries(true)?;
     let mut cmd = Command::new(dir.join("palisade-bench"));
     cmd.env("PALISADE_AGENT", dir.join("palisade"))
         .arg("--out")

@@ -14,7 +14,8 @@ pub struct Options {}
 
 pub fn run(_: &Options) -> anyhow::Result<()> {
     setup::run(&setup::Options::default())?;
-    let (agent, harness) = build_binaries()?;
+    let bin = build_binaries(false)?;
+    let (agent, harness) = (bin.join("palisade"), bin.join("palisade-scenario"));
     println!(
         "\nPalisade demo: web -> back -> db, a DNS server and two hosts outside the cluster\n\
          (the internet at 203.0.113.10 and the cloud metadata service at 169.254.169.254),\n\

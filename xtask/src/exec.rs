@@ -59,16 +59,23 @@ pub fn cargo() -> Command {
     c
 }
 
-/// Builds the agent and the harness; returns (palisade, palisade-scenario) paths.
-pub fn build_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
-    exec(cargo().args([
+/// Builds the agent and the harness binaries; returns the directory that
+/// holds them (palisade, palisade-scenario, palisade-bench).
+pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
         "build",
         "--package",
         "palisade-agent",
         "--package",
         "palisade-tests",
         "--bins",
-    ]))?;
-    let dir = root().join("target").join("debug");
-    Ok((dir.join("palisade"), dir.join("palisade-scenario")))
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    exec(&mut cmd)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
 }

@@ -16,7 +16,8 @@ pub struct Options {
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
-    let (agent, harness) = build_binaries()?;
+    let bin = build_binaries(false)?;
+    let (agent, harness) = (bin.join("palisade"), bin.join("palisade-scenario"));
     let mut cmd = Command::new(harness);
     cmd.arg("--agent").arg(agent);
     if o.show {

@@ -150,7 +150,8 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     )?;
 
     // The privileged tests and the scenarios run the real agent binary.
-    let (agent, harness) = build_binaries()?;
+    let bin = build_binaries(false)?;
+    let (agent, harness) = (bin.join("palisade"), bin.join("palisade-scenario"));
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc::geteuid() } == 0;
     if root_user {

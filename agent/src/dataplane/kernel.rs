@@ -188,6 +188,20 @@ pub struct Datapath {
     attached: BTreeMap<u32, String>,
 }
 
+/// Pins a new link so that it, and the program in it, outlive this process.
+fn pin_link<L: TryInto<FdLink, Error = LinkError>>(
+    link: L,
+    path: &Path,
+) -> Result<(), DatapathError> {
+    let pin_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Pin {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let fd: FdLink = link.try_into().map_err(|e| pin_err(Box::new(e)))?;
+    fd.pin(path).map_err(|e| pin_err(Box::new(e)))?;
+    Ok(())
+}
+
 fn ensure_dir(path: &Path) -> Result<(), DatapathError> {
     std::fs::create_dir_all(path).map_err(|source| DatapathError::PinDir {
         path: path.to_path_buf(),
@@ -360,13 +374,7 @@ impl Datapath {
                     .attach_with_options(ifname, tc, TcAttachOptions::TcxOrder(Default::default()))
                     .map_err(|e| attach_err(Box::new(e)))?;
                 let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-                let fd: FdLink = link
-                    .try_into()
-                    .map_err(|e: LinkError| attach_err(Box::new(e)))?;
-                fd.pin(&path).map_err(|e| DatapathError::Pin {
-                    path: path.clone(),
-                    source: Box::new(e),
-                })?;
+                pin_link(link, &path)?;
                 debug!(ifname, hook = hook.name(), "attached and pinned");
             }
         }
@@ -437,13 +445,7 @@ impl Datapath {
                 .attach(file.as_fd(), CgroupAttachMode::Single)
                 .map_err(|e| attach_err(Box::new(e)))?;
             let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: LinkError| attach_err(Box::new(e)))?;
-            fd.pin(&path).map_err(|e| DatapathError::Pin {
-                path: path.clone(),
-                source: Box::new(e),
-            })?;
+            pin_link(link, &path)?;
         }
         Ok(ino)
     }

@@ -1,0 +1,83 @@
+//! Shared pieces of the privileged tests: a datapath loaded with a model's
+//! maps (for BPF_PROG_TEST_RUN), and YAML builders.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aya::programs::{TestRun, TestRunOptions};
+use palisade_agent::{
+    dataplane::{Datapath, KernelMaps, PinPaths, UnknownEndpoint, paths::Hook},
+    index::Index,
+    model::Node,
+    policy::{Maps, Profile},
+    source::yaml::parse_objects,
+    sync::Syncer,
+};
+
+/// A pin tree of its own, removed when dropped.
+pub struct Pins(pub PinPaths);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Datapath::uninstall(&self.0);
+    }
+}
+
+/// The programs loaded under a fresh pin tree, their maps holding `model`
+/// compiled for node `n1` (whose address is 172.31.0.1).
+pub fn load(
+    model: &str,
+    profile: &Profile,
+    unknown: UnknownEndpoint,
+) -> (Pins, Datapath, Syncer<KernelMaps>) {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
+    static N: AtomicU32 = AtomicU32::new(0);
+    let pins = Pins(PinPaths::new(format!(
+        "/sys/fs/bpf/palisade-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )));
+    let mut dp = Datapath::open(pins.0.clone(), unknown)
+        .expect("load the programs (the verifier must accept them)");
+    let mut index = Index::default();
+    for o in parse_objects("test", model) {
+        index
+            .apply(&o.expect("valid object"))
+            .expect("valid object");
+    }
+    let node = Node {
+        name: "n1".into(),
+        addresses: vec!["172.31.0.1".parse().expect("ip")],
+    };
+    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
+    let r = syncer.sync(index.model(), &node, profile);
+    assert_eq!(r.failed, 0, "map writes failed");
+    (pins, dp, syncer)
+}
+
+/// Runs one frame through a tc program; the verdict, or the kernel's refusal.
+pub fn test_run(
+    dp: &mut Datapath,
+    hook: Hook,
+    pkt: &[u8],
+) -> Result<u32, aya::programs::ProgramError> {
+    let prog = dp.classifier(hook).expect("program");
+    prog.test_run(TestRunOptions {
+        data_in: Some(pkt),
+        ..TestRunOptions::new()
+    })
+    .map(|r| r.return_value)
+}
+
+/// A running pod in namespace `ns` labelled `pod: NAME`, on the harness's node.
+pub fn pod_yaml(ns: &str, name: &str, ip: impl std::fmt::Display) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{pod: {name}}}}}\n\
+         spec: {{nodeName: {}, containers: [{{name: c, image: i}}]}}\nstatus: {{podIP: \"{ip}\"}}\n",
+        crate::topology::NODE_NAME
+    )
+}
