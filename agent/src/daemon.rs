@@ -56,6 +56,8 @@ pub struct Options {
     /// Deny records also go to this file (JSON lines), rotated by size.
     pub deny_log_file: Option<PathBuf>,
     pub deny_log_file_max_bytes: u64,
+    /// What a graceful stop leaves behind.
+    pub on_exit: OnExit,
     /// The local HTTP endpoint (metrics, health, flows); `None`: off.
     pub listen: Option<std::net::SocketAddr>,
 }
@@ -172,6 +174,19 @@ fn reconcile_cgroups(
             Err(e) => error!(pod = %b.pod, error = %chain(&e), "attaching the metadata block"),
         }
     }
+}
+
+/// What the agent leaves in the kernel when it stops gracefully (SIGTERM,
+/// SIGINT). A crash or SIGKILL always leaves the pinned state enforcing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Fail closed: the last programmed policy keeps enforcing while the
+    /// agent is away (restarts, upgrades).
+    #[default]
+    Keep,
+    /// Fail open: detach and unpin everything; pods are unprotected until
+    /// the agent is back.
+    Remove,
 }
 
 const KINDS: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
@@ -338,7 +353,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 &shared,
                 &mut deny_file,
             );
-            info!("stopping; pinned programs and maps keep enforcing");
+            match opts.on_exit {
+                OnExit::Keep => info!("stopping; pinned programs and maps keep enforcing"),
+                OnExit::Remove => {
+                    drop(dp);
+                    Datapath::uninstall(&opts.pins).context("removing the datapath on exit")?;
+                    info!(
+                        "stopping; programs and maps removed (on-exit: remove), traffic is no longer judged"
+                    );
+                }
+            }
             return Ok(());
         }
 

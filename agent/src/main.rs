@@ -127,6 +127,10 @@ struct AgentArgs {
     /// Local HTTP endpoint: /metrics, /healthz, /readyz, /status, /flows ("off" to disable).
     #[arg(long, default_value = palisade_agent::api::DEFAULT_LISTEN)]
     listen: String,
+    /// On a graceful stop: keep the programs enforcing the last state
+    /// (fail closed, default) or remove them (fail open).
+    #[arg(long, value_enum, default_value = "keep")]
+    on_exit: daemon::OnExit,
     /// Where pod cgroups are looked for (default: the cgroup v2 mount).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
@@ -197,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
                 poll: Duration::from_millis(a.poll_ms),
                 cgroup_root: a.cgroup_root,
                 deny_log_file: a.deny_log_file,
+                on_exit: a.on_exit,
                 deny_log_file_max_bytes: a.deny_log_file_max_bytes,
                 listen: if a.listen == "off" {
                     None

@@ -6,6 +6,7 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -238,5 +239,87 @@ fn restarts_lose_nothing_and_open_nothing() -> anyhow::Result<()> {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     drop(cluster);
+    Ok(())
+}
+
+#[test]
+fn on_exit_remove_fails_open_and_keep_fails_closed() -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
+    let bin = agent_bin()?;
+    let run = format!("e{}", std::process::id() % 100_000);
+    let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
+    let (ipb, ipc) = (Ipv4Addr::new(10, 9, 1, 11), Ipv4Addr::new(10, 9, 1, 12));
+    let web = vec![PortSpec {
+        port: 80,
+        protocol: "TCP".into(),
+        name: None,
+    }];
+    let b = cluster.add_wired("x/b", Some(ipb), None, web.clone())?;
+    let c = cluster.add_wired("x/c", Some(ipc), None, Vec::new())?;
+    let _l = probe::listen(b.netns.as_deref(), &web)?;
+    let nc = c.netns.clone().unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("palisade-onexit-{run}"));
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source)?;
+    std::fs::write(
+        source.join("cluster.yaml"),
+        format!(
+            "{SOURCE}{}{}",
+            fixtures::pod_yaml("x", "b", ipb),
+            fixtures::pod_yaml("x", "c", ipc)
+        ),
+    )?;
+    let c_to_b =
+        || {
+            let nc = nc.clone();
+            netns::in_netns(&nc, move || {
+                Ok(TcpStream::connect_timeout(
+                    &SocketAddr::from((ipb, 80)),
+                    Duration::from_millis(300),
+                )
+                .is_ok())
+            })
+        };
+    for (mode, open_after) in [("keep", false), ("remove", true)] {
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-onexit-{run}-{mode}"));
+        let mut agent = AgentProcess::start(AgentSpec {
+            bin: bin.clone(),
+            node_netns: cluster.node_netns.clone(),
+            source: source.clone(),
+            config: None,
+            pin_root: pin_root.clone(),
+            status_file: dir.join("status.json"),
+            stdout: dir.join("deny.jsonl"),
+            stderr: dir.join("agent.log"),
+            extra: vec![
+                "--on-exit".into(),
+                mode.into(),
+                "--listen".into(),
+                "off".into(),
+            ],
+        })?;
+        agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+        assert!(!c_to_b()?, "c -> b denied while the agent runs ({mode})");
+        agent.stop(libc::SIGTERM)?;
+        // The kernel releases links a moment after the last fd closes: give
+        // the state a second to settle, then it must hold.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while c_to_b()? != open_after && std::time::Instant::now() < deadline {}
+        for _ in 0..3 {
+            assert_eq!(
+                c_to_b()?,
+                open_after,
+                "after a graceful stop with on-exit {mode}"
+            );
+        }
+        assert_eq!(pin_root.exists(), !open_after, "pins after on-exit {mode}");
+        drop(agent);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
