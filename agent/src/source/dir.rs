@@ -1,8 +1,8 @@
 //! Standalone mode: a directory of YAML files is the cluster.
 //!
 //! The directory is polled (file names, sizes and modification times);
-//! when anything changes, every file is read again and the whole set is
-//! handed over as a relist. Polling needs no inotify limits and behaves the
+//! changed files are read and parsed again, and the whole set is handed
+//! over as a relist. Polling needs no inotify limits and behaves the
 //! same on every filesystem, including ConfigMap volumes' symlink swaps.
 
 use std::{
@@ -37,11 +37,9 @@ pub enum DirError {
     },
 }
 
-type Stamp = BTreeMap<PathBuf, (u64, Option<SystemTime>)>;
-
 pub struct DirSource {
     root: PathBuf,
-    last: Option<Stamp>,
+    cache: BTreeMap<PathBuf, CachedFile>,
 }
 
 fn is_object_file(p: &Path) -> bool {
@@ -104,11 +102,20 @@ pub fn digest<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> u64 {
     })
 }
 
+/// One file as last read: its stamp, and what it held.
+struct CachedFile {
+    stamp: (u64, Option<SystemTime>),
+    rel: String,
+    bytes: Vec<u8>,
+    objects: Vec<Object>,
+    errors: Vec<String>,
+}
+
 impl DirSource {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            last: None,
+            cache: BTreeMap::new(),
         }
     }
 
@@ -116,33 +123,24 @@ impl DirSource {
         &self.root
     }
 
-    fn stamp(&self) -> Result<Stamp, DirError> {
-        let mut stamp = Stamp::new();
-        for f in files(&self.root)? {
+    /// A new snapshot if the directory changed since the last call (always
+    /// on the first). Only files whose size or modification time changed are
+    /// read and parsed again.
+    pub fn poll(&mut self) -> Result<Option<Snapshot>, DirError> {
+        let mut changed = false;
+        let present = files(&self.root)?;
+        let before = self.cache.len();
+        self.cache.retain(|path, _| present.contains(path));
+        changed |= self.cache.len() != before;
+        for f in present {
             let meta = std::fs::metadata(&f).map_err(|source| DirError::Read {
                 path: f.clone(),
                 source,
             })?;
-            stamp.insert(f, (meta.len(), meta.modified().ok()));
-        }
-        Ok(stamp)
-    }
-
-    /// A new snapshot if the directory changed since the last call (always on the first).
-    pub fn poll(&mut self) -> Result<Option<Snapshot>, DirError> {
-        let stamp = self.stamp()?;
-        if self.last.as_ref() == Some(&stamp) {
-            return Ok(None);
-        }
-        let snapshot = self.read()?;
-        self.last = Some(stamp);
-        Ok(Some(snapshot))
-    }
-
-    pub fn read(&self) -> Result<Snapshot, DirError> {
-        let mut snapshot = Snapshot::default();
-        let mut contents = Vec::new();
-        for f in files(&self.root)? {
+            let stamp = (meta.len(), meta.modified().ok());
+            if self.cache.get(&f).is_some_and(|c| c.stamp == stamp) {
+                continue;
+            }
             let bytes = std::fs::read(&f).map_err(|source| DirError::Read {
                 path: f.clone(),
                 source,
@@ -152,21 +150,55 @@ impl DirSource {
                 .unwrap_or(&f)
                 .to_string_lossy()
                 .into_owned();
-            contents.push((rel, bytes));
-        }
-        snapshot.digest = digest(contents.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
-        for (name, bytes) in &contents {
-            let text = String::from_utf8_lossy(bytes);
-            for r in parse_objects(name, &text) {
+            if self.cache.get(&f).is_some_and(|c| c.bytes == bytes) {
+                // Touched, not changed.
+                if let Some(c) = self.cache.get_mut(&f) {
+                    c.stamp = stamp;
+                }
+                continue;
+            }
+            let (mut objects, mut errors) = (Vec::new(), Vec::new());
+            for r in parse_objects(&rel, &String::from_utf8_lossy(&bytes)) {
                 match r {
-                    Ok(o) => snapshot.objects.push(o),
+                    Ok(o) => objects.push(o),
                     Err(e @ (ParseError::Yaml { .. } | ParseError::Object { .. })) => {
-                        snapshot.errors.push(e.to_string())
+                        errors.push(e.to_string())
                     }
                 }
             }
+            self.cache.insert(
+                f,
+                CachedFile {
+                    stamp,
+                    rel,
+                    bytes,
+                    objects,
+                    errors,
+                },
+            );
+            changed = true;
         }
-        Ok(snapshot)
+        if !changed {
+            return Ok(None);
+        }
+        let mut snapshot = Snapshot {
+            digest: digest(
+                self.cache
+                    .values()
+                    .map(|c| (c.rel.as_str(), c.bytes.as_slice())),
+            ),
+            ..Default::default()
+        };
+        for c in self.cache.values() {
+            snapshot.objects.extend(c.objects.iter().cloned());
+            snapshot.errors.extend(c.errors.iter().cloned());
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// Everything in the directory now (no cache).
+    pub fn read(&self) -> Result<Snapshot, DirError> {
+        Ok(DirSource::new(&self.root).poll()?.unwrap_or_default())
     }
 }
 
