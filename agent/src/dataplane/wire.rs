@@ -1,6 +1,6 @@
 //! Logical map entries (engine types) to and from the kernel's layouts.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
@@ -79,11 +79,6 @@ pub fn policy_value(rule: u32) -> PolicyValue {
     PolicyValue { rule }
 }
 
-/// For tests and logs.
-pub fn v4(a: [u8; 4]) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(a))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +105,7 @@ mod tests {
         };
         assert_eq!(policy_key_back(&policy_key(&k)), k);
         assert_eq!(policy_key(&k).prefix_len(), 93);
-        assert_eq!(ip(&addr(v4([10, 0, 0, 1]))), v4([10, 0, 0, 1]));
+        let a = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(ip(&addr(a)), a);
     }
 }

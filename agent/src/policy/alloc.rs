@@ -43,16 +43,6 @@ impl<K: Ord + Clone> Allocator<K> {
         self.ids.retain(|_, id| used.contains(id));
     }
 
-    /// Pre-seed a key with an id observed elsewhere (pinned maps after a
-    /// restart), so that an unchanged model compiles to unchanged maps.
-    pub fn adopt(&mut self, key: K, id: u32) {
-        if self.ids.values().any(|v| *v == id) {
-            return;
-        }
-        self.ids.insert(key, id);
-        self.next = self.next.max(id.saturating_add(1));
-    }
-
     /// Renumbers keys: every key whose id is in `remap` gets the mapped id.
     /// Ids stay unique: a target id already held by another key is skipped.
     pub fn renumber(&mut self, remap: &std::collections::BTreeMap<u32, u32>) {

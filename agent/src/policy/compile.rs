@@ -12,10 +12,7 @@
 //! policy entries per local endpoint <= sum over rules of
 //! (matching identities) x (ports, a range counting at most 31 prefixes).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use palisade_common::{IDENTITY_ANY, IDENTITY_FIRST, PROTO_ANY, endpoint_flags, ipcache_flags};
@@ -670,11 +667,6 @@ fn emit_rule(
             }
         }
     }
-}
-
-/// Addresses of a state's endpoints, for callers that attach per address.
-pub fn endpoint_addresses(state: &DesiredState) -> BTreeSet<IpAddr> {
-    state.maps.endpoints.keys().copied().collect()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::state::{DesiredState, Direction, IdentityInfo, Maps};
+use super::state::{DesiredState, Direction, IdentityInfo};
 
 fn identity_name(state: &DesiredState, id: u32) -> String {
     match id {
@@ -93,14 +93,4 @@ pub fn render(state: &DesiredState) -> String {
         );
     }
     out
-}
-
-/// Counts, for a status line.
-pub fn summary(maps: &Maps) -> String {
-    format!(
-        "{} endpoints, {} ipcache, {} policy entries",
-        maps.endpoints.len(),
-        maps.ipcache.len(),
-        maps.policy.len()
-    )
 }

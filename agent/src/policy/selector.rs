@@ -55,10 +55,6 @@ impl Selector {
         }
     }
 
-    pub fn is_everything(&self) -> bool {
-        self.requirements.is_empty()
-    }
-
     pub fn matches(&self, labels: &Labels) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
