@@ -47,6 +47,7 @@ pub struct Options {
     pub status_file: Option<PathBuf>,
     pub interface_prefixes: Vec<String>,
     pub unknown_endpoint: crate::dataplane::UnknownEndpoint,
+    pub map_sizes: crate::dataplane::MapSizes,
     pub profile: Profile,
     pub deny_log: LogFormat,
     pub log_settings: LogSettings,
@@ -244,8 +245,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _enter = span.enter();
     opts.profile.validate()?;
 
-    let mut dp =
-        Datapath::open(opts.pins.clone(), opts.unknown_endpoint).context("loading the datapath")?;
+    let mut dp = Datapath::open_sized(opts.pins.clone(), opts.unknown_endpoint, opts.map_sizes)
+        .context("loading the datapath")?;
     let observed = dp.read_maps();
     info!(entries = observed.len(), "adopted pinned maps");
     let shared = Arc::new(Shared::new());

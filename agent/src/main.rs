@@ -127,6 +127,16 @@ struct AgentArgs {
     /// Local HTTP endpoint: /metrics, /healthz, /readyz, /status, /flows ("off" to disable).
     #[arg(long, default_value = palisade_agent::api::DEFAULT_LISTEN)]
     listen: String,
+    /// Capacity of the policy map (default 1,048,576 entries).
+    #[arg(long)]
+    policy_map_size: Option<u32>,
+    /// Capacity of the ipcache map (default 262,144 entries).
+    #[arg(long)]
+    ipcache_map_size: Option<u32>,
+    /// Capacity of the conntrack map (default 262,144 flows; least recently
+    /// used flows are evicted when full).
+    #[arg(long)]
+    conntrack_map_size: Option<u32>,
     /// On a graceful stop: keep the programs enforcing the last state
     /// (fail closed, default) or remove them (fail open).
     #[arg(long, value_enum, default_value = "keep")]
@@ -190,6 +200,11 @@ async fn main() -> anyhow::Result<()> {
                 status_file: a.status_file,
                 interface_prefixes: prefixes,
                 unknown_endpoint: a.unknown_pod_traffic.unwrap_or(cfg.unknown_pod_traffic),
+                map_sizes: palisade_agent::dataplane::MapSizes {
+                    policy: a.policy_map_size,
+                    ipcache: a.ipcache_map_size,
+                    conntrack: a.conntrack_map_size,
+                },
                 profile: cfg.profile,
                 deny_log: a.deny_log,
                 log_settings: LogSettings {

@@ -77,8 +77,20 @@ impl<W: MapWriter> Syncer<W> {
         let compile = t0.elapsed();
         let ops = diff(&self.mirror, &desired.maps);
         let t1 = Instant::now();
-        let mut failed = 0;
+        // A write that fails (a full map) is tried once more after the
+        // removals, which may have made room; what still fails is counted,
+        // left out of the mirror, and retried by the next sync.
+        let mut retry = Vec::new();
         for op in &ops {
+            match self.writer.apply(op) {
+                Ok(()) => {
+                    let _ = self.mirror.apply(op);
+                }
+                Err(_) => retry.push(op),
+            }
+        }
+        let mut failed = 0;
+        for op in retry {
             match self.writer.apply(op) {
                 Ok(()) => {
                     let _ = self.mirror.apply(op);

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
-    dataplane::{Datapath, KernelMaps, PinPaths, UnknownEndpoint, paths::Hook},
+    dataplane::{Datapath, KernelMaps, MapSizes, PinPaths, UnknownEndpoint, paths::Hook},
     index::Index,
     model::Node,
     policy::{Maps, Profile},
@@ -29,6 +29,19 @@ pub fn load(
     profile: &Profile,
     unknown: UnknownEndpoint,
 ) -> (Pins, Datapath, Syncer<KernelMaps>) {
+    let (pins, dp, syncer, failed) = load_sized(model, profile, unknown, MapSizes::default());
+    assert_eq!(failed, 0, "map writes failed");
+    (pins, dp, syncer)
+}
+
+/// [`load`] with map capacities of the test's choosing; returns how many map
+/// writes of the first sync failed.
+pub fn load_sized(
+    model: &str,
+    profile: &Profile,
+    unknown: UnknownEndpoint,
+    sizes: MapSizes,
+) -> (Pins, Datapath, Syncer<KernelMaps>, usize) {
     // SAFETY: no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -41,22 +54,31 @@ pub fn load(
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )));
-    let mut dp = Datapath::open(pins.0.clone(), unknown)
+    let mut dp = Datapath::open_sized(pins.0.clone(), unknown, sizes)
         .expect("load the programs (the verifier must accept them)");
+    let model = parse_model(model);
+    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
+    let r = syncer.sync(&model, &node(), profile);
+    (pins, dp, syncer, r.failed)
+}
+
+/// The node the fixtures compile for.
+pub fn node() -> Node {
+    Node {
+        name: "n1".into(),
+        addresses: vec!["172.31.0.1".parse().expect("ip")],
+    }
+}
+
+/// A model from YAML; panics on a rejected object.
+pub fn parse_model(yaml: &str) -> palisade_agent::model::Model {
     let mut index = Index::default();
-    for o in parse_objects("test", model) {
+    for o in parse_objects("test", yaml) {
         index
             .apply(&o.expect("valid object"))
             .expect("valid object");
     }
-    let node = Node {
-        name: "n1".into(),
-        addresses: vec!["172.31.0.1".parse().expect("ip")],
-    };
-    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
-    let r = syncer.sync(index.model(), &node, profile);
-    assert_eq!(r.failed, 0, "map writes failed");
-    (pins, dp, syncer)
+    index.model().clone()
 }
 
 /// Runs one frame through a tc program; the verdict, or the kernel's refusal.

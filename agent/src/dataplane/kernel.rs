@@ -105,6 +105,16 @@ pub enum UnknownEndpoint {
     Allow,
 }
 
+/// Map capacities, when not the compiled-in defaults (`MAX_*` in common).
+/// Pinned maps keep the size they were created with: a changed size needs
+/// `palisade uninstall` (or a new layout version) to take effect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapSizes {
+    pub policy: Option<u32>,
+    pub ipcache: Option<u32>,
+    pub conntrack: Option<u32>,
+}
+
 /// The three policy maps, written by [`MapWriter::apply`].
 pub struct KernelMaps {
     endpoints: HashMap<MapData, Addr, EndpointValue>,
@@ -222,6 +232,15 @@ impl Datapath {
     /// Loads the programs, reusing the pinned maps of a previous run (so
     /// enforcement state survives agent restarts) or creating and pinning them.
     pub fn open(pins: PinPaths, unknown_endpoint: UnknownEndpoint) -> Result<Self, DatapathError> {
+        Self::open_sized(pins, unknown_endpoint, MapSizes::default())
+    }
+
+    /// [`Datapath::open`] with map capacities of the operator's choosing.
+    pub fn open_sized(
+        pins: PinPaths,
+        unknown_endpoint: UnknownEndpoint,
+        sizes: MapSizes,
+    ) -> Result<Self, DatapathError> {
         let mount = bpffs::mount_point_for(pins.root()).to_path_buf();
         if bpffs::ensure_mounted(&mount).map_err(|source| DatapathError::Bpffs {
             path: mount.clone(),
@@ -233,7 +252,17 @@ impl Datapath {
             ensure_dir(&dir)?;
         }
         let drop_unknown: u8 = u8::from(unknown_endpoint == UnknownEndpoint::Deny);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        for (name, size) in [
+            (MAP_POLICY, sizes.policy),
+            (MAP_IPCACHE, sizes.ipcache),
+            (MAP_CONNTRACK, sizes.conntrack),
+        ] {
+            if let Some(n) = size {
+                loader.map_max_entries(name, n);
+            }
+        }
+        let mut ebpf = loader
             .default_map_pin_directory(pins.maps())
             .override_global(
                 palisade_common::GLOBAL_UNKNOWN_ENDPOINT_DROP,
