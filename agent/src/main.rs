@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print what the agent would program for a node (no kernel needed).
     Compile {
         /// Directory of YAML objects.
@@ -175,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Command::Agent(a) => {
+            let a = *a;
             let mut cfg = load_config(a.config.as_ref())?;
             if let Some(v) = a.default_deny {
                 cfg.profile.default_deny = v;
