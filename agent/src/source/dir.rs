@@ -246,3 +246,47 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+
+    #[test]
+    fn changes_are_noticed_errors_reported_and_recovered_from() {
+        let root = std::env::temp_dir().join(format!("palisade-dir-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("dir");
+        std::fs::write(root.join("a.yaml"), NS).expect("write");
+        let mut src = DirSource::new(&root);
+        let first = src.poll().expect("readable").expect("first poll delivers");
+        assert_eq!(first.objects.len(), 1);
+        assert!(src.poll().expect("readable").is_none(), "nothing changed");
+
+        // The directory disappears (a ConfigMap volume being swapped, a bad
+        // mount): an error, and the caller keeps its last good state.
+        let aside = root.with_extension("aside");
+        std::fs::rename(&root, &aside).expect("rename");
+        assert!(src.poll().is_err());
+
+        // It comes back, changed: a fresh snapshot with both files.
+        std::fs::rename(&aside, &root).expect("rename back");
+        std::fs::write(root.join("b.yaml"), NS.replace("name: x", "name: y")).expect("write");
+        let back = src.poll().expect("readable").expect("changed");
+        assert_eq!(back.objects.len(), 2);
+        assert_ne!(back.digest, first.digest);
+        assert_eq!(
+            back.digest,
+            src.read().expect("read").digest,
+            "poll and read agree"
+        );
+
+        // A file with a syntax error is reported, the other files still count.
+        std::fs::write(root.join("b.yaml"), "kind: [unclosed").expect("write");
+        let bad = src.poll().expect("readable").expect("changed");
+        assert_eq!(bad.objects.len(), 1);
+        assert_eq!(bad.errors.len(), 1, "{:?}", bad.errors);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
