@@ -323,3 +323,95 @@ fn on_exit_remove_fails_open_and_keep_fails_closed() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn an_older_layout_is_replaced_without_a_gap() -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
+    let bin = agent_bin()?;
+    let run = format!("l{}", std::process::id() % 100_000);
+    let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
+    let (ipa, ipb, ipc) = (
+        Ipv4Addr::new(10, 9, 2, 10),
+        Ipv4Addr::new(10, 9, 2, 11),
+        Ipv4Addr::new(10, 9, 2, 12),
+    );
+    let web = vec![PortSpec {
+        port: 80,
+        protocol: "TCP".into(),
+        name: None,
+    }];
+    let a = cluster.add_wired("x/a", Some(ipa), None, Vec::new())?;
+    let b = cluster.add_wired("x/b", Some(ipb), None, web.clone())?;
+    let c = cluster.add_wired("x/c", Some(ipc), None, Vec::new())?;
+    let _l = probe::listen(b.netns.as_deref(), &web)?;
+    let dir = std::env::temp_dir().join(format!("palisade-layout-{run}"));
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source)?;
+    std::fs::write(
+        source.join("cluster.yaml"),
+        format!(
+            "{SOURCE}{}{}{}",
+            fixtures::pod_yaml("x", "a", ipa),
+            fixtures::pod_yaml("x", "b", ipb),
+            fixtures::pod_yaml("x", "c", ipc)
+        ),
+    )?;
+    let reach =
+        |from: &Option<String>| {
+            let ns = from.clone().unwrap_or_default();
+            netns::in_netns(&ns, move || {
+                Ok(TcpStream::connect_timeout(
+                    &SocketAddr::from((ipb, 80)),
+                    Duration::from_millis(300),
+                )
+                .is_ok())
+            })
+        };
+    let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-layout-{run}"));
+    let mut agent = AgentProcess::start(AgentSpec {
+        bin,
+        node_netns: cluster.node_netns.clone(),
+        source,
+        config: None,
+        pin_root: pin_root.clone(),
+        status_file: dir.join("status.json"),
+        stdout: dir.join("deny.jsonl"),
+        stderr: dir.join("agent.log"),
+        extra: vec!["--listen".into(), "off".into()],
+    })?;
+    agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+    agent.stop(libc::SIGTERM)?;
+    // What an agent of an older layout would have left: its pin tree, its
+    // links on every veth, still enforcing.
+    let current = pin_root.join(format!("v{}", palisade_common::LAYOUT_VERSION));
+    let older = pin_root.join("v0");
+    std::fs::rename(&current, &older)?;
+    assert!(
+        !reach(&c.netns)?,
+        "the older programs enforce while no agent runs"
+    );
+    agent.restart()?;
+    agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while older.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !older.exists(),
+        "the older pin tree is removed once the new programs are attached"
+    );
+    assert!(current.exists());
+    assert!(
+        reach(&a.netns)?,
+        "allowed traffic flows under the new layout"
+    );
+    assert!(!reach(&c.netns)?, "denied traffic stays denied");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
