@@ -237,11 +237,7 @@ fn testbed() -> anyhow::Result<Bed> {
     let c = cluster.add_wired("bench/client", Some(CLIENT), None, Vec::new())?;
     let s = cluster.add_wired("bench/server", Some(SERVER), None, Vec::new())?;
     let (client_ns, server_ns) = (c.netns.unwrap_or_default(), s.netns.unwrap_or_default());
-    // Servers: iperf3, and a one-byte echo for the connection rate.
-    Command::new("ip")
-        .args(["netns", "exec", &server_ns, "iperf3", "-s", "-D", "-1"])
-        .status()
-        .ok();
+    // A one-byte echo for the connection rate (iperf3 servers start per run).
     let l = netns::in_netns(&server_ns, || Ok(TcpListener::bind("0.0.0.0:80")?))?;
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
@@ -259,11 +255,13 @@ fn testbed() -> anyhow::Result<Bed> {
 }
 
 fn iperf(bed: &Bed, secs: u32) -> anyhow::Result<f64> {
-    // A one-shot server (-1) per run.
-    let _ = Command::new("ip")
-        .args(["netns", "exec", &bed.server_ns, "iperf3", "-s", "-D", "-1"])
-        .status();
-    std::thread::sleep(Duration::from_millis(200));
+    // A one-shot server (-1) per run, as our child, so none outlives the bench.
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &bed.server_ns, "iperf3", "-s", "-1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
     let out = run(Command::new("ip").args([
         "netns",
         "exec",
@@ -274,8 +272,12 @@ fn iperf(bed: &Bed, secs: u32) -> anyhow::Result<f64> {
         &SERVER.to_string(),
         "-t",
         &secs.to_string(),
-    ]))?;
-    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    ]));
+    if out.is_err() {
+        let _ = server.kill();
+    }
+    let _ = server.wait();
+    let v: Value = serde_json::from_slice(&out?.stdout).context("iperf3 JSON")?;
     v.pointer("/end/sum_received/bits_per_second")
         .and_then(Value::as_f64)
         .context("iperf3 result")
