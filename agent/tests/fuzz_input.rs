@@ -135,3 +135,36 @@ proptest! {
         survive(&format!("---\n{text}\n"));
     }
 }
+
+#[test]
+fn thousands_of_policies_at_once_with_bad_ones_among_them() {
+    let mut text = support::xyz();
+    for i in 0..3000 {
+        // Every tenth is invalid in a different way.
+        let ports = match i % 30 {
+            0 => "[{port: 0}]".to_string(),
+            10 => "[{port: 80, endPort: 10}]".to_string(),
+            20 => "[{protocol: GRE}]".to_string(),
+            _ => format!("[{{port: {}}}]", 1000 + i),
+        };
+        text.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p{i}, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}], ports: {ports}}}]\n"
+        ));
+    }
+    let mut index = Index::default();
+    let mut errors = Vec::new();
+    for o in parse_objects("many.yaml", &text) {
+        if let Err(e) = index.apply(&o.expect("well-formed YAML")) {
+            errors.push(e.to_string());
+        }
+    }
+    assert_eq!(errors.len(), 300, "every invalid policy is rejected");
+    assert!(
+        errors.iter().all(|e| e.contains("NetworkPolicy x/p")),
+        "each error names its object"
+    );
+    assert_eq!(index.model().policies.len(), 2700, "the rest is in");
+    let state = compile(index.model(), &support::node(), &Profile::default());
+    // x/a admits x/b on 2,700 distinct ports.
+    assert_eq!(state.maps.policy.values().count(), 2700);
+}
