@@ -216,7 +216,15 @@ fn build(objects: &[Value]) -> Model {
 
 /// Every verdict, compiled vs reference, as mismatch descriptions.
 fn mismatches(model: &Model, profile: &Profile) -> Vec<String> {
-    let state = compile(model, &node(), profile);
+    mismatches_of(&compile(model, &node(), profile), model, profile)
+}
+
+/// Every verdict of a compiled state against the reference, for `model`.
+fn mismatches_of(
+    state: &palisade_agent::policy::DesiredState,
+    model: &Model,
+    profile: &Profile,
+) -> Vec<String> {
     let mut out = Vec::new();
     let pods: Vec<_> = model.pods.values().collect();
     let node_ip: IpAddr = node().addresses[0];
@@ -270,6 +278,18 @@ proptest! {
         let bad = mismatches(&model, &c.profile);
         prop_assert!(bad.is_empty(), "{} mismatches, first: {:?}\nobjects: {}", bad.len(), bad.first(),
             serde_json::to_string(&c.objects).unwrap_or_default());
+    }
+
+    /// One compiler across changes (its caches in play) gives what the
+    /// reference gives for the model after the change.
+    #[test]
+    fn a_long_lived_compiler_agrees_with_the_reference_after_changes(first in case(), second in case()) {
+        let mut compiler = palisade_agent::policy::Compiler::default();
+        let _ = compiler.compile(&build(&first.objects), &node(), &second.profile);
+        let model = build(&second.objects);
+        let state = compiler.compile(&model, &node(), &second.profile);
+        let bad = mismatches_of(&state, &model, &second.profile);
+        prop_assert!(bad.is_empty(), "{} mismatches, first: {:?}", bad.len(), bad.first());
     }
 
     #[test]

@@ -44,6 +44,9 @@ struct Cli {
     /// Where BENCHMARKS.md and bench.json go.
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Run one section and print it, without writing the reports.
+    #[arg(long, value_parser = ["engine", "enforce", "datapath"])]
+    only: Option<String>,
 }
 
 // ---------------------------------------------------------------- engine
@@ -478,6 +481,12 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    match cli.only.as_deref() {
+        Some("engine") => return Ok(drop(engine(cli.quick))),
+        Some("enforce") => return enforce(cli.quick).map(drop),
+        Some("datapath") => return datapath(cli.quick).map(drop),
+        _ => {}
+    }
     let engine = engine(cli.quick);
     let enforce = enforce(cli.quick)?;
     let datapath = datapath(cli.quick)?;
