@@ -482,7 +482,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(1);
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     match cli.only.as_deref() {
-        Some("engine") => return Ok(drop(engine(cli.quick))),
+        Some("engine") => {
+            engine(cli.quick);
+            return Ok(());
+        }
         Some("enforce") => return enforce(cli.quick).map(drop),
         Some("datapath") => return datapath(cli.quick).map(drop),
         _ => {}
