@@ -37,6 +37,24 @@ pub struct AgentSpec {
     pub extra: Vec<String>,
 }
 
+impl AgentSpec {
+    /// The usual layout under one work directory: `source/`, `status.json`,
+    /// `deny.jsonl` (stdout), `agent.log` (stderr); no config, no extra flags.
+    pub fn in_dir(bin: PathBuf, node_netns: &str, dir: &Path, pin_root: PathBuf) -> Self {
+        Self {
+            bin,
+            node_netns: node_netns.to_string(),
+            source: dir.join("source"),
+            config: None,
+            pin_root,
+            status_file: dir.join("status.json"),
+            stdout: dir.join("deny.jsonl"),
+            stderr: dir.join("agent.log"),
+            extra: Vec::new(),
+        }
+    }
+}
+
 pub struct AgentProcess {
     pub spec: AgentSpec,
     child: Option<Child>,

@@ -103,3 +103,11 @@ pub fn pod_yaml(ns: &str, name: &str, ip: impl std::fmt::Display) -> String {
         crate::topology::NODE_NAME
     )
 }
+
+/// Whether a TCP connection from inside `netns` to `to` succeeds in time.
+pub fn connects(netns: &str, to: std::net::SocketAddr, timeout: std::time::Duration) -> bool {
+    crate::netns::in_netns(netns, move || {
+        Ok(std::net::TcpStream::connect_timeout(&to, timeout).is_ok())
+    })
+    .unwrap_or(false)
+}

@@ -158,17 +158,16 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
     // Dropped after the agent (reverse order), which writes into it.
     let _dir = TempDir(dir.clone());
     let _agent = AgentProcess::start(AgentSpec {
-        bin: opts.agent.clone(),
-        node_netns: run.cluster.node_netns.clone(),
-        source: source.clone(),
         config: Some(config),
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{run_id}")),
-        status_file: run.status_file.clone(),
-        stdout: run.deny_log.clone(),
-        stderr: dir.join("agent.log"),
         extra: ["--poll-ms", "50", "--deny-idle-secs", "1.5"]
             .map(String::from)
             .to_vec(),
+        ..AgentSpec::in_dir(
+            opts.agent.clone(),
+            &run.cluster.node_netns,
+            &dir,
+            PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{run_id}")),
+        )
     })?;
 
     let mut passed = run.wait_and_check("initial", &scenario.expect.clone())?;

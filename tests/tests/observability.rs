@@ -36,14 +36,6 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
 "#;
 
-fn connect_from(ns: &str, to: SocketAddr, timeout: Duration) -> bool {
-    let to_ns = ns.to_string();
-    netns::in_netns(&to_ns, move || {
-        Ok(TcpStream::connect_timeout(&to, timeout).is_ok())
-    })
-    .unwrap_or(false)
-}
-
 /// `GET path` on the agent's endpoint, from inside the node's namespace.
 fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
     let path = path.to_string();
@@ -122,14 +114,7 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
         "defaultDeny: true\ndefaultDenyExempt: [x, kube-system]\n",
     )?;
     let agent = AgentProcess::start(AgentSpec {
-        bin: bin.clone(),
-        node_netns: cluster.node_netns.clone(),
-        source,
         config: Some(config),
-        pin_root: format!("/sys/fs/bpf/palisade-observe-{run}").into(),
-        status_file: dir.join("status.json"),
-        stdout: dir.join("deny.jsonl"),
-        stderr: dir.join("agent.log"),
         extra: [
             "--poll-ms",
             "50",
@@ -140,6 +125,12 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
         ]
         .map(String::from)
         .to_vec(),
+        ..AgentSpec::in_dir(
+            bin.clone(),
+            &cluster.node_netns,
+            &dir,
+            format!("/sys/fs/bpf/palisade-observe-{run}").into(),
+        )
     })?;
     agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
     let node = cluster.node_netns.clone();
@@ -151,19 +142,19 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
     // One denied flow per reason.
     let short = Duration::from_millis(1500);
     assert!(
-        !connect_from(&nc, SocketAddr::from((ips[1], 80)), short),
+        !fixtures::connects(&nc, SocketAddr::from((ips[1], 80)), short),
         "c -> b is denied by x/b-from-a"
     );
     assert!(
-        !connect_from(&na, SocketAddr::from((ips[3], 80)), short),
+        !fixtures::connects(&na, SocketAddr::from((ips[3], 80)), short),
         "a -> d/d1 is denied by the default deny"
     );
     assert!(
-        !connect_from(&na, "169.254.169.254:80".parse()?, short),
+        !fixtures::connects(&na, "169.254.169.254:80".parse()?, short),
         "a -> metadata is blocked"
     );
     assert!(
-        connect_from(&na, SocketAddr::from((ips[1], 80)), short),
+        fixtures::connects(&na, SocketAddr::from((ips[1], 80)), short),
         "a -> b is allowed"
     );
     // Each denied connect sent two SYNs (0 s, 1 s); the records come once
@@ -216,7 +207,7 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
         .map(|_| {
             let nc = nc.clone();
             std::thread::spawn(move || {
-                connect_from(
+                fixtures::connects(
                     &nc,
                     SocketAddr::from((ips[1], 80)),
                     Duration::from_millis(300),

@@ -108,15 +108,13 @@ fn restarts_lose_nothing_and_open_nothing() -> anyhow::Result<()> {
         ),
     )?;
     let mut agent = AgentProcess::start(AgentSpec {
-        bin,
-        node_netns: cluster.node_netns.clone(),
-        source,
-        config: None,
-        pin_root: format!("/sys/fs/bpf/palisade-restart-{run}").into(),
-        status_file: dir.join("status.json"),
-        stdout: dir.join("deny.jsonl"),
-        stderr: dir.join("agent.log"),
         extra: vec!["--poll-ms".into(), "50".into()],
+        ..AgentSpec::in_dir(
+            bin,
+            &cluster.node_netns,
+            &dir,
+            format!("/sys/fs/bpf/palisade-restart-{run}").into(),
+        )
     })?;
     let ifaces = cluster.interfaces();
     let first = agent.wait_programmed(&ifaces, Duration::from_secs(20))?;
@@ -275,44 +273,28 @@ fn on_exit_remove_fails_open_and_keep_fails_closed() -> anyhow::Result<()> {
         ),
     )?;
     let c_to_b =
-        || {
-            let nc = nc.clone();
-            netns::in_netns(&nc, move || {
-                Ok(TcpStream::connect_timeout(
-                    &SocketAddr::from((ipb, 80)),
-                    Duration::from_millis(300),
-                )
-                .is_ok())
-            })
-        };
+        || fixtures::connects(&nc, SocketAddr::from((ipb, 80)), Duration::from_millis(300));
     for (mode, open_after) in [("keep", false), ("remove", true)] {
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-onexit-{run}-{mode}"));
         let mut agent = AgentProcess::start(AgentSpec {
-            bin: bin.clone(),
-            node_netns: cluster.node_netns.clone(),
-            source: source.clone(),
-            config: None,
-            pin_root: pin_root.clone(),
-            status_file: dir.join("status.json"),
-            stdout: dir.join("deny.jsonl"),
-            stderr: dir.join("agent.log"),
             extra: vec![
                 "--on-exit".into(),
                 mode.into(),
                 "--listen".into(),
                 "off".into(),
             ],
+            ..AgentSpec::in_dir(bin.clone(), &cluster.node_netns, &dir, pin_root.clone())
         })?;
         agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
-        assert!(!c_to_b()?, "c -> b denied while the agent runs ({mode})");
+        assert!(!c_to_b(), "c -> b denied while the agent runs ({mode})");
         agent.stop(libc::SIGTERM)?;
         // The kernel releases links a moment after the last fd closes: give
         // the state a second to settle, then it must hold.
         let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        while c_to_b()? != open_after && std::time::Instant::now() < deadline {}
+        while c_to_b() != open_after && std::time::Instant::now() < deadline {}
         for _ in 0..3 {
             assert_eq!(
-                c_to_b()?,
+                c_to_b(),
                 open_after,
                 "after a graceful stop with on-exit {mode}"
             );
@@ -361,28 +343,17 @@ fn an_older_layout_is_replaced_without_a_gap() -> anyhow::Result<()> {
             fixtures::pod_yaml("x", "c", ipc)
         ),
     )?;
-    let reach =
-        |from: &Option<String>| {
-            let ns = from.clone().unwrap_or_default();
-            netns::in_netns(&ns, move || {
-                Ok(TcpStream::connect_timeout(
-                    &SocketAddr::from((ipb, 80)),
-                    Duration::from_millis(300),
-                )
-                .is_ok())
-            })
-        };
+    let reach = |from: &Option<String>| {
+        fixtures::connects(
+            from.as_deref().unwrap_or_default(),
+            SocketAddr::from((ipb, 80)),
+            Duration::from_millis(300),
+        )
+    };
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-layout-{run}"));
     let mut agent = AgentProcess::start(AgentSpec {
-        bin,
-        node_netns: cluster.node_netns.clone(),
-        source,
-        config: None,
-        pin_root: pin_root.clone(),
-        status_file: dir.join("status.json"),
-        stdout: dir.join("deny.jsonl"),
-        stderr: dir.join("agent.log"),
         extra: vec!["--listen".into(), "off".into()],
+        ..AgentSpec::in_dir(bin, &cluster.node_netns, &dir, pin_root.clone())
     })?;
     agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
     agent.stop(libc::SIGTERM)?;
@@ -392,7 +363,7 @@ fn an_older_layout_is_replaced_without_a_gap() -> anyhow::Result<()> {
     let older = pin_root.join("v0");
     std::fs::rename(&current, &older)?;
     assert!(
-        !reach(&c.netns)?,
+        !reach(&c.netns),
         "the older programs enforce while no agent runs"
     );
     agent.restart()?;
@@ -407,10 +378,10 @@ fn an_older_layout_is_replaced_without_a_gap() -> anyhow::Result<()> {
     );
     assert!(current.exists());
     assert!(
-        reach(&a.netns)?,
+        reach(&a.netns),
         "allowed traffic flows under the new layout"
     );
-    assert!(!reach(&c.netns)?, "denied traffic stays denied");
+    assert!(!reach(&c.netns), "denied traffic stays denied");
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
