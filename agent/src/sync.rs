@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use crate::{
     model::{Model, Node},
-    policy::{Compiler, DesiredState, MapWriter, Maps, Profile, diff},
+    policy::{CompileStats, Compiler, DesiredState, MapWriter, Maps, Profile, diff},
 };
 
 pub struct Syncer<W: MapWriter> {
@@ -59,6 +59,11 @@ impl<W: MapWriter> Syncer<W> {
 
     pub fn writer_mut(&mut self) -> &mut W {
         &mut self.writer
+    }
+
+    /// What the last compile cost (see [`CompileStats`]).
+    pub fn compile_stats(&self) -> CompileStats {
+        self.compiler.stats()
     }
 
     pub fn revision(&self) -> u64 {

@@ -1,7 +1,9 @@
 //! The compiled maps, evaluated the way the datapath evaluates them, agree
 //! with the reference evaluator (written from the API text) on generated
 //! models: random labels, selectors, policies, ipBlocks, ports, profiles;
-//! and the verdicts do not depend on the order objects arrive in.
+//! and the verdicts do not depend on the order objects arrive in. A compiler
+//! that lives across edits (its caches in play) compiles exactly what a
+//! fresh one compiles after every edit.
 
 mod support;
 
@@ -11,14 +13,14 @@ use palisade_agent::{
     index::{Index, Object},
     model::{Model, Protocol},
     policy::{
-        Profile, compile,
+        Compiler, Profile, compile,
         reference::{self, Party},
         sim,
     },
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use support::{NODE, node};
+use support::{NODE, canonical, node};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const EXTERNALS: [&str; 3] = ["203.0.113.10", "169.254.169.254", "10.0.9.9"];
@@ -197,6 +199,73 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// One change of the kind a watch delivers.
+#[derive(Debug, Clone)]
+enum Edit {
+    RelabelPod(usize, Value),
+    MovePod(usize, u8),
+    DeletePod(usize),
+    RelabelNamespace(usize, &'static str),
+    PutPolicy(Value),
+    DeletePolicy(usize),
+    ToggleDefaultDeny,
+    ToggleMetadataBlock,
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        3 => (0usize..6, label_map()).prop_map(|(i, l)| Edit::RelabelPod(i, l)),
+        // New addresses may collide with each other: precedence must hold too.
+        1 => (0usize..6, 20u8..23).prop_map(|(i, h)| Edit::MovePod(i, h)),
+        1 => (0usize..6).prop_map(Edit::DeletePod),
+        2 => (0usize..3, prop::sample::select(vec!["blue", "red", "green"]))
+            .prop_map(|(i, t)| Edit::RelabelNamespace(i, t)),
+        3 => (0usize..5).prop_flat_map(policy).prop_map(Edit::PutPolicy),
+        1 => (0usize..5).prop_map(Edit::DeletePolicy),
+        1 => Just(Edit::ToggleDefaultDeny),
+        1 => Just(Edit::ToggleMetadataBlock),
+    ]
+}
+
+fn named<'a>(objects: &'a mut [Value], kind: &str, name: &str) -> Option<&'a mut Value> {
+    objects
+        .iter_mut()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+fn apply_edit(objects: &mut Vec<Value>, profile: &mut Profile, e: &Edit) {
+    match e {
+        Edit::RelabelPod(i, labels) => {
+            if let Some(p) = named(objects, "Pod", &format!("p{i}")) {
+                p["metadata"]["labels"] = labels.clone();
+            }
+        }
+        Edit::MovePod(i, h) => {
+            if let Some(p) = named(objects, "Pod", &format!("p{i}")) {
+                p["status"]["podIP"] = json!(format!("10.0.{}.{h}", i % 3 + 1));
+            }
+        }
+        Edit::DeletePod(i) => {
+            objects.retain(|o| !(o["kind"] == "Pod" && o["metadata"]["name"] == format!("p{i}")))
+        }
+        Edit::RelabelNamespace(i, team) => {
+            if let Some(n) = named(objects, "Namespace", NAMESPACES[*i]) {
+                n["metadata"]["labels"]["team"] = json!(team);
+            }
+        }
+        Edit::PutPolicy(p) => {
+            let name = p["metadata"]["name"].clone();
+            objects.retain(|o| !(o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == name));
+            objects.push(p.clone());
+        }
+        Edit::DeletePolicy(i) => objects.retain(|o| {
+            !(o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == format!("p{i}"))
+        }),
+        Edit::ToggleDefaultDeny => profile.default_deny = !profile.default_deny,
+        Edit::ToggleMetadataBlock => profile.block_metadata = !profile.block_metadata,
+    }
+}
+
 fn build(objects: &[Value]) -> Model {
     let mut index = Index::default();
     for v in objects {
@@ -290,6 +359,27 @@ proptest! {
         let state = compiler.compile(&model, &node(), &second.profile);
         let bad = mismatches_of(&state, &model, &second.profile);
         prop_assert!(bad.is_empty(), "{} mismatches, first: {:?}", bad.len(), bad.first());
+    }
+
+    /// The incremental paths (a pod re-signed alone, rule matches updated
+    /// by the identity delta, namespace relabels, new CIDRs, profile
+    /// changes) give, after every edit, the state a fresh compile gives.
+    #[test]
+    fn a_compiler_kept_across_edits_compiles_what_a_fresh_one_does(
+        c in case(),
+        edits in prop::collection::vec(edit(), 1..10),
+    ) {
+        let mut compiler = Compiler::default();
+        let mut objects = c.objects.clone();
+        let mut profile = c.profile.clone();
+        let _ = compiler.compile(&build(&objects), &node(), &profile);
+        for (step, e) in edits.iter().enumerate() {
+            apply_edit(&mut objects, &mut profile, e);
+            let model = build(&objects);
+            let kept = canonical(&compiler.compile(&model, &node(), &profile));
+            let fresh = canonical(&compile(&model, &node(), &profile));
+            prop_assert_eq!(kept, fresh, "after edit {} {:?}", step, e);
+        }
     }
 
     #[test]

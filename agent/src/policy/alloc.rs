@@ -37,6 +37,11 @@ impl<K: Ord + Clone> Allocator<K> {
         id
     }
 
+    /// Marks an id handed out earlier as still in use, without a lookup.
+    pub fn keep(&mut self, id: u32) {
+        self.used.insert(id);
+    }
+
     /// Forget every key not asked for since the last call.
     pub fn release_unused(&mut self) {
         let used = std::mem::take(&mut self.used);

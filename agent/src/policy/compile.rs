@@ -1,61 +1,69 @@
 //! `compile(model, node, profile) -> DesiredState`: NetworkPolicy semantics
 //! turned into map contents.
 //!
-//! Remote addresses are compressed into identities: two addresses share an
-//! identity when no policy can tell them apart, i.e. they have the same pod
-//! facts (namespace, labels, named ports) and lie in the same set of the
-//! CIDRs that policies name. Longest-prefix match on the ipcache then yields
-//! an identity whose CIDR membership is exact, which is what makes ipBlock
-//! with `except`, and ipBlocks that cover pods, come out right.
+//! Remote addresses become identities ([`super::identity`]); each rule's
+//! peers become a set of identities ([`super::matching`]); each local
+//! endpoint gets, per rule that selects it, one policy entry per matched
+//! identity and port prefix.
+//!
+//! A [`Compiler`] is meant to live as long as the agent: ids persist, so an
+//! edit changes only the entries it touches, and both layers keep what
+//! they computed, so an edit also costs only what it touches. A relabelled
+//! pod re-signs that pod's addresses and updates each rule by the one or two
+//! identities that changed; an edited policy matches its new rules against
+//! the identities; a new CIDR re-signs every address (their CIDR sets change).
+//! What remains per compile is a pass of equality checks over the pods and
+//! the assembly of the maps.
 //!
 //! Bounds: ipcache entries = pod addresses + distinct CIDRs + node addresses;
 //! policy entries per local endpoint <= sum over rules of
 //! (matching identities) x (ports, a range counting at most 31 prefixes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
-use palisade_common::{IDENTITY_ANY, IDENTITY_FIRST, PROTO_ANY, endpoint_flags, ipcache_flags};
+use palisade_common::{IDENTITY_ANY, IDENTITY_FIRST, PROTO_ANY, endpoint_flags};
 
 use super::{
     alloc::Allocator,
-    profile::{Profile, metadata_prefixes},
+    identity::{Blocks, IdentityLayer, Kind, Signature},
+    matching::{MatchCache, PeerMatch},
+    profile::Profile,
     state::{
         DesiredState, Direction, EndpointEntry, EndpointInfo, HostNetworkBlock, IdentityInfo,
-        IpcacheEntry, PolicyKey, RuleRef,
+        PolicyKey, RuleRef,
     },
-    types::{NamespaceScope, Peer, Policy, PolicyOrigin, PortRef, Rule},
+    types::{Peer, Policy, PolicyOrigin, PortRef, Rule},
 };
-use crate::model::{ContainerPort, Labels, Model, Node, ObjectRef, Pod, Protocol};
+use crate::model::{Model, Node, ObjectRef, Pod, Protocol};
 
-/// What an identity is made of. Ordered, so identities come out in a stable order.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Signature {
-    kind: Kind,
-    /// The policy CIDRs that contain the address(es), sorted.
-    blocks: Vec<IpNet>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    Pod {
-        namespace: String,
-        labels: Labels,
-        /// Named container ports only: numbers need no resolution.
-        named_ports: Vec<ContainerPort>,
-    },
-    Cidr,
-    Host,
-    Metadata(IpNet),
-}
-
-/// Compiles with id allocations that persist across calls, so that an edit
-/// changes only the entries it touches.
+/// Compiles with ids and intermediate results that persist across calls,
+/// so that an edit changes, and costs, only what it touches.
 #[derive(Clone, Debug)]
 pub struct Compiler {
-    identities: Allocator<Signature>,
+    identities: Allocator<Arc<Signature>>,
     endpoints: Allocator<ObjectRef>,
     rules: Allocator<RuleRef>,
+    identity_layer: IdentityLayer,
+    matches: MatchCache,
+    stats: CompileStats,
+}
+
+/// How much work the last compile did: what an edit cost, in units that do
+/// not depend on the machine (tests assert on them; benchmarks report them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompileStats {
+    /// Pods whose addresses were signed anew.
+    pub pods_signed: usize,
+    /// Identities that appeared, vanished or changed meaning.
+    pub identities_changed: usize,
+    /// (rule, identity) pairs evaluated.
+    pub rule_evaluations: usize,
+    /// Distinct rules whose matches are kept for the next compile.
+    pub rules_cached: usize,
 }
 
 impl Default for Compiler {
@@ -64,6 +72,9 @@ impl Default for Compiler {
             identities: Allocator::starting_at(IDENTITY_FIRST),
             endpoints: Allocator::starting_at(1),
             rules: Allocator::starting_at(1),
+            identity_layer: IdentityLayer::default(),
+            matches: MatchCache::default(),
+            stats: CompileStats::default(),
         }
     }
 }
@@ -85,7 +96,14 @@ impl Compiler {
             Allocator::starting_at(IDENTITY_FIRST.max(max_identity.saturating_add(1)));
         self.endpoints = Allocator::starting_at(max_endpoint.saturating_add(1).max(1));
         self.rules = Allocator::starting_at(max_rule.saturating_add(1).max(1));
+        self.forget_results();
         self
+    }
+
+    /// Drops what earlier compiles computed (it names ids that are about to change).
+    fn forget_results(&mut self) {
+        self.identity_layer = IdentityLayer::default();
+        self.matches = MatchCache::default();
     }
 }
 
@@ -132,19 +150,13 @@ impl Compiler {
         self.identities.renumber(&identities);
         self.endpoints.renumber(&endpoints);
         self.rules.renumber(&rules);
+        self.forget_results();
     }
 }
 
 /// One-shot compile with fresh ids.
 pub fn compile(model: &Model, node: &Node, profile: &Profile) -> DesiredState {
     Compiler::default().compile(model, node, profile)
-}
-
-struct IdentityFacts<'a> {
-    id: u32,
-    sig: &'a Signature,
-    /// Namespace labels for pod identities.
-    ns_labels: Option<&'a Labels>,
 }
 
 impl Compiler {
@@ -156,23 +168,30 @@ impl Compiler {
             .filter(|p| p.node == node.name && !p.host_network && !p.ips.is_empty())
             .collect();
 
-        // Policies that can apply here: NetworkPolicies plus the profile's,
-        // only for namespaces that have local endpoints.
+        // Policies that can apply here, by namespace: NetworkPolicies plus
+        // the profile's, only for namespaces that have local endpoints.
         let local_namespaces: BTreeSet<&str> = local.iter().map(|p| p.namespace.as_str()).collect();
         let synthetic: Vec<Policy> = local_namespaces
             .iter()
             .flat_map(|ns| profile.policies_for(ns))
             .collect();
-        let policies: Vec<&Policy> = model
+        let mut by_namespace: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
+        for p in model
             .policies
             .values()
             .filter(|p| local_namespaces.contains(p.namespace.as_str()))
             .chain(synthetic.iter())
-            .collect();
+        {
+            by_namespace
+                .entry(p.namespace.as_str())
+                .or_default()
+                .push(p);
+        }
+        let policies = || by_namespace.values().flatten().copied();
 
         // The CIDRs policies name (peers of rules that can apply here).
         let mut blocks: BTreeSet<IpNet> = BTreeSet::new();
-        for p in &policies {
+        for p in policies() {
             for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
                 for peer in &rule.peers {
                     if let Peer::IpBlock { cidr, except } = peer {
@@ -182,131 +201,21 @@ impl Compiler {
                 }
             }
         }
-        let containing = |addr: &IpNet| -> Vec<IpNet> {
-            blocks
-                .iter()
-                .filter(|b| b.contains(addr))
-                .copied()
-                .collect()
-        };
 
-        // Address -> signature. Later inserts win: CIDRs, then node, metadata, pods.
-        let mut addresses: BTreeMap<IpNet, (Signature, u32)> = BTreeMap::new();
-        for b in &blocks {
-            addresses.insert(
-                *b,
-                (
-                    Signature {
-                        kind: Kind::Cidr,
-                        blocks: containing(b),
-                    },
-                    0,
-                ),
-            );
+        let resolution = self.identity_layer.resolve(
+            &mut self.identities,
+            model,
+            node,
+            profile,
+            Blocks::new(blocks),
+        );
+        state.maps.ipcache = resolution.ipcache;
+        let delta = resolution.delta;
+        let identities = self.identity_layer.current();
+        self.matches.update(&delta, identities, model);
+        for (id, sig) in identities {
+            state.identities.insert(*id, identity_info(sig));
         }
-        if profile.block_metadata {
-            for m in metadata_prefixes() {
-                let sig = Signature {
-                    kind: Kind::Metadata(m),
-                    blocks: containing(&m),
-                };
-                addresses.insert(m, (sig, ipcache_flags::METADATA));
-            }
-        }
-        for ip in &node.addresses {
-            let net = IpNet::from(*ip);
-            let sig = Signature {
-                kind: Kind::Host,
-                blocks: containing(&net),
-            };
-            addresses.insert(net, (sig, ipcache_flags::HOST));
-        }
-        for pod in model.pods.values().filter(|p| !p.host_network) {
-            let mut named_ports: Vec<ContainerPort> = pod
-                .ports
-                .iter()
-                .filter(|p| p.name.is_some())
-                .cloned()
-                .collect();
-            named_ports.sort();
-            for ip in &pod.ips {
-                let net = IpNet::from(*ip);
-                // A node address is the node, whatever pod claims it.
-                if node.addresses.contains(ip) {
-                    continue;
-                }
-                let sig = Signature {
-                    kind: Kind::Pod {
-                        namespace: pod.namespace.clone(),
-                        labels: pod.labels.clone(),
-                        named_ports: named_ports.clone(),
-                    },
-                    blocks: containing(&net),
-                };
-                addresses.insert(net, (sig, 0));
-            }
-        }
-
-        // Identities, and the ipcache.
-        let mut by_sig: BTreeMap<Signature, u32> = BTreeMap::new();
-        for (net, (sig, flags)) in &addresses {
-            let id = *by_sig
-                .entry(sig.clone())
-                .or_insert_with(|| self.identities.id(sig));
-            state.maps.ipcache.insert(
-                *net,
-                IpcacheEntry {
-                    identity: id,
-                    flags: *flags,
-                },
-            );
-        }
-        let ns_labels: BTreeMap<String, Labels> = by_sig
-            .keys()
-            .filter_map(|s| match &s.kind {
-                Kind::Pod { namespace, .. } => Some((
-                    namespace.clone(),
-                    model.namespace_labels(namespace).into_owned(),
-                )),
-                _ => None,
-            })
-            .collect();
-        let identities: Vec<IdentityFacts<'_>> = by_sig
-            .iter()
-            .map(|(sig, id)| IdentityFacts {
-                id: *id,
-                sig,
-                ns_labels: match &sig.kind {
-                    Kind::Pod { namespace, .. } => ns_labels.get(namespace),
-                    _ => None,
-                },
-            })
-            .collect();
-        for f in &identities {
-            state.identities.insert(
-                f.id,
-                match &f.sig.kind {
-                    Kind::Pod {
-                        namespace, labels, ..
-                    } => IdentityInfo::Pods {
-                        namespace: namespace.clone(),
-                        labels: labels.clone(),
-                    },
-                    Kind::Cidr => IdentityInfo::Cidr(
-                        *f.sig
-                            .blocks
-                            .iter()
-                            .max_by_key(|b| b.prefix_len())
-                            .unwrap_or(&IpNet::default()),
-                    ),
-                    Kind::Host => IdentityInfo::Host,
-                    Kind::Metadata(_) => IdentityInfo::Metadata,
-                },
-            );
-        }
-
-        // Peers of each rule resolve to identities once, for all endpoints.
-        let mut peer_cache: BTreeMap<(usize, Direction, usize), PeerMatch> = BTreeMap::new();
 
         for pod in &local {
             let pod_ref = pod.key();
@@ -323,13 +232,12 @@ impl Compiler {
                 pod: Some(pod_ref),
                 ..Default::default()
             };
+            let candidates = by_namespace.get(pod.namespace.as_str());
 
             for dir in Direction::BOTH {
                 let mut isolated_by = Vec::new();
-                for (pi, policy) in policies.iter().enumerate() {
-                    if policy.namespace != pod.namespace
-                        || !policy.pod_selector.matches(&pod.labels)
-                    {
+                for policy in candidates.into_iter().flatten() {
+                    if !policy.pod_selector.matches(&pod.labels) {
                         continue;
                     }
                     let Some(rules) = (match dir {
@@ -347,9 +255,7 @@ impl Compiler {
                             dir,
                             index: ri,
                         });
-                        let peers = peer_cache
-                            .entry((pi, dir, ri))
-                            .or_insert_with(|| match_peers(rule, &identities));
+                        let peers = self.matches.get(rule, identities, model);
                         emit_rule(
                             &mut state.maps.policy,
                             Emit {
@@ -361,7 +267,7 @@ impl Compiler {
                             },
                             rule,
                             peers,
-                            &identities,
+                            identities,
                         );
                     }
                 }
@@ -423,7 +329,7 @@ impl Compiler {
         }
 
         // Rule names for every rule id in use.
-        for p in &policies {
+        for p in policies() {
             for (dir, rules) in [
                 (Direction::Ingress, &p.ingress),
                 (Direction::Egress, &p.egress),
@@ -443,77 +349,38 @@ impl Compiler {
         self.identities.release_unused();
         self.endpoints.release_unused();
         self.rules.release_unused();
+        self.matches.release_unused();
+        self.stats = CompileStats {
+            pods_signed: resolution.pods_signed,
+            identities_changed: delta.added.union(&delta.removed).count(),
+            rule_evaluations: self.matches.evaluations(),
+            rules_cached: self.matches.len(),
+        };
         state
     }
+
+    /// The work the last [`Compiler::compile`] did.
+    pub fn stats(&self) -> CompileStats {
+        self.stats
+    }
 }
 
-/// A rule's peers as identities: every peer, or a list (by index into the
-/// identity facts). Metadata identities are listed apart: whether they match
-/// depends on the endpoint's metadata block.
-enum PeerMatch {
-    Any,
-    Some {
-        loose: Vec<usize>,
-        /// Metadata identities matched by a block naming them exactly.
-        metadata_exact: Vec<usize>,
-        /// Metadata identities matched only by a wider block.
-        metadata_loose: Vec<usize>,
-    },
-}
-
-fn match_peers(rule: &Rule, identities: &[IdentityFacts<'_>]) -> PeerMatch {
-    if rule.peers.is_empty() {
-        return PeerMatch::Any;
-    }
-    let mut loose = Vec::new();
-    let mut metadata_exact = Vec::new();
-    let mut metadata_loose = Vec::new();
-    for (i, f) in identities.iter().enumerate() {
-        let mut matched_exact = false;
-        let mut matched = false;
-        for peer in &rule.peers {
-            match peer {
-                Peer::Pods { namespaces, pods } => {
-                    if let Kind::Pod {
-                        namespace, labels, ..
-                    } = &f.sig.kind
-                    {
-                        let ns_ok = match namespaces {
-                            NamespaceScope::Own(ns) => ns == namespace,
-                            NamespaceScope::Selected(sel) => {
-                                f.ns_labels.is_some_and(|l| sel.matches(l))
-                            }
-                        };
-                        if ns_ok && pods.matches(labels) {
-                            matched = true;
-                        }
-                    }
-                }
-                Peer::IpBlock { cidr, except } => {
-                    let inside = f.sig.blocks.contains(cidr)
-                        && !except.iter().any(|e| f.sig.blocks.contains(e));
-                    if inside {
-                        matched = true;
-                        if let Kind::Metadata(m) = &f.sig.kind
-                            && m == cidr
-                        {
-                            matched_exact = true;
-                        }
-                    }
-                }
-            }
-        }
-        match (&f.sig.kind, matched, matched_exact) {
-            (_, false, _) => {}
-            (Kind::Metadata(_), true, true) => metadata_exact.push(i),
-            (Kind::Metadata(_), true, false) => metadata_loose.push(i),
-            _ => loose.push(i),
-        }
-    }
-    PeerMatch::Some {
-        loose,
-        metadata_exact,
-        metadata_loose,
+fn identity_info(sig: &Signature) -> IdentityInfo {
+    match sig.kind.as_ref() {
+        Kind::Pod {
+            namespace, labels, ..
+        } => IdentityInfo::Pods {
+            namespace: namespace.clone(),
+            labels: labels.clone(),
+        },
+        Kind::Cidr => IdentityInfo::Cidr(
+            *sig.blocks
+                .iter()
+                .max_by_key(|b| b.prefix_len())
+                .unwrap_or(&IpNet::default()),
+        ),
+        Kind::Host => IdentityInfo::Host,
+        Kind::Metadata(_) => IdentityInfo::Metadata,
     }
 }
 
@@ -578,31 +445,21 @@ fn emit_rule(
     e: Emit<'_>,
     rule: &Rule,
     peers: &PeerMatch,
-    identities: &[IdentityFacts<'_>],
+    identities: &BTreeMap<u32, Arc<Signature>>,
 ) {
     // Identities this endpoint treats as matched: every peer, or the listed
     // ones plus the metadata identities the block leaves open to this rule.
-    let listed: Vec<usize> = match peers {
-        PeerMatch::Any => Vec::new(),
-        PeerMatch::Some {
-            loose,
-            metadata_exact,
-            metadata_loose,
-        } => {
-            let mut v = loose.clone();
-            v.extend(metadata_exact);
-            if !e.block_metadata {
-                v.extend(metadata_loose);
-            }
-            v
-        }
-    };
-    let any = matches!(peers, PeerMatch::Any);
-    let peer_ids: Vec<u32> = if any {
-        vec![IDENTITY_ANY]
+    let listed: Vec<u32> = if peers.any {
+        Vec::new()
     } else {
-        listed.iter().map(|i| identities[*i].id).collect()
+        let mut v: Vec<u32> = peers.loose.iter().copied().collect();
+        v.extend(&peers.metadata_exact);
+        if !e.block_metadata {
+            v.extend(&peers.metadata_loose);
+        }
+        v
     };
+    let peer_ids: &[u32] = if peers.any { &[IDENTITY_ANY] } else { &listed };
     let key = |proto: u8, identity: u32| PolicyKey {
         endpoint: e.endpoint,
         dir: e.dir,
@@ -613,7 +470,7 @@ fn emit_rule(
     };
 
     if rule.ports.is_empty() {
-        for identity in &peer_ids {
+        for identity in peer_ids {
             insert(map, key(PROTO_ANY, *identity), e.rule_id);
         }
         return;
@@ -621,19 +478,19 @@ fn emit_rule(
     for spec in &rule.ports {
         match &spec.port {
             None => {
-                for identity in &peer_ids {
+                for identity in peer_ids {
                     insert(map, key(spec.protocol.number(), *identity), e.rule_id);
                 }
             }
             Some(PortRef::Range { start, end }) => {
-                for identity in &peer_ids {
+                for identity in peer_ids {
                     emit_ports(map, &e, *identity, spec.protocol, *start, *end);
                 }
             }
             // Ingress: the name is the local pod's port.
             Some(PortRef::Named(name)) if e.dir == Direction::Ingress => {
                 if let Some(port) = e.pod.named_port(name, spec.protocol) {
-                    for identity in &peer_ids {
+                    for identity in peer_ids {
                         emit_ports(map, &e, *identity, spec.protocol, port, port);
                     }
                 }
@@ -641,25 +498,18 @@ fn emit_rule(
             // Egress: the name is each destination pod's port, so it can mean
             // a different number per peer identity.
             Some(PortRef::Named(name)) => {
-                let candidates: Vec<usize> = if any {
-                    (0..identities.len()).collect()
+                let candidates: Box<dyn Iterator<Item = (&u32, &Arc<Signature>)>> = if peers.any {
+                    Box::new(identities.iter())
                 } else {
-                    listed.clone()
+                    Box::new(listed.iter().filter_map(|id| identities.get_key_value(id)))
                 };
-                for i in candidates {
-                    if let Kind::Pod { named_ports, .. } = &identities[i].sig.kind {
+                for (id, sig) in candidates {
+                    if let Kind::Pod { named_ports, .. } = sig.kind.as_ref() {
                         for p in named_ports {
                             if p.protocol == spec.protocol
                                 && p.name.as_deref() == Some(name.as_str())
                             {
-                                emit_ports(
-                                    map,
-                                    &e,
-                                    identities[i].id,
-                                    spec.protocol,
-                                    p.port,
-                                    p.port,
-                                );
+                                emit_ports(map, &e, *id, spec.protocol, p.port, p.port);
                             }
                         }
                     }

@@ -4,6 +4,8 @@
 pub mod alloc;
 pub mod compile;
 pub mod dump;
+pub mod identity;
+pub mod matching;
 pub mod profile;
 pub mod reference;
 pub mod selector;
@@ -11,6 +13,6 @@ pub mod sim;
 pub mod state;
 pub mod types;
 
-pub use compile::{Compiler, compile};
+pub use compile::{CompileStats, Compiler, compile};
 pub use profile::Profile;
 pub use state::{DesiredState, Direction, MapOp, MapWriter, Maps, diff};

@@ -116,7 +116,7 @@ impl EndpointInfo {
 pub enum IdentityInfo {
     Pods {
         namespace: String,
-        labels: BTreeMap<String, String>,
+        labels: std::sync::Arc<BTreeMap<String, String>>,
     },
     Cidr(IpNet),
     Host,

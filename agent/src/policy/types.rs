@@ -43,7 +43,7 @@ pub struct Policy {
     pub egress: Option<Vec<Rule>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Rule {
     /// Empty: every peer.
     pub peers: Vec<Peer>,
@@ -51,7 +51,7 @@ pub struct Rule {
     pub ports: Vec<PortSpec>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Pods selected by `pods` in the namespaces of `namespaces`.
     Pods {
@@ -64,21 +64,21 @@ pub enum Peer {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum NamespaceScope {
     /// The policy's own namespace (peer without namespaceSelector).
     Own(String),
     Selected(Selector),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortSpec {
     pub protocol: Protocol,
     /// `None`: every port of the protocol.
     pub port: Option<PortRef>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PortRef {
     /// An inclusive range; a single port is `start == end`.
     Range { start: u16, end: u16 },

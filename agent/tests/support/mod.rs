@@ -3,11 +3,19 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-use std::net::IpAddr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
+use ipnet::IpNet;
 use palisade_agent::{
     index::{Index, Object},
-    model::{Model, Node},
+    model::{Model, Node, ObjectRef},
+    policy::{
+        DesiredState, Direction,
+        state::{EndpointInfo, RuleRef},
+    },
     source::yaml::parse_objects,
 };
 
@@ -91,3 +99,74 @@ pub fn xyz_ip(name: &str) -> IpAddr {
 pub const XYZ: [&str; 9] = [
     "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
 ];
+
+/// A compiled state with its ids replaced by what they stand for: an
+/// identity by the addresses that carry it, an endpoint by its pod, a rule
+/// id by the rule. Two compiles of one model are equivalent exactly when
+/// their canonical forms are equal, whatever ids they handed out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Canonical {
+    pub ipcache: BTreeMap<IpNet, (u32, Vec<IpNet>)>,
+    pub endpoints: BTreeMap<IpAddr, (Option<ObjectRef>, u32)>,
+    pub policy: BTreeSet<CanonicalEntry>,
+    pub endpoint_info: BTreeMap<Option<ObjectRef>, EndpointInfo>,
+}
+
+/// (endpoint's pod, direction, protocol, peer addresses or any, port, port bits, rule).
+pub type CanonicalEntry = (
+    Option<ObjectRef>,
+    Direction,
+    u8,
+    Option<Vec<IpNet>>,
+    u16,
+    u8,
+    Option<RuleRef>,
+);
+
+pub fn canonical(state: &DesiredState) -> Canonical {
+    let mut classes: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
+    for (net, e) in &state.maps.ipcache {
+        classes.entry(e.identity).or_default().push(*net);
+    }
+    let pod_of = |id: u32| {
+        state
+            .endpoint_info
+            .get(&id)
+            .and_then(|info| info.pod.clone())
+    };
+    Canonical {
+        ipcache: state
+            .maps
+            .ipcache
+            .iter()
+            .map(|(net, e)| (*net, (e.flags, classes[&e.identity].clone())))
+            .collect(),
+        endpoints: state
+            .maps
+            .endpoints
+            .iter()
+            .map(|(ip, e)| (*ip, (pod_of(e.id), e.flags)))
+            .collect(),
+        policy: state
+            .maps
+            .policy
+            .iter()
+            .map(|(k, rule)| {
+                (
+                    pod_of(k.endpoint),
+                    k.dir,
+                    k.proto,
+                    classes.get(&k.identity).cloned(),
+                    k.port,
+                    k.port_bits,
+                    state.rules.get(rule).cloned(),
+                )
+            })
+            .collect(),
+        endpoint_info: state
+            .endpoint_info
+            .values()
+            .map(|info| (info.pod.clone(), info.clone()))
+            .collect(),
+    }
+}
