@@ -387,6 +387,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 failed = report.failed,
                 compile_us = report.compile.as_micros() as u64,
                 apply_us = report.apply.as_micros() as u64,
+                since_change_us = changed_at.map(|t| t.elapsed().as_micros() as u64),
                 "programmed"
             );
             dirty = report.failed > 0;

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// An object the index understands.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Namespace(Box<ApiNamespace>),
     Pod(Box<ApiPod>),

@@ -5,6 +5,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod wake;
 pub mod yaml;
 
 use crate::index::{Kind, Object, ObjectKey};
