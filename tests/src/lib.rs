@@ -3,6 +3,7 @@
 //! through `cargo xtask scenario` / `cargo xtask test`.
 
 pub mod agent;
+pub mod cluster;
 pub mod exec;
 pub mod fixtures;
 pub mod matrix;

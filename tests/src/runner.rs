@@ -16,7 +16,7 @@ use crate::{
     agent::{AgentProcess, AgentSpec},
     matrix::{self, Table},
     probe::{self, Listeners, Origin, Probe, Proto},
-    scenario::{Expect, PodSpec, Scenario, Verdict, default_ports, expand_placeholders},
+    scenario::{Expect, PodSpec, Scenario, Verdict, default_ports, expand_policy},
     topology::{Cluster, Host, NODE_NAME},
 };
 
@@ -355,30 +355,7 @@ impl Run<'_> {
             text.push_str(&serde_yaml::to_string(d)?);
         }
         for p in &self.policies {
-            let raw = serde_yaml::to_string(p)?;
-            let families: Vec<bool> = if raw.contains("{{") {
-                let mut f = Vec::new();
-                if self.cluster.family.v4() {
-                    f.push(false);
-                }
-                if self.cluster.family.v6() {
-                    f.push(true);
-                }
-                f
-            } else {
-                vec![false]
-            };
-            let dual = families.len() > 1;
-            for v6 in families {
-                let expanded = expand_placeholders(&raw, &|pod| self.pod_ip(pod, v6))?;
-                let mut obj: serde_yaml::Value = serde_yaml::from_str(&expanded)?;
-                if dual
-                    && v6
-                    && let Some(n) = obj.get_mut("metadata").and_then(|m| m.get_mut("name"))
-                {
-                    *n =
-                        serde_yaml::Value::String(format!("{}-v6", n.as_str().unwrap_or_default()));
-                }
+            for obj in expand_policy(p, self.cluster.family, &|pod, v6| self.pod_ip(pod, v6))? {
                 text.push_str("---\n");
                 text.push_str(&serde_yaml::to_string(&obj)?);
             }
@@ -420,13 +397,7 @@ impl Run<'_> {
     fn wait_and_check(&mut self, label: &str, expects: &[Expect]) -> anyhow::Result<bool> {
         self.wait_programmed()?;
         let mut ok = true;
-        let families: Vec<bool> = [
-            (self.cluster.family.v4(), false),
-            (self.cluster.family.v6(), true),
-        ]
-        .into_iter()
-        .filter_map(|(on, v6)| on.then_some(v6))
-        .collect();
+        let families = self.cluster.family.probed();
         for e in expects {
             let proto = Proto::parse(&e.protocol)?;
             for &v6 in &families {

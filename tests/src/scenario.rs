@@ -23,6 +23,13 @@ impl Family {
     pub fn v6(self) -> bool {
         matches!(self, Family::Ipv6 | Family::Dual)
     }
+    /// The families probed, as `is IPv6` flags: IPv4 first.
+    pub fn probed(self) -> Vec<bool> {
+        [(self.v4(), false), (self.v6(), true)]
+            .into_iter()
+            .filter_map(|(on, v6)| on.then_some(v6))
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -200,6 +207,34 @@ impl Scenario {
         out.dedup();
         out
     }
+}
+
+/// A scenario policy as the objects to create: its placeholders filled in
+/// with `ip(pod, is_ipv6)`, once per probed family when it has any (under
+/// dual stack the IPv6 copy is named `NAME-v6`), else as it is.
+pub fn expand_policy(
+    policy: &serde_yaml::Value,
+    family: Family,
+    ip: &dyn Fn(&str, bool) -> Option<IpAddr>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let raw = serde_yaml::to_string(policy)?;
+    let families = if raw.contains("{{") {
+        family.probed()
+    } else {
+        vec![false]
+    };
+    let dual = families.len() > 1;
+    let mut out = Vec::new();
+    for v6 in families {
+        let expanded = expand_placeholders(&raw, &|pod| ip(pod, v6))?;
+        let mut obj: serde_json::Value = serde_yaml::from_str(&expanded)?;
+        if dual && v6 {
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            obj["metadata"]["name"] = serde_json::Value::String(format!("{name}-v6"));
+        }
+        out.push(obj);
+    }
+    Ok(out)
 }
 
 /// `{{ip NS/POD}}` and `{{net NS/POD LEN}}` in policy text.

@@ -1,12 +1,18 @@
-//! `cargo xtask kind up|load|deploy|down`: Palisade on a local kind cluster
-//! (needs Docker, kind and kubectl on the machine; these CI machines have
-//! none, so this path is for laptops).
+//! `cargo xtask kind up|load|deploy|e2e|down`: Palisade on a local kind
+//! cluster (needs Docker, kind and kubectl on the machine; these CI
+//! machines have none, so this path is for laptops).
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
-use crate::exec::{exec, root};
+use crate::{
+    exec::{cargo, exec, output, root, status},
+    test::scenario_files,
+};
 
 /// kindnetd releases from 2024 on enforce NetworkPolicy themselves
 /// (kube-network-policies, fail-open); this one only routes.
@@ -28,8 +34,28 @@ pub enum Action {
     Load,
     /// Apply deploy/base and wait for the DaemonSet.
     Deploy,
+    /// Run the scenario files against the cluster (objects through the API
+    /// server, probes with kubectl exec); with --netpol-suite, the upstream
+    /// [sig-network] Netpol e2e tests as well.
+    E2e(E2eOptions),
     /// Delete the cluster.
     Down,
+}
+
+#[derive(clap::Args)]
+pub struct E2eOptions {
+    /// Scenario files (default: the shared seeds and tests/scenarios).
+    pub files: Vec<PathBuf>,
+    /// Also run the upstream [sig-network] Netpol tests (e2e.test).
+    #[arg(long)]
+    pub netpol_suite: bool,
+    /// The e2e.test binary to use (default: downloaded for the cluster's
+    /// Kubernetes version into target/e2e/).
+    #[arg(long)]
+    pub e2e_test: Option<PathBuf>,
+    /// Include the SCTP connectivity tests (the nodes need the sctp module).
+    #[arg(long)]
+    pub sctp: bool,
 }
 
 fn need(tool: &str) -> anyhow::Result<()> {
@@ -50,7 +76,7 @@ fn kubectl() -> Command {
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
-    match o.action {
+    match &o.action {
         Action::Up => {
             need("kind")?;
             need("kubectl")?;
@@ -103,9 +129,112 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
                 "--timeout=180s",
             ]))
         }
+        Action::E2e(e) => e2e(e),
         Action::Down => {
             need("kind")?;
             exec(Command::new("kind").args(["delete", "cluster", "--name", CLUSTER]))
         }
     }
+}
+
+fn e2e(o: &E2eOptions) -> anyhow::Result<()> {
+    need("kubectl")?;
+    output(kubectl().args(["get", "nodes"])).with_context(|| {
+        format!("no reachable cluster kind-{CLUSTER}: cargo xtask kind up, load, deploy first")
+    })?;
+    exec(cargo().args([
+        "build",
+        "--package",
+        "palisade-tests",
+        "--bin",
+        "palisade-scenario",
+    ]))?;
+    let files = if o.files.is_empty() {
+        scenario_files()?
+    } else {
+        o.files.clone()
+    };
+    let scenarios = status(
+        Command::new(root().join("target/debug/palisade-scenario"))
+            .args(["--kube-context", &format!("kind-{CLUSTER}")])
+            .arg("--config-map")
+            .arg(root().join("deploy/base/configmap.yaml"))
+            .args(&files)
+            .current_dir(root()),
+    )?;
+    if o.netpol_suite {
+        netpol_suite(o)?;
+    }
+    if !scenarios.success() {
+        bail!("scenarios failed on the cluster");
+    }
+    Ok(())
+}
+
+/// The upstream NetworkPolicy conformance tests, as kube-network-policies
+/// and Cilium run them on kind.
+fn netpol_suite(o: &E2eOptions) -> anyhow::Result<()> {
+    need("kind")?;
+    let dir = root().join("target/e2e");
+    std::fs::create_dir_all(&dir)?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        output(Command::new("kind").args(["get", "kubeconfig", "--name", CLUSTER]))?,
+    )?;
+    let e2e_test = match &o.e2e_test {
+        Some(p) => p.clone(),
+        None => download_e2e_test(&dir)?,
+    };
+    let mut skip = vec![r"\[Disruptive\]", r"\[Serial\]"];
+    if !o.sctp {
+        skip.push(r"\[Feature:SCTPConnectivity\]");
+    }
+    exec(
+        Command::new(&e2e_test)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                "--provider=local",
+                r"--ginkgo.focus=\[sig-network\] Netpol",
+                &format!("--ginkgo.skip={}", skip.join("|")),
+                "--ginkgo.v",
+                "--dump-logs-on-failure=false",
+            ])
+            .arg(format!("--report-dir={}", dir.display())),
+    )
+}
+
+/// e2e.test of the cluster's own Kubernetes version, from the release
+/// artifacts (needs the internet, as kind itself does).
+fn download_e2e_test(dir: &Path) -> anyhow::Result<PathBuf> {
+    need("curl")?;
+    let version: serde_json::Value =
+        serde_json::from_str(&output(Command::new("kubectl").args([
+            "--context",
+            &format!("kind-{CLUSTER}"),
+            "version",
+            "-o",
+            "json",
+        ]))?)?;
+    let version = version["serverVersion"]["gitVersion"]
+        .as_str()
+        .context("kubectl version: no serverVersion.gitVersion")?
+        .to_string();
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let target = dir.join(&version);
+    let bin = target.join("kubernetes/test/bin/e2e.test");
+    if !bin.exists() {
+        std::fs::create_dir_all(&target)?;
+        exec(Command::new("sh").args([
+            "-c",
+            &format!(
+                "curl -fsSL https://dl.k8s.io/release/{version}/kubernetes-test-linux-{arch}.tar.gz | tar -xz -C '{}' kubernetes/test/bin/e2e.test",
+                target.display()
+            ),
+        ]))?;
+    }
+    Ok(bin)
 }

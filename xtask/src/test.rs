@@ -89,7 +89,8 @@ fn cargo_tests(t: &mut Tally, name: &str, cmd: &mut Command) -> anyhow::Result<(
     Ok(())
 }
 
-fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
+/// The shared seed scenarios and ours, in name order.
+pub fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let shared = root().join("../shared/scenarios/seeds");
     let ours = root().join("tests/scenarios");

@@ -1,10 +1,13 @@
 //! `palisade-scenario FILE...`: runs scenario files end to end (see
-//! shared/scenarios/FORMAT.md) and ends with `N passed, M failed`.
+//! shared/scenarios/FORMAT.md) and ends with `N passed, M failed`: on
+//! network namespaces with a local agent (root), or with `--kube-context`
+//! against a cluster where Palisade is deployed (kubectl).
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use palisade_tests::{probe, runner, topology};
+use palisade_tests::{cluster, probe, runner, topology};
 
 #[derive(Parser)]
 struct Cli {
@@ -21,6 +24,15 @@ struct Cli {
     /// Print every matrix and the denied flows (the demo).
     #[arg(long)]
     show: bool,
+    /// Run against this kubectl context instead of network namespaces.
+    #[arg(long)]
+    kube_context: Option<String>,
+    /// The deployed agent ConfigMap (scenario settings go on top of it).
+    #[arg(long, default_value = "deploy/base/configmap.yaml")]
+    config_map: PathBuf,
+    /// On a cluster: seconds a check waits for enforcement to catch up.
+    #[arg(long, default_value = "15")]
+    settle: f64,
     files: Vec<PathBuf>,
 }
 
@@ -66,14 +78,32 @@ fn main() -> anyhow::Result<()> {
         )?;
         std::process::exit(if ok { 0 } else { 1 });
     }
+    if cli.files.is_empty() {
+        anyhow::bail!("no scenario files given");
+    }
+    if let Some(context) = &cli.kube_context {
+        let map: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(&cli.config_map)
+                .with_context(|| format!("reading {}", cli.config_map.display()))?,
+        )?;
+        let base_config = map["data"]["config.yaml"]
+            .as_str()
+            .context("the ConfigMap has no data.config.yaml")?
+            .to_string();
+        let opts = cluster::Options {
+            context: context.clone(),
+            probe_timeout: Duration::from_secs_f64(cli.probe_timeout),
+            parallel: cli.parallel.min(16),
+            settle: Duration::from_secs_f64(cli.settle),
+            base_config,
+        };
+        return report(&cli.files, |f| cluster::run_file(f, &opts), || {});
+    }
     ctrlc::set_handler(|| {
         eprintln!("interrupted: cleaning up");
         topology::cleanup_all();
         std::process::exit(130);
     })?;
-    if cli.files.is_empty() {
-        anyhow::bail!("no scenario files given");
-    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         anyhow::bail!("scenarios need root (network namespaces, eBPF); run as root");
@@ -89,10 +119,24 @@ fn main() -> anyhow::Result<()> {
         show_matrices: cli.show,
         ready_timeout: Duration::from_secs(20),
     };
+    report(
+        &cli.files,
+        |f| runner::run_file(f, &opts),
+        topology::cleanup_all,
+    )
+}
+
+/// Runs each file, prints PASS/FAIL with the report, and ends with the
+/// `N passed, M failed` line; exits 1 when any failed.
+fn report(
+    files: &[PathBuf],
+    run: impl Fn(&std::path::Path) -> runner::Outcome,
+    cleanup: impl Fn(),
+) -> anyhow::Result<()> {
     let (mut passed, mut failed) = (0, 0);
-    for f in &cli.files {
+    for f in files {
         let t0 = std::time::Instant::now();
-        let out = runner::run_file(f, &opts);
+        let out = run(f);
         if out.passed {
             passed += 1;
             println!(
@@ -111,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    topology::cleanup_all();
+    cleanup();
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         std::process::exit(1);

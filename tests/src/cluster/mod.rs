@@ -1,0 +1,485 @@
+//! Scenario files against a real cluster (`cargo xtask kind e2e`): the
+//! namespaces, pods and policies go through the API server, probes run with
+//! `kubectl exec` (agnhost connect, as in the upstream tests), the agent is
+//! the deployed DaemonSet. Needs kubectl and a cluster; the pure half is
+//! [`manifests`], tested everywhere.
+//!
+//! Differences from the local harness, by necessity: externals are not
+//! probed (a cluster has no hosts at the scenario's addresses), and the
+//! `node` source is a hostNetwork prober on the destination pod's node.
+//! Enforcement after an API change is eventually consistent, so a check
+//! re-probes the cells that disagree until `settle` has passed.
+
+pub mod manifests;
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::IpAddr,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use manifests::{
+    NAMESPACE_NAME_LABEL, PROBER_NAMESPACE, Placed, RUN_LABEL, agent_config, label_args,
+    node_prober, pairs, probe_command, prober_name,
+};
+use serde_json::Value;
+
+use crate::{
+    matrix::{self, Name, Table},
+    probe::Proto,
+    runner::Outcome,
+    scenario::{Expect, Labels, PodSpec, Scenario, Step, Verdict, default_ports, expand_policy},
+};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// kubectl context of the cluster.
+    pub context: String,
+    pub probe_timeout: Duration,
+    pub parallel: usize,
+    /// How long a check may wait for enforcement to catch up with a change.
+    pub settle: Duration,
+    /// The agent's base config (deploy/base's ConfigMap `config.yaml`).
+    pub base_config: String,
+}
+
+struct Run<'a> {
+    opts: &'a Options,
+    scenario: &'a Scenario,
+    id: String,
+    /// Namespaces this run created (deleted at the end); others are left.
+    created: Vec<String>,
+    ns_labels: BTreeMap<String, Labels>,
+    pod_labels: BTreeMap<Name, Labels>,
+    placed: BTreeMap<Name, Placed>,
+    report: String,
+    checks: usize,
+}
+
+pub fn run_file(path: &Path, opts: &Options) -> Outcome {
+    let fail = |name: String, report: String| Outcome {
+        name,
+        passed: false,
+        checks: 0,
+        report,
+    };
+    let scenario = match Scenario::load(path) {
+        Ok(s) => s,
+        Err(e) => return fail(path.display().to_string(), format!("{e:#}")),
+    };
+    let unsupported = scenario.unsupported_kinds();
+    if !unsupported.is_empty() {
+        return fail(
+            scenario.name,
+            format!(
+                "cannot run: Palisade does not enforce {} yet",
+                unsupported.join(", ")
+            ),
+        );
+    }
+    let mut run = Run {
+        opts,
+        scenario: &scenario,
+        id: format!("{}-{}", scenario.name, std::process::id()),
+        created: Vec::new(),
+        ns_labels: BTreeMap::new(),
+        pod_labels: BTreeMap::new(),
+        placed: BTreeMap::new(),
+        report: String::new(),
+        checks: 0,
+    };
+    let result = run.all();
+    let cleanup = run.cleanup();
+    match (result, cleanup) {
+        (Ok(passed), Ok(())) => Outcome {
+            name: scenario.name.clone(),
+            passed,
+            checks: run.checks,
+            report: run.report,
+        },
+        (Err(e), _) | (Ok(_), Err(e)) => fail(scenario.name.clone(), format!("error: {e:#}")),
+    }
+}
+
+impl Run<'_> {
+    fn kubectl(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.args(["--context", &self.opts.context]);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .kubectl()
+            .args(args)
+            .output()
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn apply(&self, objects: &[Value]) -> anyhow::Result<()> {
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("running kubectl apply")?;
+        {
+            let mut stdin = child.stdin.take().context("kubectl stdin")?;
+            for o in objects {
+                writeln!(stdin, "---\n{}", serde_json::to_string(o)?)?;
+            }
+        }
+        if !child.wait()?.success() {
+            bail!("kubectl apply failed");
+        }
+        Ok(())
+    }
+
+    fn all(&mut self) -> anyhow::Result<bool> {
+        let existing: Vec<String> = self
+            .run(&["get", "namespaces", "-o", "name"])?
+            .lines()
+            .map(|l| l.trim_start_matches("namespace/").to_string())
+            .collect();
+        self.configure_agent()?;
+        let mut namespaces = Vec::new();
+        for ns in &self.scenario.namespaces {
+            if !existing.contains(&ns.name) {
+                self.created.push(ns.name.clone());
+            }
+            self.ns_labels.insert(ns.name.clone(), ns.labels.clone());
+            namespaces.push(manifests::namespace(&ns.name, &ns.labels, &self.id));
+        }
+        if !existing.iter().any(|n| n == PROBER_NAMESPACE) {
+            self.created.push(PROBER_NAMESPACE.into());
+            namespaces.push(manifests::namespace(
+                PROBER_NAMESPACE,
+                &Labels::new(),
+                &self.id,
+            ));
+        }
+        self.apply(&namespaces)?;
+        let nodes: Vec<String> = self
+            .run(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])?
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let probers: Vec<Value> = nodes.iter().map(|n| node_prober(n, &self.id)).collect();
+        self.apply(&probers)?;
+        self.add_pods(&self.scenario.pods.clone())?;
+        self.apply_policies(&self.scenario.policies.clone())?;
+        let mut ok = self.check("initial", &self.scenario.expect.clone())?;
+        for step in &self.scenario.steps {
+            self.step(step)?;
+            ok &= self.check(&step.name, &step.expect)?;
+        }
+        Ok(ok)
+    }
+
+    /// The scenario's agent settings over the deployed ones; the DaemonSet
+    /// is restarted when they change (the agent reads them at start).
+    fn configure_agent(&self) -> anyhow::Result<()> {
+        let wanted = agent_config(&self.opts.base_config, self.scenario.agent.as_ref())?;
+        let current = self
+            .run(&[
+                "-n",
+                "palisade-system",
+                "get",
+                "configmap",
+                "palisade-config",
+                "-o",
+                "jsonpath={.data.config\\.yaml}",
+            ])
+            .unwrap_or_default();
+        if current == wanted {
+            return Ok(());
+        }
+        self.apply(&[serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "palisade-config", "namespace": "palisade-system"},
+            "data": {"config.yaml": wanted},
+        })])?;
+        self.run(&[
+            "-n",
+            "palisade-system",
+            "rollout",
+            "restart",
+            "daemonset/palisade",
+        ])?;
+        self.run(&[
+            "-n",
+            "palisade-system",
+            "rollout",
+            "status",
+            "daemonset/palisade",
+            "--timeout=180s",
+        ])?;
+        Ok(())
+    }
+
+    fn add_pods(&mut self, pods: &[PodSpec]) -> anyhow::Result<()> {
+        let objects: Vec<Value> = pods
+            .iter()
+            .map(|p| manifests::pod(p, &p.labels, &self.id))
+            .collect();
+        self.apply(&objects)?;
+        for p in pods {
+            self.pod_labels
+                .insert(format!("{}/{}", p.namespace, p.name), p.labels.clone());
+        }
+        self.run(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-A",
+            "-l",
+            &format!("{RUN_LABEL}={}", self.id),
+            "--timeout=180s",
+        ])?;
+        self.discover(pods)
+    }
+
+    /// Where the cluster put the pods, and their addresses.
+    fn discover(&mut self, pods: &[PodSpec]) -> anyhow::Result<()> {
+        let list: Value = serde_json::from_str(&self.run(&[
+            "get",
+            "pods",
+            "-A",
+            "-l",
+            &format!("{RUN_LABEL}={}", self.id),
+            "-o",
+            "json",
+        ])?)?;
+        for p in pods {
+            let item = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|i| {
+                    i["metadata"]["namespace"] == p.namespace.as_str()
+                        && i["metadata"]["name"] == p.name.as_str()
+                })
+                .with_context(|| format!("pod {}/{} not listed", p.namespace, p.name))?;
+            let ips: Vec<IpAddr> = item["status"]["podIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str()?.parse().ok())
+                .collect();
+            self.placed.insert(
+                format!("{}/{}", p.namespace, p.name),
+                Placed {
+                    ips,
+                    node: item["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    ports: p.ports.clone().unwrap_or_else(default_ports),
+                    host_network: p.host_network,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Policies with their placeholders expanded (once per family when a
+    /// dual-stack scenario names a pod address), labelled for cleanup.
+    fn apply_policies(&self, policies: &[serde_yaml::Value]) -> anyhow::Result<()> {
+        let mut objects = Vec::new();
+        for p in policies {
+            let ip = |pod: &str, v6: bool| self.placed.get(pod).and_then(|p| p.addr(v6));
+            for mut obj in expand_policy(p, self.scenario.family, &ip)? {
+                obj["metadata"]["labels"][RUN_LABEL] = Value::String(self.id.clone());
+                objects.push(obj);
+            }
+        }
+        if objects.is_empty() {
+            return Ok(());
+        }
+        self.apply(&objects)
+    }
+
+    fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        let keep = [NAMESPACE_NAME_LABEL, RUN_LABEL];
+        for r in &step.relabel {
+            let (ns, name) = r.pod.split_once('/').context("relabel pod: ns/name")?;
+            let current = self.pod_labels.get(&r.pod).cloned().unwrap_or_default();
+            let mut args = vec!["-n", ns, "label", "--overwrite", "pod", name];
+            let edits = label_args(&current, &r.labels, &keep);
+            args.extend(edits.iter().map(String::as_str));
+            self.run(&args)?;
+            self.pod_labels.insert(r.pod.clone(), r.labels.clone());
+        }
+        for r in &step.relabel_namespace {
+            let current = self
+                .ns_labels
+                .get(&r.namespace)
+                .cloned()
+                .unwrap_or_default();
+            let mut args = vec!["label", "--overwrite", "namespace", r.namespace.as_str()];
+            let edits = label_args(&current, &r.labels, &keep);
+            args.extend(edits.iter().map(String::as_str));
+            self.run(&args)?;
+            self.ns_labels.insert(r.namespace.clone(), r.labels.clone());
+        }
+        self.apply_policies(&step.apply)?;
+        for d in &step.delete {
+            let kind = d.kind.to_lowercase();
+            match &d.namespace {
+                Some(ns) => self.run(&["-n", ns, "delete", &kind, &d.name, "--wait=false"])?,
+                None => self.run(&["delete", &kind, &d.name, "--wait=false"])?,
+            };
+        }
+        if !step.add_pods.is_empty() {
+            self.add_pods(&step.add_pods)?;
+        }
+        for p in &step.delete_pods {
+            let (ns, name) = p.split_once('/').context("deletePods: ns/name")?;
+            self.run(&["-n", ns, "delete", "pod", name, "--wait=true"])?;
+            self.placed.remove(p);
+        }
+        Ok(())
+    }
+
+    /// Probes one (source, destination) pair from inside the source pod
+    /// (or the destination node's prober for `node`).
+    fn probe(&self, from: &str, to: &str, port: u16, proto: Proto, v6: bool) -> bool {
+        let Some(dst) = self.placed.get(to) else {
+            return false;
+        };
+        let Some(addr) = dst.addr(v6) else {
+            return false;
+        };
+        let (ns, pod, container) = if from == "node" {
+            (PROBER_NAMESPACE.to_string(), prober_name(&dst.node), None)
+        } else {
+            let Some((ns, pod)) = from.split_once('/') else {
+                return false;
+            };
+            let first = self
+                .placed
+                .get(from)
+                .and_then(|p| p.ports.first())
+                .map(|p| format!("c-{}-{}", p.port, p.protocol.to_lowercase()));
+            (ns.to_string(), pod.to_string(), first)
+        };
+        let mut cmd = self.kubectl();
+        cmd.args(["-n", &ns, "exec", &pod]);
+        if let Some(c) = &container {
+            cmd.args(["-c", c]);
+        }
+        cmd.arg("--")
+            .args(probe_command(addr, port, proto, self.opts.probe_timeout))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.status().is_ok_and(|s| s.success())
+    }
+
+    fn probe_all(&self, cells: &[(Name, Name)], e: &Expect, v6: bool) -> Vec<bool> {
+        let Ok(proto) = Proto::parse(&e.protocol) else {
+            return vec![false; cells.len()];
+        };
+        let mut out = Vec::with_capacity(cells.len());
+        for chunk in cells.chunks(self.opts.parallel.max(1)) {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|(from, to)| s.spawn(move || self.probe(from, to, e.port, proto, v6)))
+                    .collect();
+                out.extend(handles.into_iter().map(|h| h.join().unwrap_or(false)));
+            });
+        }
+        out
+    }
+
+    fn check(&mut self, label: &str, expects: &[Expect]) -> anyhow::Result<bool> {
+        let families = self.scenario.family.probed();
+        let mut ok = true;
+        for e in expects {
+            for &v6 in &families {
+                let table = self.check_one(label, e, v6);
+                self.checks += 1;
+                if table.mismatches() > 0 {
+                    ok = false;
+                    self.report.push_str(&table.render());
+                }
+            }
+        }
+        Ok(ok)
+    }
+
+    fn check_one(&self, label: &str, e: &Expect, v6: bool) -> Table {
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        let mut table = Table {
+            title: format!(
+                "{} {label}: {}/{} {fam} (cluster)",
+                self.scenario.name, e.port, e.protocol
+            ),
+            ..Default::default()
+        };
+        let cells = pairs(&self.placed, e.port, &e.protocol, v6);
+        let expected: Vec<bool> = cells
+            .iter()
+            .map(|(s, d)| matrix::expected(e, s, d) == Verdict::Allow)
+            .collect();
+        let mut observed = self.probe_all(&cells, e, v6);
+        // Re-probe what disagrees until enforcement has caught up or time is up.
+        let deadline = Instant::now() + self.opts.settle;
+        loop {
+            let wrong: Vec<usize> = (0..cells.len())
+                .filter(|i| observed[*i] != expected[*i])
+                .collect();
+            if wrong.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let again: Vec<(Name, Name)> = wrong.iter().map(|i| cells[*i].clone()).collect();
+            for (i, o) in wrong.into_iter().zip(self.probe_all(&again, e, v6)) {
+                observed[i] = o;
+            }
+        }
+        for (i, (s, d)) in cells.iter().enumerate() {
+            table
+                .cells
+                .insert((s.clone(), d.clone()), (expected[i], observed[i]));
+            if !table.sources.contains(s) {
+                table.sources.push(s.clone());
+            }
+            if !table.dests.contains(d) {
+                table.dests.push(d.clone());
+            }
+        }
+        table
+    }
+
+    /// Deletes what this run made: its namespaces, and its pods and
+    /// policies in namespaces that were there before.
+    fn cleanup(&self) -> anyhow::Result<()> {
+        let selector = format!("{RUN_LABEL}={}", self.id);
+        self.run(&[
+            "delete",
+            "pods,networkpolicies",
+            "-A",
+            "-l",
+            &selector,
+            "--wait=false",
+        ])?;
+        for ns in &self.created {
+            self.run(&["delete", "namespace", ns, "--wait=false"])?;
+        }
+        Ok(())
+    }
+}
