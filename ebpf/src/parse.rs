@@ -1,5 +1,6 @@
 //! Header parsing into a flow tuple. Every read goes through
-//! `bpf_skb_load_bytes` (`TcContext::load`), which bounds-checks for us.
+//! `bpf_skb_load_bytes` (`TcContext::load`), which bounds-checks for us;
+//! each header is loaded whole in one call (helper calls are the cost here).
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
@@ -59,6 +60,46 @@ fn v4_mapped(a: [u8; 4]) -> Addr {
     ]
 }
 
+/// The fixed IPv4 header (options follow; IHL says how many).
+#[repr(C)]
+struct Ipv4Header {
+    ver_ihl: u8,
+    tos: u8,
+    total_len_be: [u8; 2],
+    id_be: [u8; 2],
+    frag_be: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check_be: [u8; 2],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+}
+
+#[repr(C)]
+struct Ipv6Header {
+    ver_class_label: [u8; 4],
+    payload_len_be: [u8; 2],
+    next: u8,
+    hop_limit: u8,
+    saddr: Addr,
+    daddr: Addr,
+}
+
+/// The TCP header up to its flags byte.
+#[repr(C)]
+struct TcpPrefix {
+    sport_be: [u8; 2],
+    dport_be: [u8; 2],
+    seq_be: [u8; 4],
+    ack_be: [u8; 4],
+    offset: u8,
+    flags: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Ipv4Header>() == 20);
+const _: () = assert!(core::mem::size_of::<Ipv6Header>() == 40);
+const _: () = assert!(core::mem::size_of::<TcpPrefix>() == 14);
+
 #[inline(always)]
 fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
     ctx.load::<T>(off).map_err(|_| ())
@@ -80,26 +121,24 @@ pub fn parse(ctx: &TcContext) -> Parsed {
 /// Returns (flow without ports, l4 offset).
 #[inline(always)]
 fn ipv4_header(ctx: &TcContext, off: usize) -> Result<(Flow, usize), ()> {
-    let ver_ihl: u8 = load(ctx, off)?;
-    if ver_ihl >> 4 != 4 {
+    // One helper call for the whole fixed header: a header cut short fails
+    // here, exactly where one of its fields would have.
+    let h: Ipv4Header = load(ctx, off)?;
+    if h.ver_ihl >> 4 != 4 {
         return Err(());
     }
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    let ihl = ((h.ver_ihl & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(());
     }
-    let frag: [u8; 2] = load(ctx, off + 6)?;
-    let frag = u16::from_be_bytes(frag);
-    let proto: u8 = load(ctx, off + 9)?;
-    let saddr: [u8; 4] = load(ctx, off + 12)?;
-    let daddr: [u8; 4] = load(ctx, off + 16)?;
+    let frag = u16::from_be_bytes(h.frag_be);
     Ok((
         Flow {
-            saddr: v4_mapped(saddr),
-            daddr: v4_mapped(daddr),
+            saddr: v4_mapped(h.saddr),
+            daddr: v4_mapped(h.daddr),
             sport: 0,
             dport: 0,
-            proto,
+            proto: h.proto,
             tcp_flags: 0,
             later_fragment: frag & 0x1fff != 0,
             icmp: Icmp::None,
@@ -122,27 +161,24 @@ fn parse_v4(ctx: &TcContext, off: usize) -> Result<Flow, ()> {
 
 #[inline(always)]
 fn ipv6_header(ctx: &TcContext, off: usize) -> Result<(Flow, u8), ()> {
-    let ver: u8 = load(ctx, off)?;
-    if ver >> 4 != 6 {
+    let h: Ipv6Header = load(ctx, off)?;
+    if h.ver_class_label[0] >> 4 != 6 {
         return Err(());
     }
-    let next: u8 = load(ctx, off + 6)?;
-    let saddr: Addr = load(ctx, off + 8)?;
-    let daddr: Addr = load(ctx, off + 24)?;
     Ok((
         Flow {
-            saddr,
-            daddr,
+            saddr: h.saddr,
+            daddr: h.daddr,
             sport: 0,
             dport: 0,
-            proto: next,
+            proto: h.next,
             tcp_flags: 0,
             later_fragment: false,
             icmp: Icmp::None,
             inner_l3: 0,
             ipv6: true,
         },
-        next,
+        h.next,
     ))
 }
 
@@ -195,13 +231,17 @@ fn parse_v6(ctx: &TcContext, off: usize) -> Result<Flow, ()> {
 #[inline(always)]
 fn l4_ports(ctx: &TcContext, flow: &mut Flow, l4: usize) -> Result<(), ()> {
     match flow.proto {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+        // Ports and flags in one helper call (the flags are byte 13).
+        PROTO_TCP => {
+            let h: TcpPrefix = load(ctx, l4)?;
+            flow.sport = u16::from_be_bytes(h.sport_be);
+            flow.dport = u16::from_be_bytes(h.dport_be);
+            flow.tcp_flags = h.flags;
+        }
+        PROTO_UDP | PROTO_SCTP => {
             let ports: [u8; 4] = load(ctx, l4)?;
             flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
             flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
-            if flow.proto == PROTO_TCP {
-                flow.tcp_flags = load(ctx, l4 + 13)?;
-            }
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let hdr: [u8; 8] = load(ctx, l4)?;

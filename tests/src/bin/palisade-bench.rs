@@ -20,8 +20,10 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::programs::{TestRun, TestRunOptions};
 use clap::Parser;
 use palisade_agent::{
+    dataplane::{UnknownEndpoint, paths::Hook},
     index::{Index, Object},
     model::{Model, Node},
     policy::{Compiler, Maps, Profile},
@@ -30,7 +32,7 @@ use palisade_agent::{
 use palisade_tests::{
     agent::{AgentProcess, AgentSpec, agent_bin},
     exec::run,
-    netns,
+    fixtures, netns, packets,
     scenario::Family,
     topology::Cluster,
 };
@@ -45,7 +47,7 @@ struct Cli {
     #[arg(long, default_value = ".")]
     out: PathBuf,
     /// Run one section and print it, without writing the reports.
-    #[arg(long, value_parser = ["engine", "enforce", "datapath"])]
+    #[arg(long, value_parser = ["engine", "enforce", "program", "datapath"])]
     only: Option<String>,
 }
 
@@ -181,6 +183,78 @@ fn engine(quick: bool) -> Value {
     });
     println!("engine: {result}");
     result
+}
+
+// --------------------------------------------------------------- program
+
+/// The tc program's own cost per packet: BPF_PROG_TEST_RUN runs one frame
+/// `repeat` times inside the kernel and reports the mean, which leaves the
+/// rest of the network stack, and most of a shared machine's noise, out.
+/// Paths: a packet of a tracked flow, a reply, and a new flow the policy
+/// denies (never tracked, so every run takes the whole policy path).
+fn program(quick: bool) -> anyhow::Result<Value> {
+    const MODEL: &str = "\
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: p, labels: {pod: client}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: p, labels: {pod: server}}
+spec: {nodeName: n1, containers: [{name: c, image: i}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-out, namespace: p}
+spec:
+  podSelector: {matchLabels: {pod: client}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {pod: server}}}], ports: [{port: 80}]}]
+";
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let (client, server): (std::net::IpAddr, std::net::IpAddr) =
+        ("10.0.0.1".parse()?, "10.0.0.2".parse()?);
+    let (_pins, mut dp, _syncer) =
+        fixtures::load(MODEL, &Profile::default(), UnknownEndpoint::Allow);
+    let repeat = if quick { 200_000 } else { 1_000_000 };
+    let mut cost = |hook: Hook, pkt: &[u8]| -> anyhow::Result<f64> {
+        let prog = dp.classifier(hook)?;
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let r = prog.test_run(TestRunOptions {
+                data_in: Some(pkt),
+                repeat,
+                ..TestRunOptions::new()
+            })?;
+            runs.push(r.duration.as_secs_f64() * 1e9);
+        }
+        Ok(median(runs))
+    };
+    // Open the flow once, then time its packets both ways.
+    cost(
+        Hook::FromPod,
+        &packets::packet(client, server, 6, 40000, 80, SYN),
+    )?;
+    let established = cost(
+        Hook::FromPod,
+        &packets::packet(client, server, 6, 40000, 80, ACK),
+    )?;
+    let reply = cost(
+        Hook::ToPod,
+        &packets::packet(server, client, 6, 80, 40000, SYN | ACK),
+    )?;
+    let denied = cost(
+        Hook::FromPod,
+        &packets::packet(client, server, 6, 40001, 81, SYN),
+    )?;
+    let r = json!({"repeat": repeat, "established_ns": established, "reply_ns": reply, "denied_new_ns": denied});
+    println!("program: {r}");
+    Ok(r)
 }
 
 // -------------------------------------------------------------- datapath
@@ -505,13 +579,15 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some("enforce") => return enforce(cli.quick).map(drop),
+        Some("program") => return program(cli.quick).map(drop),
         Some("datapath") => return datapath(cli.quick).map(drop),
         _ => {}
     }
     let engine = engine(cli.quick);
     let enforce = enforce(cli.quick)?;
+    let program = program(cli.quick)?;
     let datapath = datapath(cli.quick)?;
-    let report = json!({"started": started, "kernel": kernel, "cpus": cpus, "quick": cli.quick, "engine": engine, "enforce": enforce, "datapath": datapath});
+    let report = json!({"started": started, "kernel": kernel, "cpus": cpus, "quick": cli.quick, "engine": engine, "enforce": enforce, "program": program, "datapath": datapath});
     std::fs::write(
         cli.out.join("bench.json"),
         serde_json::to_string_pretty(&report)?,
@@ -584,6 +660,14 @@ fn markdown(r: &Value) -> String {
         e["rss_mib"].as_f64().unwrap_or(0.0),
         e["map_entries"],
         e["kernel_map_bytes_estimate"].as_f64().unwrap_or(0.0) / 1024.0
+    ));
+    let p = &r["program"];
+    s.push_str(&format!(
+        "\n## Program cost per packet (BPF_PROG_TEST_RUN, kernel mean over {} runs)\n\n- packet of a tracked flow: {:.0} ns\n- reply of a tracked flow: {:.0} ns\n- new flow denied by policy (full lookup path, deny event): {:.0} ns\n",
+        p["repeat"],
+        p["established_ns"].as_f64().unwrap_or(0.0),
+        p["reply_ns"].as_f64().unwrap_or(0.0),
+        p["denied_new_ns"].as_f64().unwrap_or(0.0)
     ));
     let t = &r["enforce"];
     s.push_str(&format!(
