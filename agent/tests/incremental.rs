@@ -142,3 +142,26 @@ fn each_edit_costs_what_it_touches() {
     let cidr = step(&mut compiler, &index);
     assert_eq!(cidr.pods_signed, PODS, "{cidr:?}");
 }
+
+/// A pod whose address another pod took (and later gave back) must not
+/// come back with the identity it had before: that id was released while
+/// it was out, and a pod signed meanwhile with the same signature got a
+/// new one. Both must share one identity, as a fresh compile gives them.
+#[test]
+fn an_address_taken_and_given_back_keeps_identities_shared() {
+    let mut compiler = Compiler::default();
+    let mut index = Index::default();
+    let a = pod("x", "a", "app: web", "10.1.0.1");
+    let b = |ip: &str| pod("x", "b", "app: db", ip);
+    apply(&mut index, &format!("{}{a}{}", ns("x", ""), b("10.1.0.9")));
+    step(&mut compiler, &index);
+    // b takes a's address (b wins: later in pod order): a's identity goes.
+    apply(&mut index, &b("10.1.0.1"));
+    step(&mut compiler, &index);
+    // c, like a, appears; b gives the address back to a.
+    apply(
+        &mut index,
+        &format!("{}{}", pod("x", "c", "app: web", "10.1.0.3"), b("10.1.0.9")),
+    );
+    step(&mut compiler, &index);
+}

@@ -209,6 +209,8 @@ struct Slot {
     sig: Arc<Signature>,
     id: Option<u32>,
     flags: u32,
+    /// For a pod's address: (index of its memo, index of the address).
+    owner: Option<(usize, usize)>,
 }
 
 impl IdentityLayer {
@@ -245,6 +247,7 @@ impl IdentityLayer {
             }),
             id: None,
             flags,
+            owner: None,
         };
         for b in blocks.iter() {
             slots.push(other(Kind::Cidr, *b, 0));
@@ -280,12 +283,13 @@ impl IdentityLayer {
                     (key.clone(), PodMemo::new(pod, node, blocks))
                 }
             };
-            for (net, sig, id) in &memo.1.addrs {
+            for (ai, (net, sig, id)) in memo.1.addrs.iter().enumerate() {
                 slots.push(Slot {
                     net: *net,
                     sig: sig.clone(),
                     id: *id,
                     flags: 0,
+                    owner: Some((memos.len(), ai)),
                 });
             }
             memos.push(memo);
@@ -305,7 +309,14 @@ impl IdentityLayer {
         let mut winners: Vec<Slot> = Vec::with_capacity(slots.len());
         for slot in slots {
             match winners.last_mut() {
-                Some(last) if last.net == slot.net => *last = slot,
+                Some(last) if last.net == slot.net => {
+                    // The losing pod's id is not kept in use below and will
+                    // be released: its memo must not bring it back later.
+                    if let Some((m, a)) = last.owner {
+                        memos[m].1.addrs[a].2 = None;
+                    }
+                    *last = slot;
+                }
                 _ => winners.push(slot),
             }
         }
