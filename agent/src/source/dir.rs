@@ -1,8 +1,9 @@
 //! Standalone mode: a directory of YAML files is the cluster.
 //!
 //! The directory is scanned (file names, sizes and modification times);
-//! changed files are read and parsed again, and the whole set is handed
-//! over as a relist. A scan runs as soon as inotify reports a finished
+//! changed files are read and parsed again, and what changed in them is
+//! handed over as applies and deletes (the first delivery, and the first
+//! after an error, as a relist). A scan runs as soon as inotify reports a finished
 //! change ([`super::wake`]) and at every poll interval besides: polling
 //! needs no inotify limits and behaves the same on every filesystem,
 //! including ConfigMap volumes' symlink swaps.
@@ -320,16 +321,19 @@ pub async fn run(
                     .map(SourceEvent::Rejected)
                     .collect();
                 if std::mem::take(&mut relist) {
-                    let snapshot = source.snapshot();
-                    for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
-                        let objects = snapshot
-                            .objects
-                            .iter()
-                            .filter(|o| o.key().kind == kind)
-                            .cloned()
-                            .collect();
-                        batch.push(SourceEvent::Reset { kind, objects });
+                    // Every kind gets its relist, even an empty one.
+                    let mut by_kind: BTreeMap<Kind, Vec<Object>> =
+                        [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy]
+                            .map(|k| (k, Vec::new()))
+                            .into();
+                    for o in source.snapshot().objects {
+                        by_kind.entry(o.key().kind).or_default().push(o);
                     }
+                    batch.extend(
+                        by_kind
+                            .into_iter()
+                            .map(|(kind, objects)| SourceEvent::Reset { kind, objects }),
+                    );
                 } else {
                     batch.extend(update.deleted.into_iter().map(SourceEvent::Delete));
                     batch.extend(update.applied.into_iter().map(SourceEvent::Apply));

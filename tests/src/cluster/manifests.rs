@@ -29,7 +29,8 @@ pub fn namespace(name: &str, labels: &Labels, run: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
-fn container_name(p: &PortSpec) -> String {
+/// The container serving one port (probes exec into a pod's first one).
+pub fn container_name(p: &PortSpec) -> String {
     format!("c-{}-{}", p.port, p.protocol.to_lowercase())
 }
 
@@ -131,7 +132,6 @@ pub struct Placed {
     pub ips: Vec<IpAddr>,
     pub node: String,
     pub ports: Vec<PortSpec>,
-    pub host_network: bool,
 }
 
 impl Placed {
@@ -289,7 +289,6 @@ mod tests {
             ips: vec![ip.parse().expect("ip")],
             node: "n".into(),
             ports,
-            host_network: false,
         };
         let udp_only = vec![PortSpec {
             port: 53,

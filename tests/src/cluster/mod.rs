@@ -23,8 +23,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use manifests::{
-    NAMESPACE_NAME_LABEL, PROBER_NAMESPACE, Placed, RUN_LABEL, agent_config, label_args,
-    node_prober, pairs, probe_command, prober_name,
+    NAMESPACE_NAME_LABEL, PROBER_NAMESPACE, Placed, RUN_LABEL, agent_config, container_name,
+    label_args, node_prober, pairs, probe_command, prober_name,
 };
 use serde_json::Value;
 
@@ -181,10 +181,10 @@ impl Run<'_> {
         self.apply(&probers)?;
         self.add_pods(&self.scenario.pods.clone())?;
         self.apply_policies(&self.scenario.policies.clone())?;
-        let mut ok = self.check("initial", &self.scenario.expect.clone())?;
+        let mut ok = self.check("initial", &self.scenario.expect.clone());
         for step in &self.scenario.steps {
             self.step(step)?;
-            ok &= self.check(&step.name, &step.expect)?;
+            ok &= self.check(&step.name, &step.expect);
         }
         Ok(ok)
     }
@@ -288,7 +288,6 @@ impl Run<'_> {
                         .unwrap_or_default()
                         .to_string(),
                     ports: p.ports.clone().unwrap_or_else(default_ports),
-                    host_network: p.host_network,
                 },
             );
         }
@@ -373,7 +372,7 @@ impl Run<'_> {
                 .placed
                 .get(from)
                 .and_then(|p| p.ports.first())
-                .map(|p| format!("c-{}-{}", p.port, p.protocol.to_lowercase()));
+                .map(container_name);
             (ns.to_string(), pod.to_string(), first)
         };
         let mut cmd = self.kubectl();
@@ -405,7 +404,7 @@ impl Run<'_> {
         out
     }
 
-    fn check(&mut self, label: &str, expects: &[Expect]) -> anyhow::Result<bool> {
+    fn check(&mut self, label: &str, expects: &[Expect]) -> bool {
         let families = self.scenario.family.probed();
         let mut ok = true;
         for e in expects {
@@ -418,7 +417,7 @@ impl Run<'_> {
                 }
             }
         }
-        Ok(ok)
+        ok
     }
 
     fn check_one(&self, label: &str, e: &Expect, v6: bool) -> Table {
