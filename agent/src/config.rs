@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::policy::Profile;
 
 /// The config file. Every field has a default; unknown fields are errors.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(flatten)]
@@ -17,6 +17,21 @@ pub struct FileConfig {
     /// Traffic of addresses on attached veths that are not known pods:
     /// `deny` (default: a new pod is enforced before it can send) or `allow`.
     pub unknown_pod_traffic: crate::dataplane::UnknownEndpoint,
+    /// A policy change that denies an established flow cuts it (within a
+    /// second, with a deny record `revoked`); `false` lets established
+    /// flows run until they end.
+    pub revoke_on_policy_change: bool,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            profile: Profile::default(),
+            interface_prefixes: Vec::new(),
+            unknown_pod_traffic: crate::dataplane::UnknownEndpoint::default(),
+            revoke_on_policy_change: true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +91,7 @@ mod tests {
             "metadata block is on by default"
         );
         assert!(cfg.profile.default_deny_exempt.contains("kube-system"));
+        assert!(cfg.revoke_on_policy_change, "revocation is on by default");
         assert!(serde_yaml::from_str::<FileConfig>("defaultDenny: true\n").is_err());
     }
 }

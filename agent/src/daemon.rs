@@ -9,14 +9,18 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, MapData, RingBuf};
-use palisade_common::{CtKey, CtValue, DenyEvent, PROTO_TCP, PROTO_UDP, ct_flags};
+use aya::maps::{MapData, RingBuf};
+use palisade_common::DenyEvent;
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, info_span, warn};
 
 use crate::{
     api::{self, Shared},
-    dataplane::{Datapath, PinPaths, cgroups, counters, interfaces},
+    dataplane::{
+        Datapath, PinPaths, cgroups,
+        conntrack::{self, PinnedMaps, Sweep},
+        counters, interfaces,
+    },
     flows::{
         self,
         file::RotatingFile,
@@ -24,7 +28,7 @@ use crate::{
     },
     index::{Index, Kind},
     metrics::MapLabels,
-    model::Node,
+    model::{Node, ObjectRef},
     policy::{DesiredState, Profile, state::HostNetworkBlock},
     source::{self, Batch, SourceEvent, dir::DirSource},
     status::Status,
@@ -61,6 +65,8 @@ pub struct Options {
     pub on_exit: OnExit,
     /// The local HTTP endpoint (metrics, health, flows); `None`: off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Cut established flows that a policy change denies (with a deny record).
+    pub revoke_on_policy_change: bool,
 }
 
 /// An error with its causes, for one log field.
@@ -73,45 +79,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the struct we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// How long a tracked flow may stay idle before it is forgotten.
-pub fn ct_timeout(key: &CtKey, v: &CtValue) -> Duration {
-    let closing = v.flags & ct_flags::RST != 0
-        || (v.flags & ct_flags::FIN_FORWARD != 0 && v.flags & ct_flags::FIN_REPLY != 0);
-    match key.proto {
-        PROTO_TCP if closing => Duration::from_secs(10),
-        PROTO_TCP if v.flags & ct_flags::SEEN_REPLY != 0 => Duration::from_secs(6 * 3600),
-        PROTO_TCP => Duration::from_secs(60),
-        PROTO_UDP if v.flags & ct_flags::SEEN_REPLY != 0 => Duration::from_secs(180),
-        _ => Duration::from_secs(30),
-    }
-}
-
-fn gc_conntrack(ct: &mut HashMap<MapData, CtKey, CtValue>) -> usize {
-    let now = monotonic_ns();
-    let expired: Vec<CtKey> = ct
-        .iter()
-        .flatten()
-        .filter(|(k, v)| {
-            Duration::from_nanos(now.saturating_sub(v.last_seen_ns)) > ct_timeout(k, v)
-        })
-        .map(|(k, _)| k)
-        .collect();
-    for k in &expired {
-        let _ = ct.remove(k);
-    }
-    expired.len()
 }
 
 fn emit(records: Vec<Record>, format: LogFormat, shared: &Shared, file: &mut Option<RotatingFile>) {
@@ -240,6 +207,40 @@ pub fn apply_batch(
     }
 }
 
+/// Every pod address with the pod (and its uid) that holds it.
+fn address_owners(model: &crate::model::Model) -> BTreeMap<IpAddr, (ObjectRef, String)> {
+    model
+        .pods
+        .values()
+        .filter(|p| !p.host_network)
+        .flat_map(|p| p.ips.iter().map(move |ip| (*ip, (p.key(), p.uid.clone()))))
+        .collect()
+}
+
+/// Addresses whose holder differs between two snapshots (including ones
+/// that appeared or vanished).
+fn changed_owners<'a>(
+    old: &'a BTreeMap<IpAddr, (ObjectRef, String)>,
+    new: &'a BTreeMap<IpAddr, (ObjectRef, String)>,
+) -> impl Iterator<Item = IpAddr> + 'a {
+    let gone = old
+        .iter()
+        .filter(|(ip, o)| new.get(ip) != Some(o))
+        .map(|(ip, _)| *ip);
+    let came = new.keys().filter(|ip| !old.contains_key(ip)).copied();
+    gone.chain(came)
+}
+
+/// Addresses of this node's pods that a veth carries.
+fn local_pod_ips(model: &crate::model::Model, node: &str) -> BTreeSet<IpAddr> {
+    model
+        .pods
+        .values()
+        .filter(|p| p.node == node && !p.host_network)
+        .flat_map(|p| p.ips.iter().copied())
+        .collect()
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let span = info_span!("agent", node = %opts.node_name);
     let _enter = span.enter();
@@ -264,7 +265,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // the fd cannot be closed while registered.
     let mut events =
         unsafe { AsyncFd::register(dp.take_events()?) }.context("polling the event ring")?;
-    let mut conntrack = dp.take_conntrack()?;
+    let (sweep_tx, sweep_rx) = std::sync::mpsc::channel::<Sweep>();
+    let (revoked_tx, mut revoked_rx) = tokio::sync::mpsc::channel::<DenyEvent>(4096);
+    {
+        let ct = dp.take_conntrack()?;
+        let view = PinnedMaps::open(dp.pins()).context("opening the pinned maps")?;
+        std::thread::Builder::new()
+            .name("conntrack".into())
+            .spawn(move || conntrack::run(ct, view, sweep_rx, revoked_tx))
+            .context("starting the conntrack thread")?;
+    }
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
 
@@ -284,7 +294,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut node = Node {
         name: opts.node_name.clone(),
         addresses: opts.node_addresses.clone(),
+        interfaces: BTreeMap::new(),
     };
+    // Who holds each pod address, to notice an address changing hands.
+    let mut owners = address_owners(index.model());
+    let mut reassigned: BTreeSet<IpAddr> = BTreeSet::new();
     let mut digest = String::new();
     let mut ready = false;
     let mut dirty = true;
@@ -306,7 +320,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut blocked_cgroups: BTreeMap<HostNetworkBlock, (PathBuf, u64)> = BTreeMap::new();
 
     let mut tick = tokio::time::interval(opts.poll);
-    let mut gc = tokio::time::interval(Duration::from_secs(10));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupted = false;
     let mut stale_removed = false;
@@ -314,9 +327,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = gc.tick() => {
-                let n = gc_conntrack(&mut conntrack);
-                if n > 0 { info!(expired = n, "conntrack gc"); }
+            Some(ev) = revoked_rx.recv() => {
+                deny_log.observe(flows::attribute(&ev, syncer.state(), &pods), SystemTime::now());
                 continue;
             }
             guard = events.readable_mut() => {
@@ -342,6 +354,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     apply_batch(&mut index, &mut listed, &mut digest, more);
                 }
                 pods = flows::pods_by_ip(index.model());
+                let now_owners = address_owners(index.model());
+                reassigned.extend(changed_owners(&owners, &now_owners));
+                owners = now_owners;
                 dirty = true;
             }
             _ = tokio::signal::ctrl_c() => { interrupted = true; }
@@ -379,6 +394,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
 
+        // Which veth each local pod address is routed to (its binding).
+        let local_ips = local_pod_ips(index.model(), &node.name);
+        match interfaces::host_routes(&handle, &local_ips).await {
+            Ok(bound) if bound != node.interfaces => {
+                node.interfaces = bound;
+                dirty = true;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "listing routes"),
+        }
+
         if dirty && listed.len() == KINDS.len() {
             let report = syncer.sync(index.model(), &node, &opts.profile);
             info!(
@@ -392,6 +418,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             );
             dirty = report.failed > 0;
             last_sync_ops = report.ops;
+            if report.ops > 0 || !reassigned.is_empty() {
+                let _ = sweep_tx.send(Sweep {
+                    revoke: opts.revoke_on_policy_change,
+                    reassigned: std::mem::take(&mut reassigned),
+                });
+            }
             ready = true;
             shared.metrics.sync_errors.inc_by(report.failed as u64);
             shared.metrics.revision.set(report.revision as i64);
@@ -405,7 +437,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
         // Interfaces: attach to new veths before reporting ready for them.
         match interfaces::veths(&handle, &opts.interface_prefixes).await {
-            Ok(links) => {
+            Ok(mut links) => {
+                // Without prefixes, only the veths that carry a pod's
+                // address: the node's uplink and other software's veths
+                // are none of ours.
+                if opts.interface_prefixes.is_empty() {
+                    let pod_ifs: BTreeSet<u32> = node.interfaces.values().copied().collect();
+                    links.retain(|l| pod_ifs.contains(&l.index));
+                }
                 let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
                 dp.forget_missing(&present);
                 let mut failed = false;

@@ -144,6 +144,10 @@ struct AgentArgs {
     /// Where pod cgroups are looked for (default: the cgroup v2 mount).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// Cut established flows that a policy change denies (overrides the
+    /// config's revokeOnPolicyChange).
+    #[arg(long)]
+    revoke_on_policy_change: Option<bool>,
     /// How often the source and interfaces are checked, in milliseconds.
     #[arg(long, default_value = "200")]
     poll_ms: u64,
@@ -219,6 +223,9 @@ async fn main() -> anyhow::Result<()> {
                 deny_log_file: a.deny_log_file,
                 on_exit: a.on_exit,
                 deny_log_file_max_bytes: a.deny_log_file_max_bytes,
+                revoke_on_policy_change: a
+                    .revoke_on_policy_change
+                    .unwrap_or(cfg.revoke_on_policy_change),
                 listen: if a.listen == "off" {
                     None
                 } else {
@@ -251,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
             let node = Node {
                 name: node_name,
                 addresses: node_addresses,
+                ..Node::default()
             };
             let state = compile(index.model(), &node, &cfg.profile);
             print!("{}", dump::render(&state));

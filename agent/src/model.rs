@@ -120,12 +120,16 @@ impl Pod {
     }
 }
 
-/// This node: its name (pods are local when `spec.nodeName` equals it) and
-/// its own addresses (traffic from them to local pods is always allowed).
+/// This node: its name (pods are local when `spec.nodeName` equals it), its
+/// own addresses (traffic from them to local pods is always allowed), and
+/// which host-side interface carries each local pod address (learnt from
+/// the node's routes; an address without one is bound to no interface and
+/// cannot send).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     pub name: String,
     pub addresses: Vec<IpAddr>,
+    pub interfaces: BTreeMap<IpAddr, u32>,
 }
 
 /// Everything the compiler reads.

@@ -11,6 +11,9 @@ pub enum Reason {
     Isolated = 1,
     /// Egress to the cloud metadata address, blocked by the profile.
     MetadataBlock = 2,
+    /// An established flow that the current policy no longer allows, cut by
+    /// the agent (never sent by the kernel).
+    Revoked = 3,
 }
 
 impl Reason {
@@ -18,6 +21,7 @@ impl Reason {
         match v {
             1 => Some(Reason::Isolated),
             2 => Some(Reason::MetadataBlock),
+            3 => Some(Reason::Revoked),
             _ => None,
         }
     }

@@ -12,16 +12,10 @@ pub const MAP_CONNTRACK: &str = "PALISADE_CONNTRACK";
 pub const MAP_COUNTERS: &str = "PALISADE_COUNTERS";
 /// Deny events for user space.
 pub const MAP_EVENTS: &str = "PALISADE_EVENTS";
-
-/// Every map, for pinning and for "must exist" checks at load time.
-pub const ALL_MAPS: [&str; 6] = [
-    MAP_ENDPOINTS,
-    MAP_IPCACHE,
-    MAP_POLICY,
-    MAP_CONNTRACK,
-    MAP_COUNTERS,
-    MAP_EVENTS,
-];
+/// Host-side ifindex of a pod's veth -> the endpoint bound to it.
+pub const MAP_IFACES: &str = "PALISADE_IFACES";
+/// Datagrams whose first fragment was allowed: later fragments follow it.
+pub const MAP_FRAGMENTS: &str = "PALISADE_FRAGMENTS";
 
 /// Program names as they appear in the object file.
 pub const PROG_FROM_POD: &str = "palisade_from_pod";
@@ -36,13 +30,15 @@ pub const GLOBAL_UNKNOWN_ENDPOINT_DROP: &str = "UNKNOWN_ENDPOINT_DROP";
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another
 /// version are replaced, never reinterpreted.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_IPCACHE: u32 = 262_144;
 pub const MAX_POLICY: u32 = 1_048_576;
 pub const MAX_CONNTRACK: u32 = 262_144;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+pub const MAX_IFACES: u32 = MAX_ENDPOINTS;
+pub const MAX_FRAGMENTS: u32 = 8192;
 
 /// Reserved identities. Allocated identities start at [`IDENTITY_FIRST`].
 /// In policy keys: any peer.
@@ -66,6 +62,9 @@ pub mod ipcache_flags {
     /// The cloud metadata address: under the metadata block only rules that
     /// name it exactly open it, never rules for any peer.
     pub const METADATA: u32 = 1 << 1;
+    /// A Service frontend (ClusterIP and the like): judged by its backends,
+    /// so only entries for its own identity apply, never rules for any peer.
+    pub const SERVICE: u32 = 1 << 2;
 }
 
 /// Protocol numbers as used in keys; 0 means "any protocol, any port".
@@ -99,6 +98,9 @@ pub mod endpoint_flags {
 pub struct EndpointValue {
     pub id: u32,
     pub flags: u32,
+    /// Host-side veth the endpoint's traffic must use (0: not bound yet,
+    /// which matches no interface, so the endpoint cannot send).
+    pub ifindex: u32,
 }
 
 /// Data part of an ipcache LPM key: the address, prefix length counted over all 128 bits.
@@ -160,7 +162,8 @@ pub mod ct_flags {
     pub const FIN_FORWARD: u32 = 1 << 1;
     pub const FIN_REPLY: u32 = 1 << 2;
     pub const RST: u32 = 1 << 3;
-    /// Adopted mid-stream (opened before enforcement began).
+    /// Adopted mid-stream (opened before enforcement began), judged in the
+    /// direction of the segment that was seen first.
     pub const ADOPTED: u32 = 1 << 4;
 }
 
@@ -173,6 +176,26 @@ pub struct CtValue {
     pub flags: u32,
     /// The rule that allowed the opening packet (see [`PolicyValue::rule`]).
     pub rule: u32,
+    /// The local endpoint that opened (or accepted) the flow: a packet of
+    /// another endpoint never matches it, so an address given to a new pod
+    /// starts with no flows.
+    pub endpoint: u32,
+    /// The peer's identity when the flow was opened; user space re-judges
+    /// flows whose peer's identity changed.
+    pub identity: u32,
+}
+
+/// Key of [`MAP_FRAGMENTS`]: a datagram as the fragment header names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// IPv4 identification (zero-extended) or the IPv6 fragment id.
+    pub id_be: [u8; 4],
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Per-CPU counters, by index into [`MAP_COUNTERS`]. [`Counter::OUTCOMES`]
@@ -191,7 +214,7 @@ pub enum Counter {
     Malformed = 7,
     Fragment = 8,
     NonIp = 9,
-    OtherProto = 10,
+    Spoofed = 10,
     EventLost = 11,
     MetadataBlocked = 12,
     Adopted = 13,
@@ -202,9 +225,11 @@ pub enum Counter {
     AllowedEgress = 18,
     DeniedIngress = 19,
     DeniedEgress = 20,
+    CtStale = 21,
+    FragmentTracked = 22,
 }
 
-pub const COUNTER_COUNT: u32 = 21;
+pub const COUNTER_COUNT: u32 = 23;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -218,7 +243,7 @@ impl Counter {
         Counter::Malformed,
         Counter::Fragment,
         Counter::NonIp,
-        Counter::OtherProto,
+        Counter::Spoofed,
         Counter::EventLost,
         Counter::MetadataBlocked,
         Counter::Adopted,
@@ -229,10 +254,12 @@ impl Counter {
         Counter::AllowedEgress,
         Counter::DeniedIngress,
         Counter::DeniedEgress,
+        Counter::CtStale,
+        Counter::FragmentTracked,
     ];
 
     /// Outcomes: every packet the tc programs see adds exactly one of these.
-    pub const OUTCOMES: [Counter; 10] = [
+    pub const OUTCOMES: [Counter; 11] = [
         Counter::Allowed,
         Counter::Denied,
         Counter::CtHit,
@@ -243,6 +270,7 @@ impl Counter {
         Counter::Adopted,
         Counter::IcmpRelated,
         Counter::IcmpControl,
+        Counter::Spoofed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -257,7 +285,7 @@ impl Counter {
             Counter::Malformed => "malformed",
             Counter::Fragment => "fragment",
             Counter::NonIp => "non_ip",
-            Counter::OtherProto => "other_proto",
+            Counter::Spoofed => "spoofed",
             Counter::EventLost => "event_lost",
             Counter::MetadataBlocked => "metadata_blocked",
             Counter::Adopted => "adopted",
@@ -268,17 +296,20 @@ impl Counter {
             Counter::AllowedEgress => "allowed_egress",
             Counter::DeniedIngress => "denied_ingress",
             Counter::DeniedEgress => "denied_egress",
+            Counter::CtStale => "ct_stale",
+            Counter::FragmentTracked => "fragment_tracked",
         }
     }
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<EndpointValue>() == 8);
+    assert!(core::mem::size_of::<EndpointValue>() == 12);
     assert!(core::mem::size_of::<IpcacheValue>() == 8);
     assert!(core::mem::size_of::<PolicyKeyData>() == 12);
     assert!(core::mem::size_of::<PolicyValue>() == 4);
     assert!(core::mem::size_of::<CtKey>() == 40);
-    assert!(core::mem::size_of::<CtValue>() == 24);
+    assert!(core::mem::size_of::<CtValue>() == 32);
+    assert!(core::mem::size_of::<FragKey>() == 40);
 };
 
 #[cfg(feature = "user")]
@@ -290,5 +321,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::super::DenyEvent {}
 }

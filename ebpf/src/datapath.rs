@@ -1,24 +1,32 @@
 //! The tc programs on a pod's host-side veth.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TcContext,
 };
 use palisade_common::{
     Addr, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DenyEvent, EVENTS_BYTES,
-    EndpointValue, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, MAX_CONNTRACK, MAX_ENDPOINTS,
-    MAX_IPCACHE, MAX_POLICY, POLICY_PREFIX_FULL, PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue,
-    Reason, ct_flags, endpoint_flags, ipcache_flags,
+    EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, MAX_CONNTRACK,
+    MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IFACES, MAX_IPCACHE, MAX_POLICY, POLICY_PREFIX_FULL,
+    PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags, endpoint_flags,
+    ipcache_flags,
 };
 
 use crate::parse::{self, Flow, Icmp, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
+/// Allowed: let the next program in the TCX chain (another tool's) have its
+/// say; with none left the packet continues as usual.
+const PASS: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT;
+
 #[map(name = "PALISADE_ENDPOINTS")]
-static ENDPOINTS: aya_ebpf::maps::HashMap<Addr, EndpointValue> =
-    aya_ebpf::maps::HashMap::pinned(MAX_ENDPOINTS, 0);
+static ENDPOINTS: HashMap<Addr, EndpointValue> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "PALISADE_IFACES")]
+static IFACES: HashMap<u32, u32> = HashMap::pinned(MAX_IFACES, 0);
 
 #[map(name = "PALISADE_IPCACHE")]
 static IPCACHE: LpmTrie<Addr, IpcacheValue> = LpmTrie::pinned(MAX_IPCACHE, 0);
@@ -28,6 +36,9 @@ static POLICY: LpmTrie<PolicyKeyData, PolicyValue> = LpmTrie::pinned(MAX_POLICY,
 
 #[map(name = "PALISADE_CONNTRACK")]
 static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "PALISADE_FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragKey, u32> = LruHashMap::pinned(MAX_FRAGMENTS, 0);
 
 #[map(name = "PALISADE_COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
@@ -67,43 +78,61 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     let flow = match parse::parse(ctx) {
         Parsed::NotIp => {
             count(Counter::NonIp);
-            return TC_ACT_OK;
+            return PASS;
         }
         Parsed::Malformed => {
             count(Counter::Malformed);
-            return TC_ACT_SHOT;
+            return DROP;
         }
         Parsed::Flow(flow) => flow,
     };
     if flow.icmp == Icmp::Control {
         count(Counter::IcmpControl);
-        return TC_ACT_OK;
+        return PASS;
     }
     let (local, remote) = if dir == DIR_EGRESS {
         (&flow.saddr, &flow.daddr)
     } else {
         (&flow.daddr, &flow.saddr)
     };
+    // SAFETY: the context's skb pointer is valid for the program's duration.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is read once and copied.
     let Some(ep) = (unsafe { ENDPOINTS.get(local) }).copied() else {
+        // The veth of a known pod carries only that pod's addresses: anything
+        // else on it is forged (or misrouted) and dropped.
+        // SAFETY: the value is only tested for presence.
+        if unsafe { IFACES.get(ifindex) }.is_some() {
+            count(Counter::Spoofed);
+            return DROP;
+        }
         count(Counter::NotEndpoint);
         // SAFETY: a read of a load-time constant; volatile so it is not folded.
         return if unsafe { core::ptr::read_volatile(&UNKNOWN_ENDPOINT_DROP) } != 0 {
-            TC_ACT_SHOT
+            DROP
         } else {
-            TC_ACT_OK
+            PASS
         };
     };
+    // Each endpoint is bound to its veth: another pod cannot send as it, nor
+    // receive for it.
+    if ep.ifindex != ifindex {
+        count(Counter::Spoofed);
+        return DROP;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
 
-    if track_existing(&flow, dir, now) {
-        return TC_ACT_OK;
+    if flow.later_fragment && follows_allowed_fragment(&flow, dir) {
+        return PASS;
+    }
+    if track_existing(&flow, dir, &ep, now) {
+        return PASS;
     }
     if flow.icmp == Icmp::Error {
         return match parse::inner_flow(ctx, &flow) {
-            Ok(inner) if related(&inner, dir) => {
+            Ok(inner) if related(&flow, &inner, dir, &ep) => {
                 count(Counter::IcmpRelated);
-                TC_ACT_OK
+                PASS
             }
             _ => decide_new(&flow, dir, &ep, remote, now),
         };
@@ -137,19 +166,87 @@ fn reversed(key: &CtKey) -> CtKey {
     }
 }
 
-/// A packet of a known flow, in either direction: refresh it and pass.
 #[inline(always)]
-fn track_existing(flow: &Flow, dir: u8, now: u64) -> bool {
+fn frag_key(flow: &Flow, dir: u8) -> FragKey {
+    FragKey {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        id_be: flow.frag_id.to_be_bytes(),
+        proto: flow.proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
+/// The first fragment of this datagram passed: the rest follow it (they
+/// carry no ports to judge).
+#[inline(always)]
+fn follows_allowed_fragment(flow: &Flow, dir: u8) -> bool {
+    if FRAGMENTS.get_ptr(frag_key(flow, dir)).is_some() {
+        count(Counter::Fragment);
+        count(Counter::FragmentTracked);
+        count(Counter::CtHit);
+        return true;
+    }
+    false
+}
+
+#[inline(always)]
+fn remember_fragment(flow: &Flow, dir: u8, rule: u32) {
+    if flow.first_fragment {
+        let _ = FRAGMENTS.insert(frag_key(flow, dir), rule, 0);
+    }
+}
+
+/// A TCP segment that opens a connection (SYN without ACK).
+#[inline(always)]
+fn opens_connection(flow: &Flow) -> bool {
+    flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn closing(flags: u32) -> bool {
+    flags & ct_flags::RST != 0
+        || (flags & ct_flags::FIN_FORWARD != 0 && flags & ct_flags::FIN_REPLY != 0)
+}
+
+/// A packet of a known flow of this endpoint: refresh it and pass. An entry
+/// of another endpoint (the address changed hands) is discarded. A SYN
+/// matches only a live entry it opened itself: never a reply, an adopted
+/// entry or a closed one, so that it is judged by policy like any new
+/// connection.
+#[inline(always)]
+fn track_existing(flow: &Flow, dir: u8, ep: &EndpointValue, now: u64) -> bool {
+    let syn = opens_connection(flow);
     let key = ct_key(flow, dir);
     if let Some(v) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup; racing updates of these
         // fields only lose a timestamp refresh or a flag, both harmless.
-        unsafe { touch(&mut *v, flow, now, false) };
-        count(Counter::CtHit);
-        return true;
+        let v = unsafe { &mut *v };
+        if v.endpoint != ep.id {
+            let _ = CONNTRACK.remove(key);
+            count(Counter::CtStale);
+        } else if !syn || (v.flags & ct_flags::ADOPTED == 0 && !closing(v.flags)) {
+            touch(v, flow, now, false);
+            remember_fragment(flow, dir, v.rule);
+            count(Counter::CtHit);
+            return true;
+        }
     }
-    if let Some(v) = CONNTRACK.get_ptr_mut(reversed(&key)) {
-        unsafe { touch(&mut *v, flow, now, true) };
+    if syn {
+        return false;
+    }
+    let rkey = reversed(&key);
+    if let Some(v) = CONNTRACK.get_ptr_mut(rkey) {
+        // SAFETY: as above.
+        let v = unsafe { &mut *v };
+        if v.endpoint != ep.id {
+            let _ = CONNTRACK.remove(rkey);
+            count(Counter::CtStale);
+            return false;
+        }
+        touch(v, flow, now, true);
+        remember_fragment(flow, dir, v.rule);
         count(Counter::CtReply);
         return true;
     }
@@ -158,10 +255,7 @@ fn track_existing(flow: &Flow, dir: u8, now: u64) -> bool {
 
 #[inline(always)]
 fn touch(v: &mut CtValue, flow: &Flow, now: u64, reply: bool) {
-    // Refresh at most every ~1s so established traffic rarely writes.
-    if now.wrapping_sub(v.last_seen_ns) > 1_000_000_000 {
-        v.last_seen_ns = now;
-    }
+    let was_closing = closing(v.flags);
     let mut flags = v.flags;
     if reply {
         flags |= ct_flags::SEEN_REPLY;
@@ -180,16 +274,37 @@ fn touch(v: &mut CtValue, flow: &Flow, now: u64, reply: bool) {
     }
     if flags != v.flags {
         v.flags = flags;
+        // A closing flow's short timeout runs from its first closing packet:
+        // later packets (a peer that keeps sending) do not extend it.
+        if !was_closing {
+            v.last_seen_ns = now;
+        }
+    } else if !was_closing && now.wrapping_sub(v.last_seen_ns) > 1_000_000_000 {
+        // Refresh at most every ~1s so established traffic rarely writes.
         v.last_seen_ns = now;
     }
 }
 
-/// An ICMP error whose embedded packet belongs to a tracked flow. The
-/// embedded packet travelled the other way, so it is looked up as sent.
+/// An ICMP error about a tracked flow of this endpoint. The embedded packet
+/// is one the endpoint itself sent (ingress) or received (egress), so its
+/// local address must be the outer packet's: an error naming someone else's
+/// flow is judged as a new packet.
 #[inline(always)]
-fn related(inner: &Flow, dir: u8) -> bool {
+fn related(outer: &Flow, inner: &Flow, dir: u8, ep: &EndpointValue) -> bool {
+    let bound = if dir == DIR_INGRESS {
+        inner.saddr == outer.daddr
+    } else {
+        inner.daddr == outer.saddr
+    };
+    if !bound {
+        return false;
+    }
     let key = ct_key(inner, dir ^ 1);
-    CONNTRACK.get_ptr(key).is_some() || CONNTRACK.get_ptr(reversed(&key)).is_some()
+    let ours = |v: Option<*const CtValue>| {
+        // SAFETY: pointer from a successful lookup, read once.
+        v.is_some_and(|v| unsafe { (*v).endpoint } == ep.id)
+    };
+    ours(CONNTRACK.get_ptr(key)) || ours(CONNTRACK.get_ptr(reversed(&key)))
 }
 
 #[inline(always)]
@@ -275,9 +390,17 @@ fn verdict(
         count(Counter::HostAllowed);
         return Ok(RULE_HOST);
     }
-    rule_for(ep.id, dir, proto, identity, port, ports_known, true).ok_or(Reason::Isolated)
+    // A Service frontend stands for its backends: only the entries user
+    // space computed from them apply, never a rule for any peer.
+    let any_peer = peer.flags & ipcache_flags::SERVICE == 0;
+    rule_for(ep.id, dir, proto, identity, port, ports_known, any_peer).ok_or(Reason::Isolated)
 }
 
+/// A packet no tracked flow accounts for, judged by policy in the direction
+/// it travels. A TCP segment without SYN belongs to a connection opened
+/// before enforcement (agent start, lost conntrack): it is adopted when
+/// policy allows it as it is, never because the reverse direction would be
+/// allowed (which would let a forged segment open what policy closes).
 #[inline(always)]
 fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64) -> i32 {
     let peer = identity_of(remote);
@@ -289,62 +412,51 @@ fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64)
     let port = flow.dport;
     match verdict(ep, dir, flow.proto, &peer, port, ports_known) {
         Ok(rule) => {
-            if !flow.later_fragment {
-                open(flow, dir, rule, now, 0);
+            let mid_stream = flow.proto == PROTO_TCP && flow.tcp_flags & TCP_SYN == 0;
+            if mid_stream {
+                // A reset ends whatever it belonged to: nothing to track.
+                if flow.tcp_flags & TCP_RST == 0 {
+                    open(flow, dir, ep, &peer, rule, now, ct_flags::ADOPTED);
+                }
+                count(Counter::Adopted);
+            } else {
+                if !flow.later_fragment {
+                    open(flow, dir, ep, &peer, rule, now, 0);
+                    remember_fragment(flow, dir, rule);
+                }
+                count(Counter::Allowed);
             }
-            count(Counter::Allowed);
             count(if dir == DIR_INGRESS {
                 Counter::AllowedIngress
             } else {
                 Counter::AllowedEgress
             });
-            TC_ACT_OK
+            PASS
         }
         Err(reason) => {
-            // A TCP segment with no SYN and no tracked flow belongs to a
-            // connection opened before enforcement (agent start, map
-            // replacement). Adopt it when the current policy allows the
-            // connection the other way round, i.e. this is its reply.
-            if flow.proto == PROTO_TCP
-                && flow.tcp_flags & TCP_SYN == 0
-                && flow.tcp_flags & TCP_ACK != 0
-                && reason == Reason::Isolated
-            {
-                let back = dir ^ 1;
-                // Seen the other way round, the server's port is our source port.
-                let back_port = flow.sport;
-                if let Ok(rule) = verdict(ep, back, flow.proto, &peer, back_port, true) {
-                    let rev = Flow {
-                        saddr: flow.daddr,
-                        daddr: flow.saddr,
-                        sport: flow.dport,
-                        dport: flow.sport,
-                        ..*flow
-                    };
-                    open(
-                        &rev,
-                        back,
-                        rule,
-                        now,
-                        ct_flags::ADOPTED | ct_flags::SEEN_REPLY,
-                    );
-                    count(Counter::Adopted);
-                    return TC_ACT_OK;
-                }
-            }
             deny(flow, dir, ep, peer.identity, reason, now);
-            TC_ACT_SHOT
+            DROP
         }
     }
 }
 
 #[inline(always)]
-fn open(flow: &Flow, dir: u8, rule: u32, now: u64, flags: u32) {
+fn open(
+    flow: &Flow,
+    dir: u8,
+    ep: &EndpointValue,
+    peer: &IpcacheValue,
+    rule: u32,
+    now: u64,
+    flags: u32,
+) {
     let value = CtValue {
         last_seen_ns: now,
         created_ns: now,
         flags,
         rule,
+        endpoint: ep.id,
+        identity: peer.identity,
     };
     if CONNTRACK.insert(ct_key(flow, dir), value, 0).is_err() {
         count(Counter::CtFull);

@@ -37,6 +37,12 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// A non-first fragment: no L4 header, ports unknown.
     pub later_fragment: bool,
+    /// The first fragment of a fragmented datagram (more follow).
+    pub first_fragment: bool,
+    /// The datagram's fragment id (IPv4 identification or IPv6 fragment id).
+    pub frag_id: u32,
+    /// TTL or hop limit.
+    pub ttl: u8,
     pub icmp: Icmp,
     /// For ICMP errors: the offset of the embedded IP header.
     pub inner_l3: usize,
@@ -49,9 +55,28 @@ pub enum Icmp {
     Echo,
     /// Destination unreachable, time exceeded, packet too big, parameter problem.
     Error,
-    /// Neighbour discovery and router messages (ICMPv6): always passed.
+    /// Neighbour discovery and multicast listener messages (ICMPv6) that
+    /// cannot leave the link (hop limit 255 or 1, link-local or multicast
+    /// addresses): passed, as the stack needs them.
     Control,
     Other,
+}
+
+/// `::ffff:0:0/96` holds IPv4 in our keys, so an IPv6 packet may not use it:
+/// on the wire it is invalid, and here it would alias an IPv4 address.
+#[inline(always)]
+fn is_v4_mapped(a: &Addr) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
+#[inline(always)]
+fn is_link_local(a: &Addr) -> bool {
+    a[0] == 0xfe && a[1] & 0xc0 == 0x80
+}
+
+#[inline(always)]
+fn is_multicast(a: &Addr) -> bool {
+    a[0] == 0xff
 }
 
 fn v4_mapped(a: [u8; 4]) -> Addr {
@@ -141,6 +166,10 @@ fn ipv4_header(ctx: &TcContext, off: usize) -> Result<(Flow, usize), ()> {
             proto: h.proto,
             tcp_flags: 0,
             later_fragment: frag & 0x1fff != 0,
+            // More fragments (MF) at offset 0.
+            first_fragment: frag & 0x3fff == 0x2000,
+            frag_id: u32::from(u16::from_be_bytes(h.id_be)),
+            ttl: h.ttl,
             icmp: Icmp::None,
             inner_l3: 0,
             ipv6: false,
@@ -162,7 +191,7 @@ fn parse_v4(ctx: &TcContext, off: usize) -> Result<Flow, ()> {
 #[inline(always)]
 fn ipv6_header(ctx: &TcContext, off: usize) -> Result<(Flow, u8), ()> {
     let h: Ipv6Header = load(ctx, off)?;
-    if h.ver_class_label[0] >> 4 != 6 {
+    if h.ver_class_label[0] >> 4 != 6 || is_v4_mapped(&h.saddr) || is_v4_mapped(&h.daddr) {
         return Err(());
     }
     Ok((
@@ -174,6 +203,9 @@ fn ipv6_header(ctx: &TcContext, off: usize) -> Result<(Flow, u8), ()> {
             proto: h.next,
             tcp_flags: 0,
             later_fragment: false,
+            first_fragment: false,
+            frag_id: 0,
+            ttl: h.hop_limit,
             icmp: Icmp::None,
             inner_l3: 0,
             ipv6: true,
@@ -197,15 +229,17 @@ fn parse_v6(ctx: &TcContext, off: usize) -> Result<Flow, ()> {
             }
             // fragment header: fixed 8 octets
             44 => {
-                let hdr: [u8; 4] = load(ctx, l4)?;
+                let hdr: [u8; 8] = load(ctx, l4)?;
                 next = hdr[0];
-                let offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                let frag = u16::from_be_bytes([hdr[2], hdr[3]]);
+                flow.frag_id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                 l4 += 8;
-                if offset != 0 {
+                if frag >> 3 != 0 {
                     flow.proto = next;
                     flow.later_fragment = true;
                     return Ok(flow);
                 }
+                flow.first_fragment = frag & 1 != 0;
             }
             // authentication header: length in 4-octet units, minus 2
             51 => {
@@ -258,7 +292,7 @@ fn l4_ports(ctx: &TcContext, flow: &mut Flow, l4: usize) -> Result<(), ()> {
                     hdr[0] == 128,
                     hdr[0] == 129,
                     matches!(hdr[0], 1..=4),
-                    matches!(hdr[0], 133..=137 | 130..=132 | 143),
+                    link_control(flow, hdr[0]),
                 )
             };
             if request {
@@ -279,6 +313,23 @@ fn l4_ports(ctx: &TcContext, flow: &mut Flow, l4: usize) -> Result<(), ()> {
         _ => {}
     }
     Ok(())
+}
+
+/// Neighbour discovery (RFC 4861: hop limit 255) and multicast listener
+/// messages (RFC 2710/3810: hop limit 1, link-local source), only in the
+/// form the stack accepts, which no router forwards: anything else with
+/// these types is judged like any other packet.
+#[inline(always)]
+fn link_control(flow: &Flow, icmp_type: u8) -> bool {
+    match icmp_type {
+        133..=137 => flow.ttl == 255 && (is_link_local(&flow.daddr) || is_multicast(&flow.daddr)),
+        130..=132 | 143 => {
+            flow.ttl == 1
+                && is_multicast(&flow.daddr)
+                && (is_link_local(&flow.saddr) || flow.saddr == [0; 16])
+        }
+        _ => false,
+    }
 }
 
 /// The flow embedded in an ICMP error: the packet that caused it, as it was sent.

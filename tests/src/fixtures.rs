@@ -58,15 +58,25 @@ pub fn load_sized(
         .expect("load the programs (the verifier must accept them)");
     let model = parse_model(model);
     let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
-    let r = syncer.sync(&model, &node(), profile);
+    let r = syncer.sync(&model, &node(&model), profile);
     (pins, dp, syncer, r.failed)
 }
 
-/// The node the fixtures compile for.
-pub fn node() -> Node {
+/// `BPF_PROG_TEST_RUN` runs a frame on the loopback device.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// The node the fixtures compile for, with every local pod bound to the
+/// interface test runs use.
+pub fn node(model: &palisade_agent::model::Model) -> Node {
     Node {
         name: "n1".into(),
         addresses: vec!["172.31.0.1".parse().expect("ip")],
+        interfaces: model
+            .pods
+            .values()
+            .filter(|p| p.node == "n1" && !p.host_network)
+            .flat_map(|p| p.ips.iter().map(|ip| (*ip, TEST_RUN_IFINDEX)))
+            .collect(),
     }
 }
 

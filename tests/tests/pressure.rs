@@ -16,7 +16,8 @@ use palisade_tests::{
     packets::{self, ACK, SYN, TCP, UDP},
 };
 
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC: allowed, the next TCX program (if any) decides.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 
 fn ip(s: &str) -> IpAddr {
@@ -83,7 +84,7 @@ fn a_full_policy_map_fails_closed_and_recovers() {
             &packets::packet(ip(&format!("10.9.0.{i}")), a, TCP, 40000 + i, 80, SYN),
         )
         .expect("run");
-        allowed += u32::from(v == TC_ACT_OK);
+        allowed += u32::from(v == TC_ACT_UNSPEC);
     }
     assert!(
         allowed > 0 && allowed <= 8,
@@ -101,11 +102,8 @@ fn a_full_policy_map_fails_closed_and_recovers() {
     );
 
     // The model fits again: one sync converges (removals make room first).
-    let r = syncer.sync(
-        &fixtures::parse_model(&model(4)),
-        &fixtures::node(),
-        &Profile::default(),
-    );
+    let fits = fixtures::parse_model(&model(4));
+    let r = syncer.sync(&fits, &fixtures::node(&fits), &Profile::default());
     assert_eq!(r.failed, 0);
     assert_eq!(syncer.mirror(), &syncer.state().maps, "converged");
     for i in 1..=4u16 {
@@ -115,7 +113,7 @@ fn a_full_policy_map_fails_closed_and_recovers() {
             &packets::packet(ip(&format!("10.9.0.{i}")), a, TCP, 42000 + i, 80, SYN),
         )
         .expect("run");
-        assert_eq!(v, TC_ACT_OK, "rule {i} programmed after recovery");
+        assert_eq!(v, TC_ACT_UNSPEC, "rule {i} programmed after recovery");
     }
 }
 
@@ -141,7 +139,7 @@ fn an_overflowing_conntrack_forgets_the_oldest_flows() {
             &packets::packet(b, a, TCP, 50000, 80, SYN)
         )
         .expect("run"),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     assert_eq!(
         fixtures::test_run(
@@ -150,7 +148,7 @@ fn an_overflowing_conntrack_forgets_the_oldest_flows() {
             &packets::packet(b, dns, UDP, 50001, 53, 0)
         )
         .expect("run"),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     // Their replies pass while tracked.
     assert_eq!(
@@ -160,7 +158,7 @@ fn an_overflowing_conntrack_forgets_the_oldest_flows() {
             &packets::packet(dns, b, UDP, 53, 50001, 0)
         )
         .expect("run"),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     // Many newer flows, each answered (used, as the old ones were), push
     // them out of the 64-entry LRU.
@@ -179,7 +177,10 @@ fn an_overflowing_conntrack_forgets_the_oldest_flows() {
         )
         .expect("run");
     }
-    // The TCP flow's next reply segment is adopted from policy (b may open it)...
+    // The forgotten TCP flow's next reply segment is judged the way it
+    // travels: b's ingress is closed, so it is dropped (a reply is never
+    // adopted on the strength of the reverse direction: that is how a forged
+    // ACK would open a closed port)...
     assert_eq!(
         fixtures::test_run(
             &mut dp,
@@ -187,8 +188,19 @@ fn an_overflowing_conntrack_forgets_the_oldest_flows() {
             &packets::packet(a, b, TCP, 80, 50000, ACK)
         )
         .expect("run"),
-        TC_ACT_OK
+        TC_ACT_SHOT
     );
+    // ...until b's own next segment, which its egress allows, is adopted;
+    // then the replies flow again.
+    for (hook, pkt) in [
+        (Hook::FromPod, packets::packet(b, a, TCP, 50000, 80, ACK)),
+        (Hook::ToPod, packets::packet(a, b, TCP, 80, 50000, ACK)),
+    ] {
+        assert_eq!(
+            fixtures::test_run(&mut dp, hook, &pkt).expect("run"),
+            TC_ACT_UNSPEC
+        );
+    }
     // ...while a late DNS answer of a forgotten query is judged by b's
     // closed ingress: dropped (fail closed), never let through unjudged.
     assert_eq!(

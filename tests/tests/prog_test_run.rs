@@ -15,7 +15,8 @@ use palisade_tests::{
     packets::{self, ACK, SYN, TCP, UDP},
 };
 
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC: allowed, the next TCX program (if any) decides.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 
 const MODEL: &str = r#"
@@ -130,7 +131,16 @@ fn kernel_verdicts_match_the_simulation() {
                         (Hook::FromPod, Direction::Egress, src, dst),
                         (Hook::ToPod, Direction::Ingress, dst, src),
                     ] {
-                        let want = sim::judge(&maps, local, remote, dir, proto, port).allows();
+                        let want = sim::judge_at(
+                            &maps,
+                            fixtures::TEST_RUN_IFINDEX,
+                            local,
+                            remote,
+                            dir,
+                            proto,
+                            port,
+                        )
+                        .allows();
                         let flags = if proto == TCP { SYN } else { 0 };
                         let got = run(
                             &mut dp,
@@ -139,7 +149,7 @@ fn kernel_verdicts_match_the_simulation() {
                         );
                         assert_eq!(
                             got,
-                            if want { TC_ACT_OK } else { TC_ACT_SHOT },
+                            if want { TC_ACT_UNSPEC } else { TC_ACT_SHOT },
                             "{s}:{sport} -> {d}:{port} proto {proto} at {hook:?}"
                         );
                         checked += 1;
@@ -162,7 +172,7 @@ fn replies_of_allowed_flows_pass_and_unsolicited_ones_do_not() {
             Hook::ToPod,
             &packets::packet(b, a, TCP, 40000, 80, SYN)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     // a's reply leaves a (a's egress is not isolated anyway) and enters b:
     // b's ingress is not isolated, so look at a's side only: the reply is tracked.
@@ -172,7 +182,7 @@ fn replies_of_allowed_flows_pass_and_unsolicited_ones_do_not() {
             Hook::FromPod,
             &packets::packet(a, b, TCP, 80, 40000, SYN | ACK)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     // c -> a:80 is denied; an unsolicited "reply" from c to a is too.
     assert_eq!(
@@ -199,7 +209,7 @@ fn replies_of_allowed_flows_pass_and_unsolicited_ones_do_not() {
             Hook::ToPod,
             &packets::packet(c, b, TCP, 40003, 22, SYN)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     assert_eq!(
         run(
@@ -207,7 +217,7 @@ fn replies_of_allowed_flows_pass_and_unsolicited_ones_do_not() {
             Hook::FromPod,
             &packets::packet(b, c, TCP, 22, 40003, SYN | ACK)
         ),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         "reply of a tracked flow"
     );
     // UDP: b -> 203.0.113.7:53 allowed, the answer comes back into b.
@@ -218,7 +228,7 @@ fn replies_of_allowed_flows_pass_and_unsolicited_ones_do_not() {
             Hook::FromPod,
             &packets::packet(b, ext, UDP, 5353, 53, 0)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     assert_eq!(
         run(
@@ -226,52 +236,227 @@ fn replies_of_allowed_flows_pass_and_unsolicited_ones_do_not() {
             Hook::ToPod,
             &packets::packet(ext, b, UDP, 53, 5353, 0)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
 }
 
 #[test]
-fn mid_stream_tcp_is_adopted_only_when_policy_allows_it() {
+fn mid_stream_tcp_is_adopted_only_in_the_direction_it_travels() {
     let (_pins, mut dp, _s) = setup(&Profile::default());
-    let (a, b, c) = (ip("10.0.1.10"), ip("10.0.1.11"), ip("10.0.1.12"));
-    // An ACK from b:80 into a with no tracked flow: the reply of a connection
-    // a opened before enforcement. a may connect to b:80, so it is adopted...
+    let (a, b) = (ip("10.0.1.10"), ip("10.0.1.11"));
+    // The forged-ACK attack: a may connect to b:80, but b may not connect
+    // to a:41000. A lone ACK from b:80 into a is not adopted as the reply of
+    // a connection a might have opened: it is judged as what it is...
     assert_eq!(
         run(
             &mut dp,
             Hook::ToPod,
             &packets::packet(b, a, TCP, 80, 41000, ACK)
         ),
-        TC_ACT_OK
+        TC_ACT_SHOT
     );
-    // ...and a's next segments are tracked.
-    assert_eq!(
-        run(
-            &mut dp,
-            Hook::FromPod,
-            &packets::packet(a, b, TCP, 41000, 80, ACK)
-        ),
-        TC_ACT_OK
-    );
-    // An ACK from c:5555 into a: neither c -> a:41001 (ingress) nor
-    // a -> c:5555 (egress) is allowed, so it is no one's reply: dropped.
+    // ...so the SYN that follows from the same port finds no entry to pass as.
     assert_eq!(
         run(
             &mut dp,
             Hook::ToPod,
-            &packets::packet(c, a, TCP, 5555, 41001, ACK)
+            &packets::packet(b, a, TCP, 80, 41000, SYN)
         ),
         TC_ACT_SHOT
     );
-    // A mid-stream segment b -> c:5555 could be the reply of a connection c
-    // opened to b:41002, which b's open ingress allows: adopted.
+    // A connection a opened before enforcement: a's own segment is allowed
+    // in its direction and adopted; b's replies then pass.
     assert_eq!(
         run(
             &mut dp,
             Hook::FromPod,
-            &packets::packet(b, c, TCP, 41002, 5555, ACK)
+            &packets::packet(a, b, TCP, 41001, 80, ACK)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, a, TCP, 80, 41001, ACK)
+        ),
+        TC_ACT_UNSPEC
+    );
+    // A SYN never matches a reply: b cannot open a:41001 on the back of it.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, a, TCP, 80, 41001, SYN)
+        ),
+        TC_ACT_SHOT
+    );
+    // Nor is an adopted entry a shortcut for a SYN: it is judged (and a may).
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(a, b, TCP, 41001, 80, SYN)
+        ),
+        TC_ACT_UNSPEC
+    );
+}
+
+#[test]
+fn spoofed_sources_and_foreign_icmp_errors_are_dropped() {
+    let (_pins, mut dp, _s) = setup(&Profile::default());
+    let (a, b, c) = (ip("10.0.1.10"), ip("10.0.1.11"), ip("10.0.1.12"));
+    // A source that is no endpoint, on a veth bound to one: forged.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(ip("10.0.1.99"), b, TCP, 5000, 80, SYN)
+        ),
+        TC_ACT_SHOT
+    );
+    // b's flow to 203.0.113.7:80 (b may).
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(b, ip("203.0.113.7"), TCP, 43000, 80, SYN)
+        ),
+        TC_ACT_UNSPEC
+    );
+    // An error about it, addressed to b: related.
+    let err_for_b = packets::icmp4_unreachable(
+        [203, 0, 113, 7],
+        [10, 0, 1, 11],
+        [10, 0, 1, 11],
+        [203, 0, 113, 7],
+        TCP,
+        43000,
+        80,
+    );
+    assert_eq!(run(&mut dp, Hook::ToPod, &err_for_b), TC_ACT_UNSPEC);
+    // The same quoted flow in an error addressed to a (isolated, and the
+    // flow is not a's): judged as a new packet, denied.
+    let err_for_a = packets::icmp4_unreachable(
+        [203, 0, 113, 7],
+        [10, 0, 1, 10],
+        [10, 0, 1, 11],
+        [203, 0, 113, 7],
+        TCP,
+        43000,
+        80,
+    );
+    assert_eq!(run(&mut dp, Hook::ToPod, &err_for_a), TC_ACT_SHOT);
+    let _ = (a, c);
+}
+
+#[test]
+fn icmpv6_control_passes_only_in_its_link_local_form() {
+    let (_pins, mut dp, _s) = setup(&Profile::default());
+    let a6: [u8; 16] = "fd00::1:10"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    let b6: [u8; 16] = "fd00::1:11"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    let gw: [u8; 16] = "fe80::1"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    let all_nodes: [u8; 16] = "ff02::1"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    // Neighbour advertisement from the gateway, hop limit 255: passes into a.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::icmp6(gw, all_nodes, 136, 255)
+        ),
+        TC_ACT_UNSPEC
+    );
+    // The same type from b to a's global address with a routed hop limit:
+    // not neighbour discovery, judged like any packet (a is isolated).
+    assert_eq!(
+        run(&mut dp, Hook::ToPod, &packets::icmp6(b6, a6, 135, 64)),
+        TC_ACT_SHOT
+    );
+    // Even with hop limit 255, a global destination is not link control.
+    assert_eq!(
+        run(&mut dp, Hook::ToPod, &packets::icmp6(b6, a6, 136, 255)),
+        TC_ACT_SHOT
+    );
+    // An IPv6 packet with a v4-mapped address would alias IPv4: malformed.
+    let mapped: [u8; 16] = "::ffff:10.0.1.11"
+        .parse::<std::net::Ipv6Addr>()
+        .expect("ip")
+        .octets();
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::ipv6(
+                mapped,
+                a6,
+                TCP,
+                &[],
+                &[
+                    0, 80, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0
+                ]
+            )
+        ),
+        TC_ACT_SHOT
+    );
+}
+
+#[test]
+fn later_fragments_follow_an_allowed_first_fragment() {
+    let (_pins, mut dp, _s) = setup(&Profile::default());
+    // b may reach a on UDP 53 only: the first fragment of a datagram to
+    // a:53 passes, and so do the later fragments of that datagram...
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::first_fragment_udp([10, 0, 1, 11], [10, 0, 1, 10], 777, 5353, 53)
+        ),
+        TC_ACT_UNSPEC
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::later_fragment_id([10, 0, 1, 11], [10, 0, 1, 10], UDP, 777)
+        ),
+        TC_ACT_UNSPEC
+    );
+    // ...but not those of another datagram, nor of a denied one.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::later_fragment_id([10, 0, 1, 11], [10, 0, 1, 10], UDP, 778)
+        ),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::first_fragment_udp([10, 0, 1, 11], [10, 0, 1, 10], 779, 5353, 54)
+        ),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::later_fragment_id([10, 0, 1, 11], [10, 0, 1, 10], UDP, 779)
+        ),
+        TC_ACT_SHOT
     );
 }
 
@@ -299,7 +484,7 @@ fn ipv6_extension_headers_fragments_and_malformed_packets() {
             Hook::ToPod,
             &packets::ipv6(b6, a6, TCP, &[0, 60], &tcp(80))
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     // b -> a:22 likewise: denied (the ports behind the headers were found).
     assert_eq!(
@@ -326,7 +511,7 @@ fn ipv6_extension_headers_fragments_and_malformed_packets() {
             Hook::ToPod,
             &packets::later_fragment([10, 0, 1, 11], [10, 0, 1, 12], TCP)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     // A header shorter than its minimum: dropped.
     assert_eq!(
@@ -346,7 +531,7 @@ fn ipv6_extension_headers_fragments_and_malformed_packets() {
     let mut arp = vec![0xff; 12];
     arp.extend([0x08, 0x06]);
     arp.extend([0u8; 28]);
-    assert_eq!(run(&mut dp, Hook::ToPod, &arp), TC_ACT_OK);
+    assert_eq!(run(&mut dp, Hook::ToPod, &arp), TC_ACT_UNSPEC);
 }
 
 #[test]
@@ -372,7 +557,7 @@ fn metadata_is_blocked_even_for_unisolated_pods() {
             Hook::FromPod,
             &packets::packet(ip("10.0.1.12"), md, TCP, 41000, 80, SYN)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
 }
 
@@ -404,10 +589,10 @@ fn unknown_addresses_on_pod_veths_are_dropped_when_configured() {
             Hook::ToPod,
             &packets::packet(b, ip("10.0.1.10"), TCP, 40002, 80, SYN)
         ),
-        TC_ACT_OK
+        TC_ACT_UNSPEC
     );
     let mut arp = vec![0xff; 12];
     arp.extend([0x08, 0x06]);
     arp.extend([0u8; 28]);
-    assert_eq!(run(&mut dp, Hook::FromPod, &arp), TC_ACT_OK);
+    assert_eq!(run(&mut dp, Hook::FromPod, &arp), TC_ACT_UNSPEC);
 }

@@ -69,3 +69,50 @@ pub async fn local_addresses(
     out.sort();
     Ok(out)
 }
+
+/// The interface each of `ips` is routed to by a host route (`ip/32` or
+/// `ip/128 dev vethX`), which is how point-to-point CNIs (kindnet's ptp,
+/// Calico, Cilium) wire a pod: the pod's veth is the one its address is
+/// routed to. Addresses without such a route are left out.
+pub async fn host_routes(
+    handle: &rtnetlink::Handle,
+    ips: &std::collections::BTreeSet<std::net::IpAddr>,
+) -> Result<std::collections::BTreeMap<std::net::IpAddr, u32>, rtnetlink::Error> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    use rtnetlink::RouteMessageBuilder;
+    let mut out = std::collections::BTreeMap::new();
+    if ips.is_empty() {
+        return Ok(out);
+    }
+    for request in [
+        RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    ] {
+        let mut routes = handle.route().get(request).execute();
+        while let Some(msg) = routes.try_next().await? {
+            let full = match msg.header.address_family {
+                netlink_packet_route::AddressFamily::Inet => 32,
+                _ => 128,
+            };
+            if msg.header.destination_prefix_length != full {
+                continue;
+            }
+            let mut dst = None;
+            let mut oif = None;
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some((*a).into()),
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some((*a).into()),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(dst), Some(oif)) = (dst, oif)
+                && ips.contains(&dst)
+            {
+                out.insert(dst, oif);
+            }
+        }
+    }
+    Ok(out)
+}

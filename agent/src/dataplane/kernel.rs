@@ -18,8 +18,8 @@ use aya::{
 };
 use palisade_common::{
     Addr, EndpointValue, IpcacheValue, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
-    MAP_IPCACHE, MAP_POLICY, PROG_CONNECT4, PROG_CONNECT6, PROG_FROM_POD, PROG_SENDMSG4,
-    PROG_SENDMSG6, PROG_TO_POD, PolicyKeyData, PolicyValue,
+    MAP_IFACES, MAP_IPCACHE, MAP_POLICY, PROG_CONNECT4, PROG_CONNECT6, PROG_FROM_POD,
+    PROG_SENDMSG4, PROG_SENDMSG6, PROG_TO_POD, PolicyKeyData, PolicyValue,
 };
 use tracing::{debug, info, warn};
 
@@ -118,6 +118,7 @@ pub struct MapSizes {
 /// The three policy maps, written by [`MapWriter::apply`].
 pub struct KernelMaps {
     endpoints: HashMap<MapData, Addr, EndpointValue>,
+    ifaces: HashMap<MapData, u32, u32>,
     ipcache: LpmTrie<MapData, Addr, IpcacheValue>,
     policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
 }
@@ -150,6 +151,8 @@ impl MapWriter for KernelMaps {
                     .insert(wire::addr(*k), wire::endpoint_value(v), 0)
             }
             MapOp::DeleteEndpoint(k) => self.endpoints.remove(&wire::addr(*k)),
+            MapOp::UpsertIface(k, v) => self.ifaces.insert(k, v, 0),
+            MapOp::DeleteIface(k) => self.ifaces.remove(k),
         };
         r.map_err(|source| ApplyError {
             op: format!("{op:?}"),
@@ -168,8 +171,12 @@ impl KernelMaps {
                 EndpointEntry {
                     id: v.id,
                     flags: v.flags,
+                    ifindex: v.ifindex,
                 },
             );
+        }
+        for (k, v) in self.ifaces.iter().flatten() {
+            maps.ifaces.insert(k, v);
         }
         for (k, v) in self.ipcache.iter().flatten() {
             if let Some(net) = wire::ipcache_net(&k) {
@@ -291,6 +298,7 @@ impl Datapath {
         }
         let maps = KernelMaps {
             endpoints: take_map(&mut ebpf, MAP_ENDPOINTS, HashMap::try_from)?,
+            ifaces: take_map(&mut ebpf, MAP_IFACES, HashMap::try_from)?,
             ipcache: take_map(&mut ebpf, MAP_IPCACHE, LpmTrie::try_from)?,
             policy: take_map(&mut ebpf, MAP_POLICY, LpmTrie::try_from)?,
         };

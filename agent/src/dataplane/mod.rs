@@ -4,6 +4,7 @@
 
 pub mod bpffs;
 pub mod cgroups;
+pub mod conntrack;
 pub mod counters;
 pub mod interfaces;
 pub mod kernel;

@@ -65,6 +65,7 @@ pub fn endpoint_value(e: &EndpointEntry) -> EndpointValue {
     EndpointValue {
         id: e.id,
         flags: e.flags,
+        ifindex: e.ifindex,
     }
 }
 

@@ -87,6 +87,15 @@ pub fn attribute(
     }
     let (reason, policies) = match Reason::from_u8(ev.reason) {
         Some(Reason::MetadataBlock) => (profile::METADATA_BLOCK.to_string(), Vec::new()),
+        // Cut by the agent: the policies that now isolate the endpoint.
+        Some(Reason::Revoked) => (
+            "revoked".to_string(),
+            state
+                .endpoint_info
+                .get(&ev.endpoint)
+                .map(|i| i.isolated_by(dir).iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+        ),
         _ => {
             let isolated_by: Vec<String> = state
                 .endpoint_info

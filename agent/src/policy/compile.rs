@@ -303,10 +303,18 @@ impl Compiler {
                 }
             }
             for ip in &pod.ips {
-                state
-                    .maps
-                    .endpoints
-                    .insert(*ip, EndpointEntry { id: ep_id, flags });
+                let ifindex = node.interfaces.get(ip).copied().unwrap_or(0);
+                state.maps.endpoints.insert(
+                    *ip,
+                    EndpointEntry {
+                        id: ep_id,
+                        flags,
+                        ifindex,
+                    },
+                );
+                if ifindex != 0 {
+                    state.maps.ifaces.insert(ifindex, ep_id);
+                }
             }
             state.endpoint_info.insert(ep_id, info);
         }

@@ -9,7 +9,32 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use palisade_common::{IDENTITY_ANY, IDENTITY_WORLD, PROTO_ANY, endpoint_flags, ipcache_flags};
 
-use super::state::{Direction, IpcacheEntry, Maps, PolicyKey};
+use super::state::{Direction, EndpointEntry, IpcacheEntry, Maps, PolicyKey};
+
+/// The three lookups the datapath makes, over some copy of its maps: the
+/// in-memory [`Maps`] here, the pinned kernel maps in `dataplane` (so the
+/// agent can re-judge a tracked flow exactly as a packet would be judged).
+pub trait MapView {
+    fn endpoint(&self, local: IpAddr) -> Option<EndpointEntry>;
+    /// Longest-prefix match; an address without an entry is the world.
+    fn ipcache(&self, addr: IpAddr) -> IpcacheEntry;
+    /// The rule of the entry covering `port` for this key, if any.
+    fn policy(&self, ep: u32, dir: Direction, proto: u8, identity: u32, port: u16) -> Option<u32>;
+}
+
+impl MapView for Maps {
+    fn endpoint(&self, local: IpAddr) -> Option<EndpointEntry> {
+        self.endpoints.get(&local).copied()
+    }
+
+    fn ipcache(&self, addr: IpAddr) -> IpcacheEntry {
+        lookup_ipcache(self, addr)
+    }
+
+    fn policy(&self, ep: u32, dir: Direction, proto: u8, identity: u32, port: u16) -> Option<u32> {
+        lookup_policy(self, ep, dir, proto, identity, port)
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -21,11 +46,16 @@ pub enum Verdict {
     Rule(u32),
     DeniedIsolated,
     DeniedMetadata,
+    /// On a pod's veth, an address that is not that pod's.
+    DeniedSpoofed,
 }
 
 impl Verdict {
     pub fn allows(self) -> bool {
-        !matches!(self, Verdict::DeniedIsolated | Verdict::DeniedMetadata)
+        !matches!(
+            self,
+            Verdict::DeniedIsolated | Verdict::DeniedMetadata | Verdict::DeniedSpoofed
+        )
     }
 }
 
@@ -78,7 +108,7 @@ fn lookup_policy(
 }
 
 fn rule_for(
-    maps: &Maps,
+    maps: &impl MapView,
     ep: u32,
     dir: Direction,
     proto: u8,
@@ -86,13 +116,13 @@ fn rule_for(
     port: u16,
     any_peer: bool,
 ) -> Option<u32> {
-    lookup_policy(maps, ep, dir, proto, identity, port)
-        .or_else(|| lookup_policy(maps, ep, dir, PROTO_ANY, identity, 0))
+    maps.policy(ep, dir, proto, identity, port)
+        .or_else(|| maps.policy(ep, dir, PROTO_ANY, identity, 0))
         .or_else(|| {
             any_peer
                 .then(|| {
-                    lookup_policy(maps, ep, dir, proto, IDENTITY_ANY, port)
-                        .or_else(|| lookup_policy(maps, ep, dir, PROTO_ANY, IDENTITY_ANY, 0))
+                    maps.policy(ep, dir, proto, IDENTITY_ANY, port)
+                        .or_else(|| maps.policy(ep, dir, PROTO_ANY, IDENTITY_ANY, 0))
                 })
                 .flatten()
         })
@@ -101,17 +131,17 @@ fn rule_for(
 /// The verdict at `local`'s veth for a new flow with `remote`, where `port`
 /// is the server's port (local on ingress, remote on egress).
 pub fn judge(
-    maps: &Maps,
+    maps: &impl MapView,
     local: IpAddr,
     remote: IpAddr,
     dir: Direction,
     proto: u8,
     port: u16,
 ) -> Verdict {
-    let Some(ep) = maps.endpoints.get(&local) else {
+    let Some(ep) = maps.endpoint(local) else {
         return Verdict::NotLocal;
     };
-    let peer = lookup_ipcache(maps, remote);
+    let peer = maps.ipcache(remote);
     if dir == Direction::Egress
         && peer.flags & ipcache_flags::METADATA != 0
         && ep.flags & endpoint_flags::BLOCK_METADATA != 0
@@ -129,13 +159,39 @@ pub fn judge(
     if dir == Direction::Ingress && peer.flags & ipcache_flags::HOST != 0 {
         return Verdict::Host;
     }
-    rule_for(maps, ep.id, dir, proto, peer.identity, port, true)
+    // A Service frontend is judged by its backends' entries alone.
+    let any_peer = peer.flags & ipcache_flags::SERVICE == 0;
+    rule_for(maps, ep.id, dir, proto, peer.identity, port, any_peer)
         .map_or(Verdict::DeniedIsolated, Verdict::Rule)
+}
+
+/// [`judge`] for a packet seen on interface `ifindex`, with the binding of
+/// endpoints to their veths that the kernel checks first.
+pub fn judge_at(
+    maps: &Maps,
+    ifindex: u32,
+    local: IpAddr,
+    remote: IpAddr,
+    dir: Direction,
+    proto: u8,
+    port: u16,
+) -> Verdict {
+    match maps.endpoints.get(&local) {
+        Some(ep) if ep.ifindex != ifindex => Verdict::DeniedSpoofed,
+        None if maps.ifaces.contains_key(&ifindex) => Verdict::DeniedSpoofed,
+        _ => judge(maps, local, remote, dir, proto, port),
+    }
 }
 
 /// Whether a new connection from `src` to `dst:port` passes both veths
 /// (the client's egress and the server's ingress) on this node.
-pub fn connection_allowed(maps: &Maps, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> bool {
+pub fn connection_allowed(
+    maps: &impl MapView,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    port: u16,
+) -> bool {
     judge(maps, src, dst, Direction::Egress, proto, port).allows()
         && judge(maps, dst, src, Direction::Ingress, proto, port).allows()
 }

@@ -48,6 +48,8 @@ impl fmt::Display for Direction {
 pub struct EndpointEntry {
     pub id: u32,
     pub flags: u32,
+    /// The host-side interface the endpoint is bound to (0: none yet).
+    pub ifindex: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,6 +148,8 @@ pub enum MapOp {
     UpsertPolicy(PolicyKey, u32),
     UpsertIpcache(IpNet, IpcacheEntry),
     UpsertEndpoint(IpAddr, EndpointEntry),
+    UpsertIface(u32, u32),
+    DeleteIface(u32),
     DeleteEndpoint(IpAddr),
     DeleteIpcache(IpNet),
     DeletePolicy(PolicyKey),
@@ -164,6 +168,12 @@ pub fn diff(old: &Maps, new: &Maps) -> Vec<MapOp> {
     });
     upserts(&old.endpoints, &new.endpoints, &mut ops, |k, v| {
         MapOp::UpsertEndpoint(*k, *v)
+    });
+    upserts(&old.ifaces, &new.ifaces, &mut ops, |k, v| {
+        MapOp::UpsertIface(*k, *v)
+    });
+    removals(&old.ifaces, &new.ifaces, &mut ops, |k| {
+        MapOp::DeleteIface(*k)
     });
     removals(&old.endpoints, &new.endpoints, &mut ops, |k| {
         MapOp::DeleteEndpoint(*k)
@@ -214,6 +224,8 @@ pub trait MapWriter {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Maps {
     pub endpoints: BTreeMap<IpAddr, EndpointEntry>,
+    /// Host-side ifindex of a pod veth -> the endpoint id bound to it.
+    pub ifaces: BTreeMap<u32, u32>,
     pub ipcache: BTreeMap<IpNet, IpcacheEntry>,
     pub policy: BTreeMap<PolicyKey, u32>,
 }
@@ -235,6 +247,12 @@ impl MapWriter for Maps {
             MapOp::DeleteEndpoint(k) => {
                 self.endpoints.remove(k);
             }
+            MapOp::UpsertIface(k, v) => {
+                self.ifaces.insert(*k, *v);
+            }
+            MapOp::DeleteIface(k) => {
+                self.ifaces.remove(k);
+            }
             MapOp::DeleteIpcache(k) => {
                 self.ipcache.remove(k);
             }
@@ -248,7 +266,7 @@ impl MapWriter for Maps {
 
 impl Maps {
     pub fn len(&self) -> usize {
-        self.endpoints.len() + self.ipcache.len() + self.policy.len()
+        self.endpoints.len() + self.ifaces.len() + self.ipcache.len() + self.policy.len()
     }
 
     pub fn is_empty(&self) -> bool {

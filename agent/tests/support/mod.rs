@@ -44,6 +44,7 @@ pub fn node() -> Node {
     Node {
         name: NODE.into(),
         addresses: vec!["172.31.0.1".parse().expect("ip")],
+        ..Node::default()
     }
 }
 

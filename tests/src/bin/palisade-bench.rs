@@ -130,6 +130,7 @@ fn engine(quick: bool) -> Value {
     let node = Node {
         name: "bench-node".into(),
         addresses: vec!["172.31.0.1".parse().expect("ip")],
+        ..Node::default()
     };
     let profile = Profile::default();
     let t = Instant::now();
