@@ -10,6 +10,7 @@ pub mod matrix;
 pub mod netns;
 pub mod packets;
 pub mod probe;
+pub mod raw;
 pub mod runner;
 pub mod scenario;
 pub mod topology;

@@ -318,6 +318,13 @@ impl Cluster {
 
     pub fn remove_host(&mut self, name: &str) {
         if let Some(h) = self.hosts.remove(name) {
+            // Deleting the namespace takes its veth away only eventually;
+            // the node side goes now, with its routes.
+            if let Some(i) = &h.ifname {
+                let _ = Command::new("ip")
+                    .args(["-n", &self.node_netns, "link", "del", i])
+                    .output();
+            }
             if let Some(n) = &h.netns {
                 remove(&Created::Netns(n.clone()));
             }

@@ -1,0 +1,395 @@
+//! Hostile pods, live: hand-made packets from a pod's namespace (raw
+//! sockets, as any container may open) against the real agent and datapath
+//! on network namespaces. Each attack is shown blocked and counted; each
+//! section names the bypass it closes (README, "Threat model").
+//! Privileged: root, netns, eBPF.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use palisade_agent::dataplane::{PinPaths, counters};
+use palisade_common::{Counter, MAP_COUNTERS};
+use palisade_tests::{
+    agent::{AgentProcess, AgentSpec, agent_bin},
+    fixtures, netns,
+    raw::{self, Capture},
+    topology::Cluster,
+};
+
+const ACK: u8 = 0x10;
+const SYN: u8 = 0x02;
+const PSH_ACK: u8 = 0x18;
+
+fn ns(name: &str) -> String {
+    format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n")
+}
+
+fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}
+
+/// v and w: ingress closed, egress open. o: egress closed. r: open to a only
+/// (until the step that revokes it). z/v2: open to namespace x only.
+/// f: UDP 53 from a only.
+fn policies(r_open_to_a: bool) -> String {
+    let mut s = String::new();
+    s += &policy(
+        "x",
+        "v-closed",
+        "{podSelector: {matchLabels: {pod: v}}, policyTypes: [Ingress]}",
+    );
+    s += &policy(
+        "x",
+        "w-closed",
+        "{podSelector: {matchLabels: {pod: w}}, policyTypes: [Ingress]}",
+    );
+    s += &policy(
+        "x",
+        "o-closed",
+        "{podSelector: {matchLabels: {pod: o}}, policyTypes: [Egress]}",
+    );
+    let r_from = if r_open_to_a {
+        "[{from: [{podSelector: {matchLabels: {pod: a}}}]}]"
+    } else {
+        "[]"
+    };
+    s += &policy(
+        "x",
+        "r-ingress",
+        &format!("{{podSelector: {{matchLabels: {{pod: r}}}}, ingress: {r_from}}}"),
+    );
+    s += &policy(
+        "z",
+        "v2-from-x",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: x}}}]}]}",
+    );
+    s += &policy(
+        "x",
+        "f-dns",
+        "{podSelector: {matchLabels: {pod: f}}, ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{protocol: UDP, port: 53}]}]}",
+    );
+    s
+}
+
+fn echo_server(netns_name: &str, port: u16) -> anyhow::Result<()> {
+    let l = netns::in_netns(netns_name, move || {
+        Ok(TcpListener::bind(("0.0.0.0", port))?)
+    })?;
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// A UDP server that answers each datagram with its length (as text).
+fn udp_length_server(netns_name: &str, port: u16) -> anyhow::Result<()> {
+    let s = netns::in_netns(netns_name, move || Ok(UdpSocket::bind(("0.0.0.0", port))?))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 9000];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(n.to_string().as_bytes(), from);
+        }
+    });
+    Ok(())
+}
+
+fn counter(pins: &PinPaths, c: Counter) -> u64 {
+    let data = MapData::from_pin(pins.maps().join(MAP_COUNTERS)).expect("pinned counters");
+    let map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("counters map");
+    counters::read(&map)
+        .into_iter()
+        .find(|(k, _)| *k == c)
+        .map_or(0, |(_, v)| v)
+}
+
+struct Lab {
+    cluster: Cluster,
+    agent: AgentProcess,
+    source: PathBuf,
+    pins: PinPaths,
+    pods: Vec<(String, String, Ipv4Addr)>,
+    dir: PathBuf,
+}
+
+impl Lab {
+    fn write(&self, r_open_to_a: bool) -> anyhow::Result<()> {
+        let mut text = ns("x") + &ns("y") + &ns("z");
+        for (namespace, name, ip) in &self.pods {
+            text += &fixtures::pod_yaml(namespace, name, ip);
+        }
+        text += &policies(r_open_to_a);
+        let tmp = self.source.join("cluster.yaml.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.source.join("cluster.yaml"))?;
+        Ok(())
+    }
+
+    fn programmed(&self) -> anyhow::Result<()> {
+        self.agent
+            .wait_programmed(&self.cluster.interfaces(), Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    fn netns(&self, name: &str) -> String {
+        self.cluster.hosts[name].netns.clone().unwrap_or_default()
+    }
+
+    fn deny_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("deny.jsonl")).unwrap_or_default()
+    }
+}
+
+fn v4(lab: &Lab, name: &str) -> Ipv4Addr {
+    lab.cluster.hosts[name].v4.expect("IPv4 address")
+}
+
+#[test]
+fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
+    let run = format!("k{}", std::process::id() % 100_000);
+    let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
+    let mut pods = Vec::new();
+    for (i, (namespace, name)) in [
+        ("x", "a"),
+        ("x", "v"),
+        ("x", "o"),
+        ("x", "w"),
+        ("x", "r"),
+        ("x", "old"),
+        ("z", "v2"),
+        ("x", "f"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ip = Ipv4Addr::new(10, 9, 1, 10 + i as u8);
+        cluster.add_wired(&format!("{namespace}/{name}"), Some(ip), None, Vec::new())?;
+        pods.push((namespace.to_string(), name.to_string(), ip));
+    }
+    let ext_ip = Ipv4Addr::new(203, 0, 113, 20);
+    cluster.add_wired("external:e", Some(ext_ip), None, Vec::new())?;
+
+    let dir = std::env::temp_dir().join(format!("palisade-attacks-{run}"));
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source)?;
+    let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-attacks-{run}"));
+    let pins = PinPaths::new(&pin_root);
+    let agent = AgentProcess::start(AgentSpec {
+        extra: ["--poll-ms", "50", "--deny-idle-secs", "0.5"]
+            .map(String::from)
+            .to_vec(),
+        ..AgentSpec::in_dir(agent_bin()?, &cluster.node_netns, &dir, pin_root)
+    })?;
+    let lab = Lab {
+        cluster,
+        agent,
+        source,
+        pins,
+        pods,
+        dir,
+    };
+    lab.write(true)?;
+    lab.programmed()?;
+    for server in ["x/v", "x/w", "x/r", "z/v2"] {
+        echo_server(&lab.netns(server), 80)?;
+    }
+    echo_server(&lab.netns("external:e"), 9000)?;
+    udp_length_server(&lab.netns("x/f"), 53)?;
+    let (a, v, o, w) = (
+        v4(&lab, "x/a"),
+        v4(&lab, "x/v"),
+        v4(&lab, "x/o"),
+        v4(&lab, "x/w"),
+    );
+    let na = lab.netns("x/a");
+    let t = Duration::from_millis(700);
+
+    // 1. A forged ACK does not open a closed port. v's egress is open, so
+    // the reverse of a -> v:80 would be allowed; the ACK is judged as what
+    // it is (a -> v:80, denied), and the SYN that follows finds nothing.
+    let denied = counter(&lab.pins, Counter::Denied);
+    raw::send4(
+        &na,
+        vec![raw::tcp4(
+            SocketAddrV4::new(a, 40000),
+            SocketAddrV4::new(v, 80),
+            ACK,
+            1,
+            1,
+            b"",
+        )],
+    )?;
+    assert!(
+        !raw::connect_from_port(&na, 40000, SocketAddrV4::new(v, 80), t)?,
+        "a forged ACK opened v:80 to a"
+    );
+    assert!(
+        counter(&lab.pins, Counter::Denied) > denied,
+        "denials counted"
+    );
+    // The same outwards: o may send nothing; a forged ACK o:80 -> e:9000
+    // would have made o's connection from port 80 look like e's reply.
+    let no = lab.netns("x/o");
+    raw::send4(
+        &no,
+        vec![raw::tcp4(
+            SocketAddrV4::new(o, 80),
+            SocketAddrV4::new(ext_ip, 9000),
+            ACK,
+            1,
+            1,
+            b"",
+        )],
+    )?;
+    assert!(
+        !raw::connect_from_port(&no, 80, SocketAddrV4::new(ext_ip, 9000), t)?,
+        "a forged ACK let egress-isolated o connect out"
+    );
+
+    // 2. No spoofed sources. a sends as w (egress open) to plant a flow
+    // w:80 -> e:45000; then e connects from 45000 into w:80 (ingress closed).
+    let spoofed = counter(&lab.pins, Counter::Spoofed);
+    let ne = lab.netns("external:e");
+    let cap_e = Capture::open(&ne)?;
+    raw::send4(
+        &na,
+        vec![raw::tcp4(
+            SocketAddrV4::new(w, 80),
+            SocketAddrV4::new(ext_ip, 45000),
+            SYN,
+            7,
+            0,
+            b"SPOOFED-AS-W",
+        )],
+    )?;
+    assert!(
+        !cap_e.saw(Duration::from_millis(300), |p| raw::carries(
+            p,
+            b"SPOOFED-AS-W"
+        )),
+        "a packet with w's address sent by a left the node"
+    );
+    assert!(
+        counter(&lab.pins, Counter::Spoofed) > spoofed,
+        "the spoofed packet is counted"
+    );
+    assert!(
+        !raw::connect_from_port(&ne, 45000, SocketAddrV4::new(w, 80), t)?,
+        "a spoofed segment let an outside host into ingress-isolated w"
+    );
+
+    // 3. Later fragments of an allowed datagram arrive: a 3000-byte UDP
+    // datagram to f:53 (allowed on that port only) is fragmented by a's stack.
+    let f = v4(&lab, "x/f");
+    let answer = netns::in_netns(&na, move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.send_to(&[7u8; 3000], (f, 53))?;
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).unwrap_or(0);
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })?;
+    assert_eq!(answer, "3000", "the fragmented datagram arrived whole");
+
+    // 4. Conntrack does not outlive the pod. old (namespace x) holds a
+    // connection to z/v2:80 (open to x only); old goes, its address is given
+    // to y/new (namespace y, denied), which speaks on the old 4-tuple.
+    let old_ip = v4(&lab, "x/old");
+    let v2 = v4(&lab, "z/v2");
+    let old_port = netns::in_netns(&lab.netns("x/old"), move || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((v2, 80)), Duration::from_secs(1))?;
+        s.write_all(b"hello")?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf)?;
+        let port = s.local_addr()?.port();
+        std::mem::forget(s);
+        Ok(port)
+    })?;
+    let mut lab = lab;
+    lab.cluster.remove_host("x/old");
+    lab.pods.retain(|(_, n, _)| n != "old");
+    lab.cluster
+        .add_wired("y/new", Some(old_ip), None, Vec::new())?;
+    lab.pods.push(("y".into(), "new".into(), old_ip));
+    lab.write(true)?;
+    lab.programmed()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let cap_v2 = Capture::open(&lab.netns("z/v2"))?;
+    raw::send4(
+        &lab.netns("y/new"),
+        vec![raw::tcp4(
+            SocketAddrV4::new(old_ip, old_port),
+            SocketAddrV4::new(v2, 80),
+            PSH_ACK,
+            1000,
+            1000,
+            b"HIJACK",
+        )],
+    )?;
+    assert!(
+        !cap_v2.saw(Duration::from_millis(300), |p| raw::carries(p, b"HIJACK")),
+        "the new holder of an address inherited the old pod's connection"
+    );
+
+    // 5. A policy change reaches established connections: a's stream to r
+    // is cut within a second of the change, and the deny log says why.
+    let r = v4(&lab, "x/r");
+    let mut stream = netns::in_netns(&na, move || {
+        let s = TcpStream::connect_timeout(&SocketAddr::from((r, 80)), Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        Ok(s)
+    })?;
+    let round_trip = |s: &mut TcpStream| {
+        let mut buf = [0u8; 4];
+        s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok()
+    };
+    assert!(round_trip(&mut stream), "allowed stream works");
+    lab.write(false)?;
+    lab.programmed()?;
+    let changed = Instant::now();
+    let mut cut = None;
+    while changed.elapsed() < Duration::from_secs(3) {
+        if !round_trip(&mut stream) {
+            cut = Some(changed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cut = cut.expect("the revoked connection kept flowing");
+    assert!(cut < Duration::from_millis(1500), "cut after {cut:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.deny_log().contains("\"revoked\"") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        lab.deny_log().contains("\"revoked\""),
+        "a deny record says the flow was revoked: {}",
+        lab.deny_log()
+    );
+    let _ = std::fs::remove_dir_all(Path::new(&lab.dir));
+    Ok(())
+}
