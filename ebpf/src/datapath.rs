@@ -86,7 +86,7 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         }
         Parsed::Flow(flow) => flow,
     };
-    if flow.icmp == Icmp::Control {
+    if flow.icmp == Icmp::Control || (flow.icmp == Icmp::ControlToPod && dir == DIR_INGRESS) {
         count(Counter::IcmpControl);
         return PASS;
     }

@@ -59,6 +59,11 @@ pub enum Icmp {
     /// cannot leave the link (hop limit 255 or 1, link-local or multicast
     /// addresses): passed, as the stack needs them.
     Control,
+    /// Neighbour discovery with hop limit 255 to a unicast address that is
+    /// not link-local: the node's answer to a pod that solicited from its
+    /// global address. Link control only on the way to the pod (a forwarded
+    /// packet never has hop limit 255 there); from a pod it would be routed.
+    ControlToPod,
     Other,
 }
 
@@ -306,6 +311,8 @@ fn l4_ports(ctx: &TcContext, flow: &mut Flow, l4: usize) -> Result<(), ()> {
                 flow.inner_l3 = l4 + 8;
             } else if control {
                 flow.icmp = Icmp::Control;
+            } else if matches!(hdr[0], 133..=137) && flow.ttl == 255 {
+                flow.icmp = Icmp::ControlToPod;
             } else {
                 flow.icmp = Icmp::Other;
             }

@@ -384,9 +384,17 @@ fn icmpv6_control_passes_only_in_its_link_local_form() {
         run(&mut dp, Hook::ToPod, &packets::icmp6(b6, a6, 135, 64)),
         TC_ACT_SHOT
     );
-    // Even with hop limit 255, a global destination is not link control.
+    // With hop limit 255 towards a pod, only the node itself can have sent
+    // it (a forwarded packet has a lower one): the node's advertisement to a
+    // pod that solicited from its global address passes...
     assert_eq!(
-        run(&mut dp, Hook::ToPod, &packets::icmp6(b6, a6, 136, 255)),
+        run(&mut dp, Hook::ToPod, &packets::icmp6(gw, a6, 136, 255)),
+        TC_ACT_UNSPEC
+    );
+    // ...while from a pod, a global destination would be routed on: judged
+    // (a's egress allows only TCP to b:80).
+    assert_eq!(
+        run(&mut dp, Hook::FromPod, &packets::icmp6(a6, b6, 136, 255)),
         TC_ACT_SHOT
     );
     // An IPv6 packet with a v4-mapped address would alias IPv4: malformed.
