@@ -6,8 +6,10 @@
 //!
 //! A flow is dropped when its local endpoint is gone or another pod holds
 //! the address (the kernel checks the endpoint id on every packet too), when
-//! the peer's address changed hands, and, with revocation on, when the
-//! current policy no longer allows it: then a deny record says so.
+//! the peer's address changed hands, and when the current policy no longer
+//! allows it (then a deny record says so): with revocation on, every flow is
+//! judged again after a sync; with it off, only flows whose peer's identity
+//! changed.
 
 use std::{
     collections::BTreeSet,
@@ -164,7 +166,11 @@ pub fn pass(
             report.stale += 1;
             continue;
         }
-        if !sweep.revoke {
+        // A flow is bound to the identity its peer had when it opened: a
+        // peer that became someone else (relabelled, or another kind of
+        // address) is judged again even when revocation is off.
+        let peer = view.ipcache(remote);
+        if !sweep.revoke && peer.identity == v.identity {
             continue;
         }
         report.rejudged += 1;
@@ -183,7 +189,7 @@ pub fn pass(
             sport_be: k.sport_be,
             dport_be: k.dport_be,
             endpoint: v.endpoint,
-            identity: view.ipcache(remote).identity,
+            identity: peer.identity,
             proto: k.proto,
             dir: k.dir,
             reason: Reason::Revoked as u8,
