@@ -137,6 +137,15 @@ struct AgentArgs {
     /// used flows are evicted when full).
     #[arg(long)]
     conntrack_map_size: Option<u32>,
+    /// New flows one pod may open per second (kernel budget, so that a
+    /// flood cannot evict other pods' flows from the shared conntrack
+    /// table; 0: no budget). Bursts of twice that are allowed.
+    #[arg(long, default_value = "20000")]
+    new_flow_rate: u32,
+    /// Deny events one pod's veth may send to the agent per second (bursts
+    /// of 4x; 0: no budget); the packets are denied and counted regardless.
+    #[arg(long, default_value = "500")]
+    deny_event_rate: u32,
     /// On a graceful stop: keep the programs enforcing the last state
     /// (fail closed, default) or remove them (fail open).
     #[arg(long, value_enum, default_value = "keep")]
@@ -209,6 +218,12 @@ async fn main() -> anyhow::Result<()> {
                     policy: a.policy_map_size,
                     ipcache: a.ipcache_map_size,
                     conntrack: a.conntrack_map_size,
+                    budgets: palisade_agent::dataplane::Budgets {
+                        new_flows_per_sec: a.new_flow_rate,
+                        new_flow_burst: a.new_flow_rate.saturating_mul(2),
+                        deny_events_per_sec: a.deny_event_rate,
+                        deny_event_burst: a.deny_event_rate.saturating_mul(4),
+                    },
                 },
                 profile: cfg.profile,
                 deny_log: a.deny_log,

@@ -16,6 +16,8 @@ pub const MAP_EVENTS: &str = "PALISADE_EVENTS";
 pub const MAP_IFACES: &str = "PALISADE_IFACES";
 /// Datagrams whose first fragment was allowed: later fragments follow it.
 pub const MAP_FRAGMENTS: &str = "PALISADE_FRAGMENTS";
+/// Per-endpoint budgets of new flows and deny events ([`Budget`]).
+pub const MAP_BUDGETS: &str = "PALISADE_BUDGETS";
 
 /// Program names as they appear in the object file.
 pub const PROG_FROM_POD: &str = "palisade_from_pod";
@@ -27,6 +29,12 @@ pub const PROG_SENDMSG6: &str = "palisade_sendmsg6";
 
 /// Global patched at load: drop traffic of unknown addresses on attached veths.
 pub const GLOBAL_UNKNOWN_ENDPOINT_DROP: &str = "UNKNOWN_ENDPOINT_DROP";
+/// Globals patched at load (u64 nanoseconds): the spacing and the tolerated
+/// burst of new flows, and of deny events, per endpoint (GCRA).
+pub const GLOBAL_FLOW_INTERVAL_NS: &str = "FLOW_INTERVAL_NS";
+pub const GLOBAL_FLOW_TOLERANCE_NS: &str = "FLOW_TOLERANCE_NS";
+pub const GLOBAL_EVENT_INTERVAL_NS: &str = "EVENT_INTERVAL_NS";
+pub const GLOBAL_EVENT_TOLERANCE_NS: &str = "EVENT_TOLERANCE_NS";
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another
 /// version are replaced, never reinterpreted.
@@ -185,6 +193,15 @@ pub struct CtValue {
     pub identity: u32,
 }
 
+/// Value of [`MAP_BUDGETS`]: the theoretical arrival time (CLOCK_MONOTONIC
+/// ns) of the next new flow and of the next deny event of one endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Budget {
+    pub flow_tat_ns: u64,
+    pub event_tat_ns: u64,
+}
+
 /// Key of [`MAP_FRAGMENTS`]: a datagram as the fragment header names it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -227,9 +244,11 @@ pub enum Counter {
     DeniedEgress = 20,
     CtStale = 21,
     FragmentTracked = 22,
+    RateLimited = 23,
+    EventBudget = 24,
 }
 
-pub const COUNTER_COUNT: u32 = 23;
+pub const COUNTER_COUNT: u32 = 25;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -256,10 +275,12 @@ impl Counter {
         Counter::DeniedEgress,
         Counter::CtStale,
         Counter::FragmentTracked,
+        Counter::RateLimited,
+        Counter::EventBudget,
     ];
 
     /// Outcomes: every packet the tc programs see adds exactly one of these.
-    pub const OUTCOMES: [Counter; 11] = [
+    pub const OUTCOMES: [Counter; 12] = [
         Counter::Allowed,
         Counter::Denied,
         Counter::CtHit,
@@ -271,6 +292,7 @@ impl Counter {
         Counter::IcmpRelated,
         Counter::IcmpControl,
         Counter::Spoofed,
+        Counter::RateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -298,6 +320,8 @@ impl Counter {
             Counter::DeniedEgress => "denied_egress",
             Counter::CtStale => "ct_stale",
             Counter::FragmentTracked => "fragment_tracked",
+            Counter::RateLimited => "rate_limited",
+            Counter::EventBudget => "event_budget",
         }
     }
 }
@@ -310,6 +334,7 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtValue>() == 32);
     assert!(core::mem::size_of::<FragKey>() == 40);
+    assert!(core::mem::size_of::<Budget>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -322,5 +347,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::super::DenyEvent {}
 }

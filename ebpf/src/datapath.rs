@@ -8,11 +8,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    Addr, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DenyEvent, EVENTS_BYTES,
-    EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, MAX_CONNTRACK,
-    MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IFACES, MAX_IPCACHE, MAX_POLICY, POLICY_PREFIX_FULL,
-    PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags, endpoint_flags,
-    ipcache_flags,
+    Addr, Budget, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DenyEvent,
+    EVENTS_BYTES, EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue,
+    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IFACES, MAX_IPCACHE, MAX_POLICY,
+    POLICY_PREFIX_FULL, PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags,
+    endpoint_flags, ipcache_flags,
 };
 
 use crate::parse::{self, Flow, Icmp, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -40,6 +40,9 @@ static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK,
 #[map(name = "PALISADE_FRAGMENTS")]
 static FRAGMENTS: LruHashMap<FragKey, u32> = LruHashMap::pinned(MAX_FRAGMENTS, 0);
 
+#[map(name = "PALISADE_BUDGETS")]
+static BUDGETS: LruHashMap<u32, Budget> = LruHashMap::pinned(MAX_ENDPOINTS, 0);
+
 #[map(name = "PALISADE_COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
@@ -52,6 +55,66 @@ pub(crate) static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 /// address and policy; 0 passes such traffic.
 #[unsafe(no_mangle)]
 static UNKNOWN_ENDPOINT_DROP: u8 = 0;
+
+/// Load-time knobs (patched by the agent): per endpoint, new flows and deny
+/// events are spaced `*_INTERVAL_NS` apart on average with bursts of up to
+/// `*_TOLERANCE_NS / *_INTERVAL_NS`. That keeps one pod's flood from
+/// evicting other pods' flows from the shared conntrack table or crowding
+/// their deny events out of the ring buffer. 0 disables a budget.
+#[unsafe(no_mangle)]
+static FLOW_INTERVAL_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static FLOW_TOLERANCE_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static EVENT_INTERVAL_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static EVENT_TOLERANCE_NS: u64 = 0;
+
+/// Whether one more new flow (`events == false`) or deny event fits the
+/// endpoint's budget (generic cell rate algorithm: one timestamp a bucket).
+#[inline(always)]
+fn within_budget(endpoint: u32, now: u64, events: bool) -> bool {
+    // SAFETY: reads of load-time constants; volatile so they are not folded.
+    let (interval, tolerance) = unsafe {
+        if events {
+            (
+                core::ptr::read_volatile(&EVENT_INTERVAL_NS),
+                core::ptr::read_volatile(&EVENT_TOLERANCE_NS),
+            )
+        } else {
+            (
+                core::ptr::read_volatile(&FLOW_INTERVAL_NS),
+                core::ptr::read_volatile(&FLOW_TOLERANCE_NS),
+            )
+        }
+    };
+    if interval == 0 {
+        return true;
+    }
+    let Some(b) = BUDGETS.get_ptr_mut(endpoint) else {
+        let fresh = Budget {
+            flow_tat_ns: if events { 0 } else { now + interval },
+            event_tat_ns: if events { now + interval } else { 0 },
+        };
+        let _ = BUDGETS.insert(endpoint, fresh, 0);
+        return true;
+    };
+    // SAFETY: pointer from a successful lookup; a racing CPU may lose an
+    // update, which admits a little more than the budget, never less.
+    let tat = unsafe {
+        if events {
+            &mut (*b).event_tat_ns
+        } else {
+            &mut (*b).flow_tat_ns
+        }
+    };
+    let start = if *tat > now { *tat } else { now };
+    if start - now > tolerance {
+        return false;
+    }
+    *tat = start + interval;
+    true
+}
 
 #[inline(always)]
 pub(crate) fn count(c: Counter) {
@@ -411,6 +474,12 @@ fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64)
     // Policy ports are the server's: the local port on ingress, the remote on egress.
     let port = flow.dport;
     match verdict(ep, dir, flow.proto, &peer, port, ports_known) {
+        Ok(_) if !flow.later_fragment && !within_budget(ep.id, now, false) => {
+            // Over its budget of new flows: dropped before it can take a
+            // conntrack entry from anyone else.
+            count(Counter::RateLimited);
+            DROP
+        }
         Ok(rule) => {
             let mid_stream = flow.proto == PROTO_TCP && flow.tcp_flags & TCP_SYN == 0;
             if mid_stream {
@@ -475,6 +544,10 @@ fn deny(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, reason: Reason,
     });
     if reason == Reason::MetadataBlock {
         count(Counter::MetadataBlocked);
+    }
+    if !within_budget(ep.id, now, true) {
+        count(Counter::EventBudget);
+        return;
     }
     let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
         count(Counter::EventLost);

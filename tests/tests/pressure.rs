@@ -213,3 +213,69 @@ fn an_overflowing_conntrack_forgets_the_oldest_flows() {
         TC_ACT_SHOT
     );
 }
+
+#[test]
+fn one_pods_flood_cannot_evict_another_pods_flows() {
+    // a may only query 10.9.0.53 on UDP 53 (both directions isolated); b is
+    // open and floods new flows. Same 64-entry conntrack as above, but with
+    // a per-endpoint budget of new flows.
+    let yaml = format!(
+        "{PODS}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Ingress, Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.9.0.53/32}}}}]\n    ports: [{{protocol: UDP, port: 53}}]\n"
+    );
+    let sizes = MapSizes {
+        conntrack: Some(64),
+        budgets: palisade_agent::dataplane::Budgets {
+            new_flows_per_sec: 10,
+            new_flow_burst: 16,
+            ..Default::default()
+        },
+        ..MapSizes::default()
+    };
+    let (pins, mut dp, _syncer, failed) =
+        fixtures::load_sized(&yaml, &Profile::default(), UnknownEndpoint::Allow, sizes);
+    assert_eq!(failed, 0);
+    let (a, b, dns) = (ip("10.0.1.10"), ip("10.0.1.11"), ip("10.9.0.53"));
+    let run = |dp: &mut palisade_agent::dataplane::Datapath, hook, pkt: Vec<u8>| {
+        fixtures::test_run(dp, hook, &pkt).expect("run")
+    };
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            packets::packet(a, dns, UDP, 50001, 53, 0)
+        ),
+        TC_ACT_UNSPEC
+    );
+    // b's flood: 2000 new flows, of which only its burst gets through.
+    let mut passed = 0;
+    for i in 0..2000u16 {
+        let v = run(
+            &mut dp,
+            Hook::FromPod,
+            packets::packet(b, ip("10.9.9.9"), UDP, 20000 + i, 1000 + i, 0),
+        );
+        if v == TC_ACT_UNSPEC {
+            passed += 1;
+        }
+    }
+    assert!(
+        (16..=20).contains(&passed),
+        "b's new flows are held to its budget: {passed} passed"
+    );
+    let counters_map = dp.take_counters().expect("counters");
+    let limited = palisade_agent::dataplane::counters::read(&counters_map)
+        .into_iter()
+        .find(|(c, _)| *c == palisade_common::Counter::RateLimited)
+        .map_or(0, |(_, v)| v);
+    assert!(limited >= 1900, "rate-limited flows counted: {limited}");
+    // a's query is still tracked: its answer passes a's closed ingress.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            packets::packet(dns, a, UDP, 53, 50001, 0)
+        ),
+        TC_ACT_UNSPEC
+    );
+    drop(pins);
+}

@@ -113,6 +113,41 @@ pub struct MapSizes {
     pub policy: Option<u32>,
     pub ipcache: Option<u32>,
     pub conntrack: Option<u32>,
+    /// How much of the shared tables one endpoint may take per second.
+    pub budgets: Budgets,
+}
+
+/// Per-endpoint budgets enforced in the kernel, so one pod's flood can
+/// neither evict other pods' flows from the shared conntrack table nor
+/// crowd their deny events out of the ring buffer. A rate of 0 disables one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budgets {
+    pub new_flows_per_sec: u32,
+    pub new_flow_burst: u32,
+    pub deny_events_per_sec: u32,
+    pub deny_event_burst: u32,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            new_flows_per_sec: 20_000,
+            new_flow_burst: 40_000,
+            deny_events_per_sec: 500,
+            deny_event_burst: 2_000,
+        }
+    }
+}
+
+impl Budgets {
+    /// (interval, tolerance) in nanoseconds for the kernel's GCRA.
+    fn spacing(rate: u32, burst: u32) -> (u64, u64) {
+        if rate == 0 {
+            return (0, 0);
+        }
+        let interval = (1_000_000_000 / u64::from(rate)).max(1);
+        (interval, interval * u64::from(burst.max(1)))
+    }
 }
 
 /// The three policy maps, written by [`MapWriter::apply`].
@@ -269,11 +304,39 @@ impl Datapath {
                 loader.map_max_entries(name, n);
             }
         }
+        let (flow_interval, flow_tolerance) = Budgets::spacing(
+            sizes.budgets.new_flows_per_sec,
+            sizes.budgets.new_flow_burst,
+        );
+        let (event_interval, event_tolerance) = Budgets::spacing(
+            sizes.budgets.deny_events_per_sec,
+            sizes.budgets.deny_event_burst,
+        );
         let mut ebpf = loader
             .default_map_pin_directory(pins.maps())
             .override_global(
                 palisade_common::GLOBAL_UNKNOWN_ENDPOINT_DROP,
                 &drop_unknown,
+                true,
+            )
+            .override_global(
+                palisade_common::GLOBAL_FLOW_INTERVAL_NS,
+                &flow_interval,
+                true,
+            )
+            .override_global(
+                palisade_common::GLOBAL_FLOW_TOLERANCE_NS,
+                &flow_tolerance,
+                true,
+            )
+            .override_global(
+                palisade_common::GLOBAL_EVENT_INTERVAL_NS,
+                &event_interval,
+                true,
+            )
+            .override_global(
+                palisade_common::GLOBAL_EVENT_TOLERANCE_NS,
+                &event_tolerance,
                 true,
             )
             .load(PROGRAMS)

@@ -11,7 +11,7 @@ pub mod kernel;
 pub mod paths;
 pub mod wire;
 
-pub use kernel::{Datapath, DatapathError, KernelMaps, MapSizes, UnknownEndpoint};
+pub use kernel::{Budgets, Datapath, DatapathError, KernelMaps, MapSizes, UnknownEndpoint};
 pub use paths::PinPaths;
 
 /// The eBPF object built by build.rs (aya-build).
