@@ -157,6 +157,9 @@ pub enum OnExit {
     Remove,
 }
 
+/// Deny events read per wake of the event branch.
+const EVENTS_PER_WAKE: usize = 4096;
+
 const KINDS: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
 
 /// Where the agent's objects come from.
@@ -335,12 +338,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let mut guard = guard?;
                 let ring: &mut RingBuf<MapData> = guard.get_inner_mut();
                 let now = SystemTime::now();
-                while let Some(item) = ring.next() {
+                // A bounded batch per wake: under a flood the other branches
+                // (syncs, signals) still get their turn.
+                let mut drained = 0;
+                while drained < EVENTS_PER_WAKE {
+                    let Some(item) = ring.next() else { break };
                     if let Some(ev) = DenyEvent::decode(&item) {
                         deny_log.observe(flows::attribute(&ev, syncer.state(), &pods), now);
                     }
+                    drained += 1;
                 }
-                guard.clear_ready();
+                if drained < EVENTS_PER_WAKE {
+                    guard.clear_ready();
+                }
                 continue;
             }
             batch = source_rx.recv() => {
@@ -426,6 +436,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             ready = true;
             shared.metrics.sync_errors.inc_by(report.failed as u64);
+            let live: BTreeSet<String> = syncer
+                .state()
+                .rules
+                .values()
+                .map(|r| r.origin.to_string())
+                .chain(syncer.state().endpoint_info.values().flat_map(|i| {
+                    i.ingress_isolated_by
+                        .iter()
+                        .chain(&i.egress_isolated_by)
+                        .map(ToString::to_string)
+                }))
+                .collect();
+            shared.metrics.forget_policies(|p| live.contains(p));
             shared.metrics.revision.set(report.revision as i64);
             if let Some(t) = changed_at.take() {
                 shared

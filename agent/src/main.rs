@@ -121,7 +121,8 @@ struct AgentArgs {
     /// Seconds a flow must be quiet before its deny record is written.
     #[arg(long, default_value = "3")]
     deny_idle_secs: f64,
-    /// Deny records per second (token bucket rate; burst is 4x).
+    /// Deny records per second and source namespace (token bucket rate;
+    /// burst is 4x); all sources together get 8x.
     #[arg(long, default_value = "50")]
     deny_rate: f64,
     /// Local HTTP endpoint: /metrics, /healthz, /readyz, /status, /flows ("off" to disable).
@@ -231,6 +232,8 @@ async fn main() -> anyhow::Result<()> {
                     idle: Duration::from_secs_f64(a.deny_idle_secs),
                     rate: a.deny_rate,
                     burst: a.deny_rate * 4.0,
+                    total_rate: a.deny_rate * 8.0,
+                    total_burst: a.deny_rate * 32.0,
                     ..Default::default()
                 },
                 poll: Duration::from_millis(a.poll_ms),

@@ -1,7 +1,7 @@
 //! Prometheus metrics. Label values are bounded: counter names, directions,
 //! reasons and policy names, never addresses or pod names.
 
-use std::sync::Mutex;
+use std::{collections::HashSet, sync::Mutex};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -35,6 +35,9 @@ pub struct Metrics {
     datapath_seen: Mutex<Vec<u64>>,
     denied_flows: Family<DenyLabels, Counter>,
     denied_packets: Family<DenyLabels, Counter>,
+    /// The label sets of the two families above, so that series of deleted
+    /// policies can be dropped.
+    deny_series: Mutex<HashSet<DenyLabels>>,
     suppressed: Counter,
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
@@ -121,6 +124,7 @@ impl Metrics {
             datapath_seen: Mutex::new(Vec::new()),
             denied_flows,
             denied_packets,
+            deny_series: Mutex::new(HashSet::new()),
             suppressed,
             map_entries,
             map_capacity,
@@ -156,6 +160,9 @@ impl Metrics {
                 };
                 self.denied_flows.get_or_create(&labels).inc();
                 self.denied_packets.get_or_create(&labels).inc_by(*count);
+                if let Ok(mut s) = self.deny_series.lock() {
+                    s.insert(labels);
+                }
             }
             Record::Suppressed { suppressed, .. } => {
                 self.suppressed.inc_by(*suppressed);
@@ -163,9 +170,70 @@ impl Metrics {
         }
     }
 
+    /// Drops the deny series that name a policy `live` no longer knows, so
+    /// that deleted policies do not keep label values alive.
+    pub fn forget_policies(&self, live: impl Fn(&str) -> bool) {
+        let Ok(mut series) = self.deny_series.lock() else {
+            return;
+        };
+        series.retain(|l| {
+            let keep = l.policy.is_empty() || l.policy.split(',').all(&live);
+            if !keep {
+                self.denied_flows.remove(l);
+                self.denied_packets.remove(l);
+            }
+            keep
+        });
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::{
+        flows::{Denial, Side},
+        policy::Direction,
+    };
+
+    #[test]
+    fn series_of_deleted_policies_are_dropped() {
+        let m = Metrics::new();
+        let record = |policy: &str| Record::Deny {
+            time: SystemTime::UNIX_EPOCH,
+            node: "n1".into(),
+            flow: Denial {
+                direction: Direction::Ingress,
+                protocol: "TCP".into(),
+                src: Side {
+                    ip: "10.0.0.1".parse().expect("ip"),
+                    port: Some(1),
+                    pod: None,
+                },
+                dst: Side {
+                    ip: "10.0.0.2".parse().expect("ip"),
+                    port: Some(80),
+                    pod: None,
+                },
+                reason: "policy".into(),
+                policies: vec![policy.into()],
+            },
+            count: 3,
+            first: SystemTime::UNIX_EPOCH,
+        };
+        m.observe_record(&record("x/gone"));
+        m.observe_record(&record("x/kept"));
+        assert!(m.encode().contains("x/gone"));
+        m.forget_policies(|p| p == "x/kept");
+        let text = m.encode();
+        assert!(!text.contains("x/gone"), "{text}");
+        assert!(text.contains("x/kept"), "{text}");
     }
 }
