@@ -190,6 +190,20 @@ fn egress_isolation_needs_policy_type_or_rules() {
 }
 
 #[test]
+fn an_empty_egress_list_without_policy_types_leaves_egress_open() {
+    // Upstream defaulting adds Egress only when spec.egress has rules.
+    let p = format!(
+        "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  egress: []\n"
+    );
+    let got = allowed_pairs(&p, PROTO_TCP, 80);
+    assert!(got.contains(&"x/a->y/b".to_string()), "egress stays open");
+    assert!(
+        !got.contains(&"x/b->x/a".to_string()),
+        "ingress is isolated"
+    );
+}
+
+#[test]
 fn a_connection_needs_both_sides() {
     let p = format!(
         "{NP}metadata: {{name: client, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{namespaceSelector: {{}}}}]}}]\n\

@@ -153,7 +153,8 @@ impl TryFrom<&NetworkPolicy> for Policy {
                 }
                 (i, e)
             }
-            _ => (true, spec.egress.is_some()),
+            // Upstream defaulting tests the list's length: `egress: []` is no rule.
+            _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
         };
 
         let ingress = if has_ingress {
