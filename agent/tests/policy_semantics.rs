@@ -324,17 +324,31 @@ fn invalid_policies_are_rejected_with_their_name() {
         ),
         (
             "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}",
-            "not inside",
+            "is not strictly inside",
         ),
     ];
     for (spec, want) in bad {
-        let doc = format!("{NP}metadata: {{name: bad, namespace: x}}\n{spec}\n");
-        let mut index = palisade_agent::index::Index::default();
-        let o = objects(&doc).pop().expect("one object");
-        let err = index.apply(&o).expect_err(spec).to_string();
-        assert!(
-            err.contains("NetworkPolicy x/bad") && err.contains(want),
-            "{err} (wanted {want})"
-        );
+        assert_rejected(spec, want);
     }
+}
+
+/// Applies policy x/bad with `spec` and expects an error naming it and containing `want`.
+fn assert_rejected(spec: &str, want: &str) {
+    let doc = format!("{NP}metadata: {{name: bad, namespace: x}}\n{spec}\n");
+    let mut index = palisade_agent::index::Index::default();
+    let o = objects(&doc).pop().expect("one object");
+    let err = index.apply(&o).expect_err(spec).to_string();
+    assert!(
+        err.contains("NetworkPolicy x/bad") && err.contains(want),
+        "{err} (wanted {want})"
+    );
+}
+
+#[test]
+fn an_except_equal_to_its_cidr_is_rejected() {
+    // The API server wants each except strictly inside the cidr.
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]}",
+        "spec.ingress[0].from[0].ipBlock.except[0]: except 10.0.0.0/8 is not strictly inside cidr 10.0.0.0/8",
+    );
 }

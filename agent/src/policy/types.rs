@@ -112,7 +112,7 @@ pub enum PolicyError {
     PortName { field: String, value: String },
     #[error("{field}: invalid CIDR {value:?}")]
     Cidr { field: String, value: String },
-    #[error("{field}: except {except} is not inside cidr {cidr}")]
+    #[error("{field}: except {except} is not strictly inside cidr {cidr}")]
     ExceptOutside {
         field: String,
         cidr: IpNet,
@@ -289,7 +289,8 @@ fn ip_block(field: &str, b: &IPBlock) -> Result<Peer, PolicyError> {
     for (i, e) in b.except.iter().flatten().enumerate() {
         let f = format!("{field}.except[{i}]");
         let e = parse_cidr(&f, e)?;
-        if !cidr.contains(&e) {
+        // A strict subset, as the API server requires.
+        if !cidr.contains(&e) || e.prefix_len() <= cidr.prefix_len() {
             return Err(PolicyError::ExceptOutside {
                 field: f,
                 cidr,
