@@ -352,3 +352,12 @@ fn an_except_equal_to_its_cidr_is_rejected() {
         "spec.ingress[0].from[0].ipBlock.except[0]: except 10.0.0.0/8 is not strictly inside cidr 10.0.0.0/8",
     );
 }
+
+#[test]
+fn a_port_written_as_a_string_of_digits_is_rejected() {
+    // A string port is an IANA_SVC_NAME, which needs a letter.
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{ports: [{port: \"80\"}]}]}",
+        "spec.ingress[0].ports[0].port: invalid port name \"80\"",
+    );
+}

@@ -337,21 +337,15 @@ fn port(field: &str, p: &NetworkPolicyPort) -> Result<PortSpec, PolicyError> {
             };
             Some(PortRef::Range { start, end })
         }
+        // A string is a name, never a number: the API server rejects "80".
+        (Some(IntOrString::String(s)), None) if valid_port_name(s) => {
+            Some(PortRef::Named(s.clone()))
+        }
         (Some(IntOrString::String(s)), None) => {
-            // A string that is a number is a number (IntOrString from YAML "80").
-            if let Ok(n) = s.parse::<i64>() {
-                Some(PortRef::Range {
-                    start: port_number(&format!("{field}.port"), n)?,
-                    end: port_number(&format!("{field}.port"), n)?,
-                })
-            } else if valid_port_name(s) {
-                Some(PortRef::Named(s.clone()))
-            } else {
-                return Err(PolicyError::PortName {
-                    field: format!("{field}.port"),
-                    value: s.clone(),
-                });
-            }
+            return Err(PolicyError::PortName {
+                field: format!("{field}.port"),
+                value: s.clone(),
+            });
         }
     };
     Ok(PortSpec { protocol, port })
