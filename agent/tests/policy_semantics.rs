@@ -361,3 +361,37 @@ fn a_port_written_as_a_string_of_digits_is_rejected() {
         "spec.ingress[0].ports[0].port: invalid port name \"80\"",
     );
 }
+
+#[test]
+fn a_v4_mapped_ip_block_is_rejected_with_a_clear_message() {
+    // The datapath keys IPv4 as ::ffff:a.b.c.d: such a block would be one
+    // kernel entry with the IPv4 one (the metadata block, a pod, the node).
+    assert_rejected(
+        "spec: {podSelector: {}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: \"::ffff:169.254.169.254/128\"}}]}]}",
+        "spec.egress[0].to[0].ipBlock.cidr: ::ffff:169.254.169.254/128 is IPv4-mapped IPv6; write it as IPv4: 169.254.169.254/32",
+    );
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: \"::/0\", except: [\"::ffff:10.0.0.0/104\"]}}]}]}",
+        "spec.ingress[0].from[0].ipBlock.except[0]: ::ffff:10.0.0.0/104 is IPv4-mapped IPv6; write it as IPv4: 10.0.0.0/8",
+    );
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: \"::ffff:0:0/96\"}}]}]}",
+        "write it as IPv4: 0.0.0.0/0",
+    );
+}
+
+#[test]
+fn a_v4_mapped_pod_ip_is_rejected() {
+    let mut index = palisade_agent::index::Index::default();
+    let o = objects(&pod("x", "a", "pod: a", "::ffff:10.0.1.10"))
+        .pop()
+        .expect("one object");
+    let err = index.apply(&o).expect_err("v4-mapped podIP").to_string();
+    assert!(
+        err.contains("Pod x/a")
+            && err.contains(
+                "status.podIP: ::ffff:10.0.1.10 is IPv4-mapped IPv6; write it as IPv4: 10.0.1.10"
+            ),
+        "{err}"
+    );
+}

@@ -12,7 +12,10 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::selector::{Selector, SelectorError};
+use super::{
+    addr::{canonical_net, is_v4_mapped},
+    selector::{Selector, SelectorError},
+};
 use crate::model::{ObjectRef, Protocol};
 
 /// Who a policy came from: a NetworkPolicy object, or one of the agent's
@@ -117,6 +120,12 @@ pub enum PolicyError {
         field: String,
         cidr: IpNet,
         except: IpNet,
+    },
+    #[error("{field}: {value} is IPv4-mapped IPv6; write it as IPv4: {ipv4}")]
+    V4MappedCidr {
+        field: String,
+        value: IpNet,
+        ipv4: IpNet,
     },
     #[error("{field}: ipBlock cannot be combined with podSelector or namespaceSelector")]
     MixedPeer { field: String },
@@ -275,12 +284,23 @@ fn peer(namespace: &str, field: &str, p: &NetworkPolicyPeer) -> Result<Peer, Pol
 
 fn parse_cidr(field: &str, s: &str) -> Result<IpNet, PolicyError> {
     // The API accepts a bare address as a host route? It does not: a CIDR is required.
-    s.parse::<IpNet>()
+    let net = s
+        .parse::<IpNet>()
         .map(|n| n.trunc())
         .map_err(|_| PolicyError::Cidr {
             field: field.to_string(),
             value: s.to_string(),
-        })
+        })?;
+    // The kernel keys IPv4 as ::ffff:a.b.c.d: a block in there would be the
+    // same entry as an IPv4 one (a pod, the node, the metadata block).
+    match net {
+        IpNet::V6(v6) if is_v4_mapped(&v6) => Err(PolicyError::V4MappedCidr {
+            field: field.to_string(),
+            value: net,
+            ipv4: canonical_net(net),
+        }),
+        _ => Ok(net),
+    }
 }
 
 fn ip_block(field: &str, b: &IPBlock) -> Result<Peer, PolicyError> {
