@@ -3,8 +3,12 @@
 
 mod support;
 
-use palisade_agent::policy::{Profile, compile, sim};
-use palisade_common::{PROTO_TCP, PROTO_UDP};
+use ipnet::IpNet;
+use palisade_agent::policy::{
+    Direction, MapOp, MapWriter, Maps, Profile, compile, sim,
+    state::{EndpointEntry, IpcacheEntry},
+};
+use palisade_common::{IDENTITY_WORLD, PROTO_TCP, PROTO_UDP, ipcache_flags};
 use support::*;
 
 /// Which of the 9x9 pod pairs may connect on (proto, port), as "src->dst" strings.
@@ -190,6 +194,20 @@ fn egress_isolation_needs_policy_type_or_rules() {
 }
 
 #[test]
+fn an_empty_egress_list_without_policy_types_leaves_egress_open() {
+    // Upstream defaulting adds Egress only when spec.egress has rules.
+    let p = format!(
+        "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  egress: []\n"
+    );
+    let got = allowed_pairs(&p, PROTO_TCP, 80);
+    assert!(got.contains(&"x/a->y/b".to_string()), "egress stays open");
+    assert!(
+        !got.contains(&"x/b->x/a".to_string()),
+        "ingress is isolated"
+    );
+}
+
+#[test]
 fn a_connection_needs_both_sides() {
     let p = format!(
         "{NP}metadata: {{name: client, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{namespaceSelector: {{}}}}]}}]\n\
@@ -310,17 +328,194 @@ fn invalid_policies_are_rejected_with_their_name() {
         ),
         (
             "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]}",
-            "not inside",
+            "is not strictly inside",
         ),
     ];
     for (spec, want) in bad {
-        let doc = format!("{NP}metadata: {{name: bad, namespace: x}}\n{spec}\n");
-        let mut index = palisade_agent::index::Index::default();
-        let o = objects(&doc).pop().expect("one object");
-        let err = index.apply(&o).expect_err(spec).to_string();
-        assert!(
-            err.contains("NetworkPolicy x/bad") && err.contains(want),
-            "{err} (wanted {want})"
-        );
+        assert_rejected(spec, want);
     }
+}
+
+/// Applies policy x/bad with `spec` and expects an error naming it and containing `want`.
+fn assert_rejected(spec: &str, want: &str) {
+    let doc = format!("{NP}metadata: {{name: bad, namespace: x}}\n{spec}\n");
+    let mut index = palisade_agent::index::Index::default();
+    let o = objects(&doc).pop().expect("one object");
+    let err = index.apply(&o).expect_err(spec).to_string();
+    assert!(
+        err.contains("NetworkPolicy x/bad") && err.contains(want),
+        "{err} (wanted {want})"
+    );
+}
+
+#[test]
+fn an_except_equal_to_its_cidr_is_rejected() {
+    // The API server wants each except strictly inside the cidr.
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.0.0/8]}}]}]}",
+        "spec.ingress[0].from[0].ipBlock.except[0]: except 10.0.0.0/8 is not strictly inside cidr 10.0.0.0/8",
+    );
+}
+
+#[test]
+fn a_port_written_as_a_string_of_digits_is_rejected() {
+    // A string port is an IANA_SVC_NAME, which needs a letter.
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{ports: [{port: \"80\"}]}]}",
+        "spec.ingress[0].ports[0].port: invalid port name \"80\"",
+    );
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("net")
+}
+
+#[test]
+fn a_v4_mapped_ip_block_is_rejected_with_a_clear_message() {
+    // The datapath keys IPv4 as ::ffff:a.b.c.d: such a block would be one
+    // kernel entry with the IPv4 one (the metadata block, a pod, the node).
+    assert_rejected(
+        "spec: {podSelector: {}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: \"::ffff:169.254.169.254/128\"}}]}]}",
+        "spec.egress[0].to[0].ipBlock.cidr: ::ffff:169.254.169.254/128 is IPv4-mapped IPv6; write it as IPv4: 169.254.169.254/32",
+    );
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: \"::/0\", except: [\"::ffff:10.0.0.0/104\"]}}]}]}",
+        "spec.ingress[0].from[0].ipBlock.except[0]: ::ffff:10.0.0.0/104 is IPv4-mapped IPv6; write it as IPv4: 10.0.0.0/8",
+    );
+    assert_rejected(
+        "spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: \"::ffff:0:0/96\"}}]}]}",
+        "write it as IPv4: 0.0.0.0/0",
+    );
+}
+
+#[test]
+fn a_v4_mapped_pod_ip_is_rejected() {
+    let mut index = palisade_agent::index::Index::default();
+    let o = objects(&pod("x", "a", "pod: a", "::ffff:10.0.1.10"))
+        .pop()
+        .expect("one object");
+    let err = index.apply(&o).expect_err("v4-mapped podIP").to_string();
+    assert!(
+        err.contains("Pod x/a")
+            && err.contains(
+                "status.podIP: ::ffff:10.0.1.10 is IPv4-mapped IPv6; write it as IPv4: 10.0.1.10"
+            ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_v4_mapped_node_address_is_the_ipv4_node_address() {
+    let deny = format!("{NP}metadata: {{name: deny, namespace: x}}\nspec: {{podSelector: {{}}}}\n");
+    let mut n = node();
+    n.addresses = vec![ip("::ffff:172.31.0.1")];
+    let state = compile(&model(&(xyz() + &deny)), &n, &Profile::default());
+    assert_eq!(
+        state
+            .maps
+            .ipcache
+            .get(&net("172.31.0.1/32"))
+            .map(|e| e.flags),
+        Some(ipcache_flags::HOST)
+    );
+    assert!(
+        !state
+            .maps
+            .ipcache
+            .contains_key(&net("::ffff:172.31.0.1/128"))
+    );
+    assert!(sim::connection_allowed(
+        &state.maps,
+        ip("172.31.0.1"),
+        xyz_ip("x/a"),
+        PROTO_TCP,
+        80
+    ));
+}
+
+#[test]
+fn an_ipv6_block_covering_every_address_admits_no_ipv4_address() {
+    // ::/0 covers ::ffff:0:0/96, where the kernel keeps IPv4.
+    let p = format!(
+        "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: \"::/0\"}}}}]}}]\n"
+    );
+    let state = compile(&model(&(xyz() + &p)), &node(), &Profile::default());
+    let egress = |dst| {
+        sim::judge(
+            &state.maps,
+            xyz_ip("x/a"),
+            ip(dst),
+            Direction::Egress,
+            PROTO_TCP,
+            443,
+        )
+        .allows()
+    };
+    assert!(!egress("203.0.113.10"), "an IPv4 address without an entry");
+    assert!(!egress("10.0.2.10"), "an IPv4 pod");
+    assert!(egress("2001:db8::1"));
+}
+
+#[test]
+fn the_ipcache_holds_the_ipv4_root_as_world() {
+    let root = net("0.0.0.0/0");
+    let world = IpcacheEntry {
+        identity: IDENTITY_WORLD,
+        flags: 0,
+    };
+    let state = compile(&model(&xyz()), &node(), &Profile::default());
+    assert_eq!(state.maps.ipcache.get(&root), Some(&world));
+    // A policy naming 0.0.0.0/0 gives it a CIDR identity instead.
+    let p = format!(
+        "{NP}metadata: {{name: p, namespace: x}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: 0.0.0.0/0}}}}]}}]\n"
+    );
+    let state = compile(&model(&(xyz() + &p)), &node(), &Profile::default());
+    let entry = state.maps.ipcache.get(&root).expect("the policy's block");
+    assert_ne!(entry.identity, IDENTITY_WORLD);
+    assert!(sim::connection_allowed(
+        &state.maps,
+        xyz_ip("x/a"),
+        ip("203.0.113.10"),
+        PROTO_TCP,
+        443
+    ));
+}
+
+#[test]
+fn the_mirror_keys_entries_by_their_kernel_key() {
+    let mut maps = Maps::default();
+    let metadata = IpcacheEntry {
+        identity: 300,
+        flags: ipcache_flags::METADATA,
+    };
+    let lifted = IpcacheEntry {
+        identity: 301,
+        flags: 0,
+    };
+    let ops = [
+        MapOp::UpsertIpcache(net("169.254.169.254/32"), metadata),
+        MapOp::UpsertIpcache(net("::ffff:169.254.169.254/128"), lifted),
+        MapOp::UpsertEndpoint(
+            ip("::ffff:10.0.1.10"),
+            EndpointEntry {
+                id: 1,
+                flags: 0,
+                ifindex: 0,
+            },
+        ),
+    ];
+    for op in &ops {
+        maps.apply(op).expect("infallible");
+    }
+    // As in the kernel: one entry, the last written.
+    assert_eq!(
+        maps.ipcache.iter().collect::<Vec<_>>(),
+        [(&net("169.254.169.254/32"), &lifted)]
+    );
+    assert!(maps.endpoints.contains_key(&ip("10.0.1.10")));
+    maps.apply(&MapOp::DeleteIpcache(net("::ffff:169.254.169.254/128")))
+        .expect("infallible");
+    maps.apply(&MapOp::DeleteEndpoint(ip("::ffff:10.0.1.10")))
+        .expect("infallible");
+    assert!(maps.is_empty());
 }

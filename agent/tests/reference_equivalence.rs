@@ -10,10 +10,11 @@ mod support;
 use std::net::IpAddr;
 
 use palisade_agent::{
+    dataplane::wire,
     index::{Index, Object},
     model::{Model, Protocol},
     policy::{
-        Compiler, Profile, compile,
+        Compiler, MapWriter, Maps, Profile, compile, diff,
         reference::{self, Party},
         sim,
     },
@@ -23,7 +24,13 @@ use serde_json::{Value, json};
 use support::{NODE, canonical, node};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const EXTERNALS: [&str; 3] = ["203.0.113.10", "169.254.169.254", "10.0.9.9"];
+const EXTERNALS: [&str; 5] = [
+    "203.0.113.10",
+    "169.254.169.254",
+    "10.0.9.9",
+    "2001:db8::5",
+    "fd00:ec2::254",
+];
 const PORTS: [(Protocol, u16); 5] = [
     (Protocol::Tcp, 80),
     (Protocol::Tcp, 81),
@@ -86,6 +93,10 @@ fn cidr() -> impl Strategy<Value = Value> {
         ),
         Just(json!({"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24", "10.0.9.0/24"]})),
         (1u8..4, 10u8..13).prop_map(|(n, h)| json!({"cidr": format!("10.0.{n}.{h}/32")})),
+        // IPv6 blocks that cover ::ffff:0:0/96, where the kernel keeps IPv4.
+        Just(json!({"cidr": "::/0"})),
+        Just(json!({"cidr": "::/1", "except": ["2001:db8::/32"]})),
+        Just(json!({"cidr": "2001:db8::/32"})),
     ]
 }
 
@@ -380,6 +391,26 @@ proptest! {
             let fresh = canonical(&compile(&model, &node(), &profile));
             prop_assert_eq!(kept, fresh, "after edit {} {:?}", step, e);
         }
+    }
+
+    /// Two logical keys never name one kernel entry (IPv4 and v4-mapped
+    /// IPv6), the mirror holds what the compiler wrote, and IPv4 has its
+    /// root entry, so no IPv6 prefix can match an IPv4 address.
+    #[test]
+    fn every_logical_key_is_its_own_kernel_key(c in case()) {
+        let state = compile(&build(&c.objects), &node(), &c.profile);
+        let ipcache: std::collections::BTreeSet<_> = state.maps.ipcache.keys()
+            .map(|n| { let k = wire::ipcache_key(n); (k.prefix_len(), k.data()) }).collect();
+        prop_assert_eq!(ipcache.len(), state.maps.ipcache.len());
+        let endpoints: std::collections::BTreeSet<_> =
+            state.maps.endpoints.keys().map(|ip| wire::addr(*ip)).collect();
+        prop_assert_eq!(endpoints.len(), state.maps.endpoints.len());
+        prop_assert!(state.maps.ipcache.contains_key(&"0.0.0.0/0".parse().expect("net")));
+        let mut mirror = Maps::default();
+        for op in diff(&Maps::default(), &state.maps) {
+            let Ok(()) = mirror.apply(&op);
+        }
+        prop_assert_eq!(mirror, state.maps);
     }
 
     #[test]

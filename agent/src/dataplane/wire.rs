@@ -1,6 +1,6 @@
 //! Logical map entries (engine types) to and from the kernel's layouts.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
@@ -8,38 +8,30 @@ use palisade_common::{
     Addr, EndpointValue, IpcacheValue, POLICY_PREFIX_NO_PORT, PolicyKeyData, PolicyValue,
 };
 
-use crate::policy::state::{Direction, EndpointEntry, IpcacheEntry, PolicyKey};
+use crate::policy::{
+    addr::{from_wire_addr, from_wire_prefix, wire_addr, wire_prefix},
+    state::{Direction, EndpointEntry, IpcacheEntry, PolicyKey},
+};
 
 /// IPv6 as is; IPv4 as `::ffff:a.b.c.d`.
 pub fn addr(ip: IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
+    wire_addr(ip)
 }
 
-pub fn ip(addr: &Addr) -> IpAddr {
-    let v6 = Ipv6Addr::from(*addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
+/// A v4-mapped address comes back as IPv4.
+pub fn ip(a: &Addr) -> IpAddr {
+    from_wire_addr(a)
 }
 
 pub fn ipcache_key(net: &IpNet) -> Key<Addr> {
-    let extra = if net.addr().is_ipv4() { 96 } else { 0 };
-    Key::new(u32::from(net.prefix_len()) + extra, addr(net.addr()))
+    let (len, a) = wire_prefix(net);
+    Key::new(u32::from(len), a)
 }
 
+/// A prefix inside `::ffff:0:0/96` comes back as IPv4.
 pub fn ipcache_net(key: &Key<Addr>) -> Option<IpNet> {
-    let a = ip(&key.data());
-    let len = key.prefix_len();
-    match a {
-        IpAddr::V4(v4) => len
-            .checked_sub(96)
-            .and_then(|l| IpNet::new(IpAddr::V4(v4), l as u8).ok()),
-        IpAddr::V6(_) => IpNet::new(a, len as u8).ok(),
-    }
+    let len = u8::try_from(key.prefix_len()).ok()?;
+    from_wire_prefix(len, &key.data())
 }
 
 pub fn policy_key(k: &PolicyKey) -> Key<PolicyKeyData> {

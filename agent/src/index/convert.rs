@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Namespace as ApiNamespace, Pod as ApiPod};
 
 use crate::model::{ContainerPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, Protocol};
+use crate::policy::addr::canonical_ip;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
@@ -14,6 +15,12 @@ pub enum ConvertError {
     MissingNamespace,
     #[error("{field}: invalid IP address {value:?}")]
     BadIp { field: String, value: String },
+    #[error("{field}: {value} is IPv4-mapped IPv6; write it as IPv4: {ipv4}")]
+    V4MappedIp {
+        field: String,
+        value: IpAddr,
+        ipv4: IpAddr,
+    },
     #[error("{field}: container port {value} out of range 1-65535")]
     BadPort { field: String, value: i32 },
     #[error("{field}: unknown protocol {value:?}")]
@@ -46,10 +53,7 @@ pub fn pod_from_api(pod: &ApiPod) -> Result<Option<Pod>, ConvertError> {
 
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut push_ip = |field: String, value: &str| -> Result<(), ConvertError> {
-        let ip: IpAddr = value.parse().map_err(|_| ConvertError::BadIp {
-            field,
-            value: value.to_string(),
-        })?;
+        let ip = pod_ip(field, value)?;
         if !ips.contains(&ip) {
             ips.push(ip);
         }
@@ -105,4 +109,23 @@ pub fn pod_from_api(pod: &ApiPod) -> Result<Option<Pod>, ConvertError> {
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ports,
     }))
+}
+
+fn pod_ip(field: String, value: &str) -> Result<IpAddr, ConvertError> {
+    let Ok(ip) = value.parse::<IpAddr>() else {
+        return Err(ConvertError::BadIp {
+            field,
+            value: value.to_string(),
+        });
+    };
+    // The kernel keys IPv4 as ::ffff:a.b.c.d: this would be another pod's entry.
+    let ipv4 = canonical_ip(ip);
+    if ipv4 != ip {
+        return Err(ConvertError::V4MappedIp {
+            field,
+            value: ip,
+            ipv4,
+        });
+    }
+    Ok(ip)
 }

@@ -15,26 +15,29 @@
 //! What remains per compile is a pass of equality checks over the pods and
 //! the assembly of the maps.
 //!
-//! Bounds: ipcache entries = pod addresses + distinct CIDRs + node addresses;
-//! policy entries per local endpoint <= sum over rules of
-//! (matching identities) x (ports, a range counting at most 31 prefixes).
+//! Bounds: ipcache entries = pod addresses + distinct CIDRs + node
+//! addresses + the IPv4 root; policy entries per local endpoint <= sum over
+//! rules of (matching identities) x (ports, a range counting at most 31
+//! prefixes).
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
 
 use ipnet::IpNet;
-use palisade_common::{IDENTITY_ANY, IDENTITY_FIRST, PROTO_ANY, endpoint_flags};
+use palisade_common::{IDENTITY_ANY, IDENTITY_FIRST, IDENTITY_WORLD, PROTO_ANY, endpoint_flags};
 
 use super::{
+    addr::{IPV4_ROOT, canonical_ip},
     alloc::Allocator,
     identity::{Blocks, IdentityLayer, Kind, Signature},
     matching::{MatchCache, PeerMatch},
     profile::Profile,
     state::{
         DesiredState, Direction, EndpointEntry, EndpointInfo, HostNetworkBlock, IdentityInfo,
-        PolicyKey, RuleRef,
+        IpcacheEntry, PolicyKey, RuleRef,
     },
     types::{Peer, Policy, PolicyOrigin, PortRef, Rule},
 };
@@ -128,10 +131,15 @@ impl Compiler {
                 .filter(|(_, old)| claimed.insert(*old))
                 .collect()
         }
-        let identities =
-            consistent(fresh.maps.ipcache.iter().filter_map(|(net, e)| {
-                observed.ipcache.get(net).map(|o| (e.identity, o.identity))
-            }));
+        // Reserved ids (the IPv4 root's world) are no allocator's to hand out.
+        let identities = consistent(
+            fresh
+                .maps
+                .ipcache
+                .iter()
+                .filter_map(|(net, e)| observed.ipcache.get(net).map(|o| (e.identity, o.identity)))
+                .filter(|(new, old)| *new >= IDENTITY_FIRST && *old >= IDENTITY_FIRST),
+        );
         let endpoints = consistent(
             fresh
                 .maps
@@ -161,6 +169,7 @@ pub fn compile(model: &Model, node: &Node, profile: &Profile) -> DesiredState {
 
 impl Compiler {
     pub fn compile(&mut self, model: &Model, node: &Node, profile: &Profile) -> DesiredState {
+        let node = &canonical_node(node);
         let mut state = DesiredState::default();
         let local: Vec<&Pod> = model
             .pods
@@ -210,6 +219,12 @@ impl Compiler {
             Blocks::new(blocks),
         );
         state.maps.ipcache = resolution.ipcache;
+        // IPv4 is ::ffff:0:0/96 in the kernel's trie: with its root present,
+        // an IPv6 prefix covering that (::/0) never wins for an IPv4 address.
+        state.maps.ipcache.entry(IPV4_ROOT).or_insert(IpcacheEntry {
+            identity: IDENTITY_WORLD,
+            flags: 0,
+        });
         let delta = resolution.delta;
         let identities = self.identity_layer.current();
         self.matches.update(&delta, identities, model);
@@ -305,7 +320,7 @@ impl Compiler {
             for ip in &pod.ips {
                 let ifindex = node.interfaces.get(ip).copied().unwrap_or(0);
                 state.maps.endpoints.insert(
-                    *ip,
+                    canonical_ip(*ip),
                     EndpointEntry {
                         id: ep_id,
                         flags,
@@ -371,6 +386,24 @@ impl Compiler {
     pub fn stats(&self) -> CompileStats {
         self.stats
     }
+}
+
+/// The node with its v4-mapped addresses written as IPv4, as the kernel keys them.
+fn canonical_node(node: &Node) -> Cow<'_, Node> {
+    if node.addresses.iter().all(|a| canonical_ip(*a) == *a) {
+        return Cow::Borrowed(node);
+    }
+    let mut addresses: Vec<_> = Vec::with_capacity(node.addresses.len());
+    for a in node.addresses.iter().map(|a| canonical_ip(*a)) {
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    }
+    Cow::Owned(Node {
+        name: node.name.clone(),
+        addresses,
+        interfaces: node.interfaces.clone(),
+    })
 }
 
 fn identity_info(sig: &Signature) -> IdentityInfo {

@@ -8,6 +8,7 @@ use super::state::{DesiredState, Direction, IdentityInfo};
 fn identity_name(state: &DesiredState, id: u32) -> String {
     match id {
         palisade_common::IDENTITY_ANY => "any".into(),
+        palisade_common::IDENTITY_WORLD => "world".into(),
         _ => match state.identities.get(&id) {
             Some(IdentityInfo::Pods { namespace, labels }) => {
                 let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -22,6 +22,7 @@ use ipnet::IpNet;
 use palisade_common::ipcache_flags;
 
 use super::{
+    addr::canonical_ip,
     alloc::Allocator,
     profile::{Profile, metadata_prefixes},
     state::IpcacheEntry,
@@ -153,9 +154,10 @@ impl PodMemo {
             .ips
             .iter()
             // A node address is the node, whatever pod claims it.
+            .map(|ip| canonical_ip(*ip))
             .filter(|ip| !node.addresses.contains(ip))
             .map(|ip| {
-                let net = IpNet::from(*ip);
+                let net = IpNet::from(ip);
                 let sig = Signature {
                     kind: kind.clone(),
                     blocks: blocks.containing(&net),

@@ -1,6 +1,7 @@
 //! The pure policy engine: validated policies in, datapath map contents out.
 //! No kernel, no cluster: everything here is testable in-process.
 
+pub mod addr;
 pub mod alloc;
 pub mod compile;
 pub mod dump;

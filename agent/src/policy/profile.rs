@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    addr::canonical_ip,
     selector::Selector,
     types::{NamespaceScope, Peer, Policy, PolicyOrigin, PortRef, PortSpec, Rule},
 };
@@ -167,7 +168,7 @@ impl Profile {
                 pods: resolver.clone(),
             }];
             peers.extend(self.dns.node_local.iter().map(|ip| Peer::IpBlock {
-                cidr: IpNet::from(*ip),
+                cidr: IpNet::from(canonical_ip(*ip)),
                 except: Vec::new(),
             }));
             out.push(Policy {

@@ -9,7 +9,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use palisade_common::{IDENTITY_ANY, IDENTITY_WORLD, PROTO_ANY, endpoint_flags, ipcache_flags};
 
-use super::state::{Direction, EndpointEntry, IpcacheEntry, Maps, PolicyKey};
+use super::{
+    addr::{canonical_ip, wire_addr, wire_prefix, wire_prefix_contains},
+    state::{Direction, EndpointEntry, IpcacheEntry, Maps, PolicyKey},
+};
 
 /// The three lookups the datapath makes, over some copy of its maps: the
 /// in-memory [`Maps`] here, the pinned kernel maps in `dataplane` (so the
@@ -24,7 +27,7 @@ pub trait MapView {
 
 impl MapView for Maps {
     fn endpoint(&self, local: IpAddr) -> Option<EndpointEntry> {
-        self.endpoints.get(&local).copied()
+        self.endpoints.get(&canonical_ip(local)).copied()
     }
 
     fn ipcache(&self, addr: IpAddr) -> IpcacheEntry {
@@ -59,19 +62,36 @@ impl Verdict {
     }
 }
 
-/// Longest-prefix match, as the kernel's LPM trie does it.
+/// Longest-prefix match over the kernel's 128-bit keys, as its LPM trie
+/// does it: an IPv4 address is `::ffff:a.b.c.d`, so an IPv6 prefix that
+/// covers `::ffff:0:0/96` can match it.
+///
+/// # Panics
+/// When two logical keys are one kernel key: the kernel would hold only
+/// the last one written, and no mirror of it may hold both.
 pub fn lookup_ipcache(maps: &Maps, addr: IpAddr) -> IpcacheEntry {
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    for len in (0..=max).rev() {
-        let net = IpNet::new(addr, len).expect("valid prefix length").trunc();
-        if let Some(e) = maps.ipcache.get(&net) {
-            return *e;
+    let want = wire_addr(addr);
+    let mut best: Option<(u8, &IpNet, &IpcacheEntry)> = None;
+    for (net, entry) in &maps.ipcache {
+        let (len, key) = wire_prefix(net);
+        if !wire_prefix_contains(len, &key, &want) {
+            continue;
+        }
+        match best {
+            Some((l, other, _)) if l == len => {
+                panic!("ipcache keys {other} and {net} are one kernel key")
+            }
+            Some((l, _, _)) if l > len => {}
+            _ => best = Some((len, net, entry)),
         }
     }
-    IpcacheEntry {
-        identity: IDENTITY_WORLD,
-        flags: 0,
-    }
+    best.map_or(
+        IpcacheEntry {
+            identity: IDENTITY_WORLD,
+            flags: 0,
+        },
+        |(_, _, e)| *e,
+    )
 }
 
 fn lookup_policy(
@@ -176,7 +196,7 @@ pub fn judge_at(
     proto: u8,
     port: u16,
 ) -> Verdict {
-    match maps.endpoints.get(&local) {
+    match maps.endpoints.get(&canonical_ip(local)) {
         Some(ep) if ep.ifindex != ifindex => Verdict::DeniedSpoofed,
         None if maps.ifaces.contains_key(&ifindex) => Verdict::DeniedSpoofed,
         _ => judge(maps, local, remote, dir, proto, port),
@@ -194,4 +214,39 @@ pub fn connection_allowed(
 ) -> bool {
     judge(maps, src, dst, Direction::Egress, proto, port).allows()
         && judge(maps, dst, src, Direction::Ingress, proto, port).allows()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    fn entry(identity: u32) -> IpcacheEntry {
+        IpcacheEntry { identity, flags: 0 }
+    }
+
+    #[test]
+    fn an_ipv6_prefix_covering_v4_mapped_space_matches_ipv4() {
+        let mut maps = Maps::default();
+        maps.ipcache.insert(net("::/0"), entry(300));
+        let v4 = IpAddr::from([203, 0, 113, 10]);
+        assert_eq!(lookup_ipcache(&maps, v4), entry(300));
+        maps.ipcache.insert(net("0.0.0.0/0"), entry(IDENTITY_WORLD));
+        assert_eq!(lookup_ipcache(&maps, v4), entry(IDENTITY_WORLD));
+        let v6: IpAddr = "2001:db8::1".parse().expect("ip");
+        assert_eq!(lookup_ipcache(&maps, v6), entry(300));
+    }
+
+    #[test]
+    #[should_panic(expected = "are one kernel key")]
+    fn two_logical_keys_for_one_kernel_key_are_caught() {
+        let mut maps = Maps::default();
+        maps.ipcache.insert(net("169.254.169.254/32"), entry(300));
+        maps.ipcache
+            .insert(net("::ffff:169.254.169.254/128"), entry(301));
+        lookup_ipcache(&maps, IpAddr::from([169, 254, 169, 254]));
+    }
 }

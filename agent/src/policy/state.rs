@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use ipnet::IpNet;
 use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
-use super::types::PolicyOrigin;
+use super::{
+    addr::{canonical_ip, canonical_net},
+    types::PolicyOrigin,
+};
 use crate::model::ObjectRef;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -221,6 +224,8 @@ pub trait MapWriter {
 
 /// The contents of the three policy maps, in logical form. Also the
 /// in-memory [`MapWriter`]: the agent's mirror of the kernel, and the fake in tests.
+/// It keys addresses canonically, as the kernel does: a v4-mapped key is
+/// the IPv4 entry, never a second one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Maps {
     pub endpoints: BTreeMap<IpAddr, EndpointEntry>,
@@ -239,13 +244,13 @@ impl MapWriter for Maps {
                 self.policy.insert(*k, *v);
             }
             MapOp::UpsertIpcache(k, v) => {
-                self.ipcache.insert(*k, *v);
+                self.ipcache.insert(canonical_net(*k), *v);
             }
             MapOp::UpsertEndpoint(k, v) => {
-                self.endpoints.insert(*k, *v);
+                self.endpoints.insert(canonical_ip(*k), *v);
             }
             MapOp::DeleteEndpoint(k) => {
-                self.endpoints.remove(k);
+                self.endpoints.remove(&canonical_ip(*k));
             }
             MapOp::UpsertIface(k, v) => {
                 self.ifaces.insert(*k, *v);
@@ -254,7 +259,7 @@ impl MapWriter for Maps {
                 self.ifaces.remove(k);
             }
             MapOp::DeleteIpcache(k) => {
-                self.ipcache.remove(k);
+                self.ipcache.remove(&canonical_net(*k));
             }
             MapOp::DeletePolicy(k) => {
                 self.policy.remove(k);

@@ -12,7 +12,10 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::selector::{Selector, SelectorError};
+use super::{
+    addr::{canonical_net, is_v4_mapped},
+    selector::{Selector, SelectorError},
+};
 use crate::model::{ObjectRef, Protocol};
 
 /// Who a policy came from: a NetworkPolicy object, or one of the agent's
@@ -112,11 +115,17 @@ pub enum PolicyError {
     PortName { field: String, value: String },
     #[error("{field}: invalid CIDR {value:?}")]
     Cidr { field: String, value: String },
-    #[error("{field}: except {except} is not inside cidr {cidr}")]
+    #[error("{field}: except {except} is not strictly inside cidr {cidr}")]
     ExceptOutside {
         field: String,
         cidr: IpNet,
         except: IpNet,
+    },
+    #[error("{field}: {value} is IPv4-mapped IPv6; write it as IPv4: {ipv4}")]
+    V4MappedCidr {
+        field: String,
+        value: IpNet,
+        ipv4: IpNet,
     },
     #[error("{field}: ipBlock cannot be combined with podSelector or namespaceSelector")]
     MixedPeer { field: String },
@@ -153,7 +162,8 @@ impl TryFrom<&NetworkPolicy> for Policy {
                 }
                 (i, e)
             }
-            _ => (true, spec.egress.is_some()),
+            // Upstream defaulting tests the list's length: `egress: []` is no rule.
+            _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
         };
 
         let ingress = if has_ingress {
@@ -274,12 +284,23 @@ fn peer(namespace: &str, field: &str, p: &NetworkPolicyPeer) -> Result<Peer, Pol
 
 fn parse_cidr(field: &str, s: &str) -> Result<IpNet, PolicyError> {
     // The API accepts a bare address as a host route? It does not: a CIDR is required.
-    s.parse::<IpNet>()
+    let net = s
+        .parse::<IpNet>()
         .map(|n| n.trunc())
         .map_err(|_| PolicyError::Cidr {
             field: field.to_string(),
             value: s.to_string(),
-        })
+        })?;
+    // The kernel keys IPv4 as ::ffff:a.b.c.d: a block in there would be the
+    // same entry as an IPv4 one (a pod, the node, the metadata block).
+    match net {
+        IpNet::V6(v6) if is_v4_mapped(&v6) => Err(PolicyError::V4MappedCidr {
+            field: field.to_string(),
+            value: net,
+            ipv4: canonical_net(net),
+        }),
+        _ => Ok(net),
+    }
 }
 
 fn ip_block(field: &str, b: &IPBlock) -> Result<Peer, PolicyError> {
@@ -288,7 +309,8 @@ fn ip_block(field: &str, b: &IPBlock) -> Result<Peer, PolicyError> {
     for (i, e) in b.except.iter().flatten().enumerate() {
         let f = format!("{field}.except[{i}]");
         let e = parse_cidr(&f, e)?;
-        if !cidr.contains(&e) {
+        // A strict subset, as the API server requires.
+        if !cidr.contains(&e) || e.prefix_len() <= cidr.prefix_len() {
             return Err(PolicyError::ExceptOutside {
                 field: f,
                 cidr,
@@ -335,21 +357,15 @@ fn port(field: &str, p: &NetworkPolicyPort) -> Result<PortSpec, PolicyError> {
             };
             Some(PortRef::Range { start, end })
         }
+        // A string is a name, never a number: the API server rejects "80".
+        (Some(IntOrString::String(s)), None) if valid_port_name(s) => {
+            Some(PortRef::Named(s.clone()))
+        }
         (Some(IntOrString::String(s)), None) => {
-            // A string that is a number is a number (IntOrString from YAML "80").
-            if let Ok(n) = s.parse::<i64>() {
-                Some(PortRef::Range {
-                    start: port_number(&format!("{field}.port"), n)?,
-                    end: port_number(&format!("{field}.port"), n)?,
-                })
-            } else if valid_port_name(s) {
-                Some(PortRef::Named(s.clone()))
-            } else {
-                return Err(PolicyError::PortName {
-                    field: format!("{field}.port"),
-                    value: s.clone(),
-                });
-            }
+            return Err(PolicyError::PortName {
+                field: format!("{field}.port"),
+                value: s.clone(),
+            });
         }
     };
     Ok(PortSpec { protocol, port })
