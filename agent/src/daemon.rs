@@ -305,6 +305,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut digest = String::new();
     let mut ready = false;
     let mut dirty = true;
+    // After failed map writes (a full map), when to try again: backing off
+    // so a map that stays full does not cost a sync every tick.
+    let mut retry_at: Option<Instant> = None;
+    let mut retry_backoff = Duration::from_millis(500);
     let mut last_sync_ops = 0;
     let mut changed_at: Option<Instant> = None;
     let mut last_metrics = Instant::now() - Duration::from_secs(60);
@@ -368,6 +372,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 reassigned.extend(changed_owners(&owners, &now_owners));
                 owners = now_owners;
                 dirty = true;
+                // A change is programmed at once, backoff or not.
+                retry_at = None;
             }
             _ = tokio::signal::ctrl_c() => { interrupted = true; }
             _ = sigterm.recv() => { interrupted = true; }
@@ -415,7 +421,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             Err(e) => warn!(error = %e, "listing routes"),
         }
 
-        if dirty && listed.len() == KINDS.len() {
+        let retry_due = retry_at.is_none_or(|t| Instant::now() >= t);
+        if dirty && listed.len() == KINDS.len() && retry_due {
             let report = syncer.sync(index.model(), &node, &opts.profile);
             info!(
                 revision = report.revision,
@@ -427,6 +434,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 "programmed"
             );
             dirty = report.failed > 0;
+            if dirty {
+                retry_at = Some(Instant::now() + retry_backoff);
+                retry_backoff = (retry_backoff * 2).min(Duration::from_secs(30));
+            } else {
+                retry_at = None;
+                retry_backoff = Duration::from_millis(500);
+            }
             last_sync_ops = report.ops;
             if report.ops > 0 || !reassigned.is_empty() {
                 let _ = sweep_tx.send(Sweep {

@@ -95,6 +95,7 @@ impl<W: MapWriter> Syncer<W> {
             }
         }
         let mut failed = 0;
+        let mut first_error = None;
         for op in retry {
             match self.writer.apply(op) {
                 Ok(()) => {
@@ -102,9 +103,14 @@ impl<W: MapWriter> Syncer<W> {
                 }
                 Err(e) => {
                     failed += 1;
-                    warn!(error = %e, "map write failed");
+                    first_error.get_or_insert_with(|| e.to_string());
                 }
             }
+        }
+        // One line per sync, however many writes failed: a map that is full
+        // must not turn into a log flood.
+        if let Some(error) = first_error {
+            warn!(failed, first = %error, "map writes failed; retried with backoff");
         }
         self.state = desired;
         self.revision += 1;
