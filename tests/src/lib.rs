@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod kubeproxy;
 pub mod matrix;
 pub mod netns;
+pub mod nodes;
 pub mod packets;
 pub mod probe;
 pub mod runner;

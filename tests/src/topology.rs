@@ -40,6 +40,8 @@ pub enum Created {
     Pins(PathBuf),
     /// A child process (the agent).
     Process(u32),
+    /// A directory of the harness's own (e.g. CNI leases).
+    Dir(PathBuf),
 }
 
 pub fn remember(c: Created) {
@@ -63,12 +65,12 @@ pub fn cleanup_all() {
     }
 }
 
-fn remove(c: &Created) {
+pub(crate) fn remove(c: &Created) {
     match c {
         Created::Netns(n) => {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
-        Created::Pins(p) => {
+        Created::Pins(p) | Created::Dir(p) => {
             let _ = std::fs::remove_dir_all(p);
         }
         Created::Process(pid) => {
@@ -91,7 +93,7 @@ fn remove(c: &Created) {
     }
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<()> {
     run(Command::new("ip").args(args)).map(|_| ())
 }
 
@@ -109,6 +111,8 @@ pub struct Host {
     /// Cgroup of a hostNetwork pod's processes.
     pub cgroup: Option<PathBuf>,
     pub uid: String,
+    /// The node it runs on (index); `None` for externals.
+    pub node: Option<usize>,
 }
 
 impl Host {
@@ -283,6 +287,7 @@ impl Cluster {
             ports,
             cgroup: None,
             uid: format!("{:08x}-0000-4000-8000-{:012x}", idx, idx),
+            node: (!name.starts_with("external:")).then_some(0),
         };
         self.hosts.insert(name.to_string(), host.clone());
         Ok(host)
@@ -311,6 +316,7 @@ impl Cluster {
             ports,
             cgroup: Some(cgroup),
             uid,
+            node: Some(0),
         };
         self.hosts.insert(name.to_string(), host.clone());
         Ok(host)
