@@ -57,23 +57,6 @@ pub struct Table {
     pub cells: BTreeMap<(Name, Name), (bool, bool)>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn service_patterns_match_services_only() {
-        assert!(matches("svc:*/*", "svc:x/web"));
-        assert!(matches("svc:x/web", "svc:x/web"));
-        assert!(matches("svc:x/*", "svc:x/web"));
-        assert!(!matches("svc:y/*", "svc:x/web"));
-        assert!(!matches("*/*", "svc:x/web"));
-        assert!(!matches("svc:*/*", "x/web"));
-        assert!(!matches("svc:*/*", "node"));
-        assert!(matches("x/*", "x/a"));
-    }
-}
-
 impl Table {
     pub fn mismatches(&self) -> usize {
         self.cells.values().filter(|(e, o)| e != o).count()
@@ -132,5 +115,22 @@ impl Table {
         out.push_str("difference (! = mismatch):\n");
         self.grid(&mut out, |e, o| if e == o { "".into() } else { "!".into() });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn service_patterns_match_services_only() {
+        assert!(matches("svc:*/*", "svc:x/web"));
+        assert!(matches("svc:x/web", "svc:x/web"));
+        assert!(matches("svc:x/*", "svc:x/web"));
+        assert!(!matches("svc:y/*", "svc:x/web"));
+        assert!(!matches("*/*", "svc:x/web"));
+        assert!(!matches("svc:*/*", "x/web"));
+        assert!(!matches("svc:*/*", "node"));
+        assert!(matches("x/*", "x/a"));
     }
 }

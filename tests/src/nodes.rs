@@ -24,7 +24,7 @@ use crate::{
     cni::{self, Attachment, Conflist},
     exec::{ip_batch_in, run},
     scenario::{Family, PortSpec},
-    topology::{Created, Host, cgroup2_mount, ip, remember, remove},
+    topology::{Created, Host, cgroup2_mount, forget, ip, remember, remove},
 };
 
 const BRIDGE: &str = "br0";
@@ -404,10 +404,11 @@ impl LocalCluster {
             }
         }
         if let Some(n) = &h.netns {
-            remove(&Created::Netns(n.clone()));
+            undo(&Created::Netns(n.clone()));
         }
         if let Some(c) = &h.cgroup {
             let _ = std::fs::remove_dir(c);
+            forget(&Created::Cgroup(c.clone()));
         }
         result
     }
@@ -422,6 +423,12 @@ impl LocalCluster {
     }
 }
 
+/// Removes something made here and takes it off the interrupt list.
+fn undo(c: &Created) {
+    remove(c);
+    forget(c);
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         let names: Vec<String> = self.hosts.keys().cloned().collect();
@@ -430,13 +437,13 @@ impl Drop for LocalCluster {
             let _ = self.remove(&n, false);
         }
         for e in &self.externals {
-            remove(&Created::Netns(e.netns.clone()));
+            undo(&Created::Netns(e.netns.clone()));
         }
         for n in &self.nodes {
-            remove(&Created::Netns(n.netns.clone()));
+            undo(&Created::Netns(n.netns.clone()));
         }
-        remove(&Created::Netns(self.switch.clone()));
-        remove(&Created::Dir(self.lease_root.clone()));
+        undo(&Created::Netns(self.switch.clone()));
+        undo(&Created::Dir(self.lease_root.clone()));
         for d in [
             self.cgroup_root.join("kubepods/besteffort"),
             self.cgroup_root.join("kubepods"),

@@ -22,7 +22,7 @@ use crate::{
     probe::{self, Listeners, Origin, Probe, Proto},
     scenario::{Expect, PodSpec, Scenario, Verdict, default_ports, expand_policy},
     services::{AddressPool, PodView, Service, via_service_port},
-    topology::Host,
+    topology::{Created, Host, forget, remember},
 };
 
 /// The agent attaches to veths with this prefix: ptp names the host side
@@ -155,7 +155,8 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
     let dir = std::env::temp_dir().join(format!("palisade-scenario-{run_id}"));
     let source = dir.join("source");
     std::fs::create_dir_all(&source)?;
-    // Dropped last (reverse order): the agents write into it.
+    // Removed last, also on interrupt: the agents write into it.
+    remember(Created::Dir(dir.clone()));
     let _dir = TempDir(dir.clone());
     let nodes = opts.nodes.unwrap_or(scenario.nodes);
     if nodes == 0 {
@@ -295,6 +296,7 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        forget(&Created::Dir(self.0.clone()));
     }
 }
 
