@@ -356,7 +356,11 @@ impl Run<'_> {
             let h = self.cluster.add_host_network(&name, node, ports)?;
             if !self.node_listeners.contains_key(&node) {
                 let netns = self.cluster.nodes[node].netns.clone();
-                let l = probe::listen(Some(&netns), &h.ports)?;
+                let addrs: Vec<std::net::IpAddr> = [false, true]
+                    .into_iter()
+                    .filter_map(|v6| h.addr(v6))
+                    .collect();
+                let l = probe::listen_at(Some(&netns), &h.ports, &addrs)?;
                 self.node_listeners.insert(node, l);
             }
         } else {
