@@ -1,7 +1,9 @@
-//! The local cluster: one network namespace for the node, one per pod and
-//! per external, each wired to the node with a veth and host routes the way
-//! a point-to-point CNI does it (Calico style: the pod's default route goes
-//! to a link-local gateway on the node side of its veth).
+//! The one-node cluster of the privileged tests and benchmarks: one network
+//! namespace for the node, one per pod and per external, each wired to the
+//! node with a veth and host routes the way a point-to-point CNI does it
+//! (Calico style: the pod's default route goes to a link-local gateway on
+//! the node side of its veth). Scenarios run on `nodes.rs` instead (many
+//! nodes, CNI, Services). Also: what any run created, for an interrupt.
 
 use std::{
     collections::BTreeMap,
