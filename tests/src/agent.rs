@@ -35,6 +35,10 @@ pub struct AgentSpec {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     pub extra: Vec<String>,
+    /// `--node-name`.
+    pub node_name: String,
+    /// `--interface-prefix` values (empty: the agent picks veths itself).
+    pub interface_prefixes: Vec<String>,
 }
 
 impl AgentSpec {
@@ -51,6 +55,8 @@ impl AgentSpec {
             stdout: dir.join("deny.jsonl"),
             stderr: dir.join("agent.log"),
             extra: Vec::new(),
+            node_name: crate::topology::NODE_NAME.into(),
+            interface_prefixes: vec![crate::topology::IF_PREFIX.into()],
         }
     }
 }
@@ -79,13 +85,12 @@ impl AgentProcess {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", s.node_netns))
             .arg(&s.bin)
-            .args([
-                "agent",
-                "--node-name",
-                crate::topology::NODE_NAME,
-                "--interface-prefix",
-                crate::topology::IF_PREFIX,
-            ])
+            .args(["agent", "--node-name", &s.node_name])
+            .args(
+                s.interface_prefixes
+                    .iter()
+                    .flat_map(|p| ["--interface-prefix", p.as_str()]),
+            )
             .arg("--source")
             .arg(&s.source)
             .arg("--pin-root")

@@ -31,11 +31,20 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
 
 /// Runs `ip -batch -` with the given commands, one per line.
 pub fn ip_batch(lines: &[String]) -> anyhow::Result<()> {
+    ip_batch_in(None, lines)
+}
+
+/// Runs `ip [-n NETNS] -batch -` with the given commands, one per line.
+pub fn ip_batch_in(netns: Option<&str>, lines: &[String]) -> anyhow::Result<()> {
     use std::io::Write as _;
     if lines.is_empty() {
         return Ok(());
     }
-    let mut child = Command::new("ip")
+    let mut cmd = Command::new("ip");
+    if let Some(n) = netns {
+        cmd.args(["-n", n]);
+    }
+    let mut child = cmd
         .args(["-batch", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

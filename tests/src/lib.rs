@@ -4,13 +4,17 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod cni;
 pub mod exec;
 pub mod fixtures;
+pub mod kubeproxy;
 pub mod matrix;
 pub mod netns;
+pub mod nodes;
 pub mod packets;
 pub mod probe;
 pub mod raw;
 pub mod runner;
 pub mod scenario;
+pub mod services;
 pub mod topology;

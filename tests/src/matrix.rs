@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::scenario::{Expect, Verdict};
 
-/// A probe source or destination by its scenario name: `ns/pod`, `node`, `external:NAME`.
+/// A probe source or destination by its scenario name: `ns/pod`, `node`,
+/// `external:NAME`, `svc:NS/NAME`.
 pub type Name = String;
 
 /// Whether a scenario pattern matches a name.
@@ -21,6 +22,16 @@ pub fn matches(pattern: &str, name: &str) -> bool {
     if name.starts_with("external:") {
         return false;
     }
+    // Services only match svc: patterns, so `*/*` stays pods only.
+    match (pattern.strip_prefix("svc:"), name.strip_prefix("svc:")) {
+        (Some(p), Some(n)) => ns_name_matches(p, n),
+        (None, None) => ns_name_matches(pattern, name),
+        _ => false,
+    }
+}
+
+/// `NS/NAME` against a pattern with `*` for either part.
+fn ns_name_matches(pattern: &str, name: &str) -> bool {
     let (pns, ppod) = pattern.split_once('/').unwrap_or((pattern, "*"));
     let Some((ns, pod)) = name.split_once('/') else {
         return false;
@@ -104,5 +115,22 @@ impl Table {
         out.push_str("difference (! = mismatch):\n");
         self.grid(&mut out, |e, o| if e == o { "".into() } else { "!".into() });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn service_patterns_match_services_only() {
+        assert!(matches("svc:*/*", "svc:x/web"));
+        assert!(matches("svc:x/web", "svc:x/web"));
+        assert!(matches("svc:x/*", "svc:x/web"));
+        assert!(!matches("svc:y/*", "svc:x/web"));
+        assert!(!matches("*/*", "svc:x/web"));
+        assert!(!matches("svc:*/*", "x/web"));
+        assert!(!matches("svc:*/*", "node"));
+        assert!(matches("x/*", "x/a"));
     }
 }

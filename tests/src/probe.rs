@@ -3,7 +3,7 @@
 
 use std::{
     io::ErrorKind,
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
     process::Command,
@@ -60,19 +60,39 @@ enum Sock {
 /// Binds every port on `[::]` (dual-stack) in `netns` (the caller's own
 /// namespace when `None`) and serves them on a thread of their own.
 pub fn listen(netns: Option<&str>, ports: &[PortSpec]) -> anyhow::Result<Listeners> {
+    listen_at(netns, ports, &[])
+}
+
+/// As [`listen`], bound to each of `addrs` instead (empty: `[::]`). A UDP
+/// socket bound to an address answers from it, which matters in a
+/// namespace with many addresses (a node): conntrack matches the answer to
+/// a translated request only when it comes from the address asked.
+pub fn listen_at(
+    netns: Option<&str>,
+    ports: &[PortSpec],
+    addrs: &[IpAddr],
+) -> anyhow::Result<Listeners> {
     let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let netns = netns.map(str::to_string);
     let ports = ports.to_vec();
+    let addrs: Vec<IpAddr> = if addrs.is_empty() {
+        vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
+    } else {
+        addrs.to_vec()
+    };
     let thread = std::thread::spawn(move || {
         let setup = (|| -> anyhow::Result<Vec<Sock>> {
             if let Some(n) = &netns {
                 netns::enter(n)?;
             }
             let mut socks = Vec::new();
-            for p in &ports {
-                let addr: SocketAddr = format!("[::]:{}", p.port).parse()?;
+            for (p, ip) in ports
+                .iter()
+                .flat_map(|p| addrs.iter().map(move |a| (p, *a)))
+            {
+                let addr = SocketAddr::new(ip, p.port);
                 match Proto::parse(&p.protocol)? {
                     Proto::Tcp => {
                         let l = TcpListener::bind(addr)

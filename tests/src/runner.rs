@@ -1,9 +1,11 @@
-//! Runs one scenario: build the cluster, start the real agent on it in
-//! standalone mode, probe every pair, apply each step, probe again.
+//! Runs one scenario: build the local cluster (one namespace per node,
+//! each with its own agent in standalone mode, pods wired by CNI, Services
+//! translated by a kube-proxy-style nftables ruleset), probe every pair,
+//! apply each step, probe again.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -14,11 +16,30 @@ use serde_json::json;
 
 use crate::{
     agent::{AgentProcess, AgentSpec},
+    kubeproxy,
     matrix::{self, Table},
+    nodes::LocalCluster,
     probe::{self, Listeners, Origin, Probe, Proto},
     scenario::{Expect, PodSpec, Scenario, Verdict, default_ports, expand_policy},
-    topology::{Cluster, Host, NODE_NAME},
+    services::{AddressPool, PodView, Service, via_service_port},
+    topology::{Created, Host, forget, remember},
 };
+
+/// The agent attaches to veths with this prefix: ptp names the host side
+/// `veth<hex>`, and the node's uplink is `eth0`, so neither the uplink nor
+/// the fabric is judged. (To go once the agent picks pod veths itself.)
+pub const POD_VETH_PREFIX: &str = "veth";
+
+/// Whether Service and EndpointSlice objects go into the agent's source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceObjects {
+    /// Only for runs that have Services (the scenario's or `--via-service`),
+    /// so plain scenarios pass with an agent that does not read them yet.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -30,6 +51,13 @@ pub struct Options {
     /// Print the matrices even when they match.
     pub show_matrices: bool,
     pub ready_timeout: Duration,
+    /// Run on this many nodes instead of the scenario's `nodes`.
+    pub nodes: Option<usize>,
+    /// Probe every pod through a Service of its own.
+    pub via_service: bool,
+    pub service_objects: ServiceObjects,
+    /// CNI plugins chained after ptp (e.g. `palisade-cni`), by type name.
+    pub extra_cni: Vec<String>,
 }
 
 /// The outcome of one scenario file.
@@ -48,20 +76,37 @@ struct PodState {
 struct Run<'a> {
     opts: &'a Options,
     scenario: &'a Scenario,
-    cluster: Cluster,
+    cluster: LocalCluster,
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     ns_order: Vec<String>,
     pods: BTreeMap<String, PodState>,
+    /// The scenario's Services, in file order.
+    services: Vec<Service>,
+    /// `--via-service`: each pod's own Service, by pod.
+    pod_services: BTreeMap<String, Service>,
+    pool: AddressPool,
     policies: Vec<serde_yaml::Value>,
     listeners: BTreeMap<String, Listeners>,
     source: PathBuf,
-    status_file: PathBuf,
-    deny_log: PathBuf,
-    deny_seen: usize,
+    dir: PathBuf,
+    deny_seen: Vec<usize>,
     report: String,
     checks: usize,
-    node_listener: Option<Listeners>,
+    /// hostNetwork pods listen in their node's namespace; bound once per node.
+    node_listeners: BTreeMap<usize, Listeners>,
     ns_next: BTreeMap<String, u16>,
+    /// Pods placed round-robin so far.
+    placed: usize,
+}
+
+/// Where a probe to one destination goes.
+struct Target {
+    to: SocketAddr,
+    /// The node that probes as `node` (the destination's, or the one node
+    /// of a Service's backends); `None`: no node probe.
+    node: Option<usize>,
+    /// Pods never probed against it (itself, a Service's backends).
+    backends: Vec<String>,
 }
 
 pub fn run_file(path: &Path, opts: &Options) -> Outcome {
@@ -110,7 +155,14 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
     let dir = std::env::temp_dir().join(format!("palisade-scenario-{run_id}"));
     let source = dir.join("source");
     std::fs::create_dir_all(&source)?;
-    let cluster = Cluster::new(&run_id, scenario.family)?;
+    // Removed last, also on interrupt: the agents write into it.
+    remember(Created::Dir(dir.clone()));
+    let _dir = TempDir(dir.clone());
+    let nodes = opts.nodes.unwrap_or(scenario.nodes);
+    if nodes == 0 {
+        bail!("a cluster needs at least one node");
+    }
+    let cluster = LocalCluster::new(&run_id, scenario.family, nodes, &dir, &opts.extra_cni)?;
     let mut run = Run {
         opts,
         scenario,
@@ -118,36 +170,40 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
         namespaces: BTreeMap::new(),
         ns_order: Vec::new(),
         pods: BTreeMap::new(),
+        services: Vec::new(),
+        pod_services: BTreeMap::new(),
+        pool: AddressPool::default(),
         policies: Vec::new(),
         listeners: BTreeMap::new(),
         source: source.clone(),
-        status_file: dir.join("status.json"),
-        deny_log: dir.join("deny.jsonl"),
-        deny_seen: 0,
+        dir: dir.clone(),
+        deny_seen: vec![0; nodes],
         report: String::new(),
         checks: 0,
-        node_listener: None,
+        node_listeners: BTreeMap::new(),
         ns_next: BTreeMap::new(),
+        placed: 0,
     };
     for ns in &scenario.namespaces {
         run.namespaces.insert(ns.name.clone(), ns.labels.clone());
         run.ns_order.push(ns.name.clone());
+    }
+    for svc in &scenario.services {
+        let s = Service::from_spec(svc, &mut run.pool, scenario.family);
+        run.services.push(s);
     }
     for p in &scenario.pods {
         run.add_pod(p)?;
     }
     for e in &scenario.externals {
         let ports = e.ports.clone().unwrap_or_else(default_ports);
-        let (v4, v6) = match e.ip {
-            IpAddr::V4(a) => (Some(a), None),
-            IpAddr::V6(a) => (None, Some(a)),
-        };
         let host = run
             .cluster
-            .add_wired(&format!("external:{}", e.name), v4, v6, ports)?;
+            .add_external(&format!("external:{}", e.name), e.ip, ports)?;
         run.listen(&host)?;
     }
     run.policies = scenario.policies.clone();
+    run.sync_services()?;
     run.write_source()?;
 
     let config = dir.join("config.yaml");
@@ -155,20 +211,27 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
         &config,
         serde_yaml::to_string(&scenario.agent.clone().unwrap_or_default())?,
     )?;
-    // Dropped after the agent (reverse order), which writes into it.
-    let _dir = TempDir(dir.clone());
-    let _agent = AgentProcess::start(AgentSpec {
-        config: Some(config),
-        extra: ["--poll-ms", "50", "--deny-idle-secs", "1.5"]
-            .map(String::from)
-            .to_vec(),
-        ..AgentSpec::in_dir(
-            opts.agent.clone(),
-            &run.cluster.node_netns,
-            &dir,
-            PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{run_id}")),
-        )
-    })?;
+    let mut agents = Vec::new();
+    for (i, node) in run.cluster.nodes.iter().enumerate() {
+        let node_dir = dir.join(&node.name);
+        std::fs::create_dir_all(&node_dir)?;
+        agents.push(AgentProcess::start(AgentSpec {
+            // One source for all: every agent reads the same cluster objects.
+            source: source.clone(),
+            config: Some(config.clone()),
+            extra: ["--poll-ms", "50", "--deny-idle-secs", "1.5"]
+                .map(String::from)
+                .to_vec(),
+            node_name: node.name.clone(),
+            interface_prefixes: vec![POD_VETH_PREFIX.into()],
+            ..AgentSpec::in_dir(
+                opts.agent.clone(),
+                &node.netns,
+                &node_dir,
+                PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{run_id}-n{i}")),
+            )
+        })?);
+    }
 
     let mut passed = run.wait_and_check("initial", &scenario.expect.clone())?;
     for step in &scenario.steps {
@@ -199,21 +262,29 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
         }
         for p in &step.delete_pods {
             run.pods.remove(p);
+            run.pod_services.remove(p);
             run.listeners.remove(p);
-            run.cluster.remove_host(p);
+            run.cluster.remove_host(p)?;
         }
         for p in &step.add_pods {
             run.add_pod(p)?;
         }
+        // What the EndpointSlice controller and kube-proxy would do.
+        run.sync_services()?;
         run.write_source()?;
         passed &= run.wait_and_check(&format!("step {:?}", step.name), &step.expect)?;
     }
     if !passed {
-        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        run.report.push_str("agent log (last lines):\n");
-        for l in tail.into_iter().rev() {
-            run.report.push_str(&format!("  {l}\n"));
+        for a in &agents {
+            let log = a.log();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            run.report.push_str(&format!(
+                "agent log of {} (last lines):\n",
+                a.spec.node_name
+            ));
+            for l in tail.into_iter().rev() {
+                run.report.push_str(&format!("  {l}\n"));
+            }
         }
     }
     Ok((passed, run.checks, run.report))
@@ -225,6 +296,7 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        forget(&Created::Dir(self.0.clone()));
     }
 }
 
@@ -253,14 +325,43 @@ fn object_key(v: &serde_yaml::Value) -> (String, String, String) {
 }
 
 impl Run<'_> {
+    /// The node a pod runs on: the one it names, else the next round-robin.
+    fn place(&mut self, p: &PodSpec) -> anyhow::Result<usize> {
+        let n = self.cluster.nodes.len();
+        match &p.node {
+            Some(name) => name
+                .strip_prefix("node-")
+                .and_then(|k| k.parse::<usize>().ok())
+                .filter(|k| *k < n)
+                .with_context(|| {
+                    format!(
+                        "pod {}/{} names node {name:?}; this cluster has node-0 .. node-{}",
+                        p.namespace,
+                        p.name,
+                        n - 1
+                    )
+                }),
+            None => {
+                self.placed += 1;
+                Ok((self.placed - 1) % n)
+            }
+        }
+    }
+
     fn add_pod(&mut self, p: &PodSpec) -> anyhow::Result<()> {
         let name = format!("{}/{}", p.namespace, p.name);
         let ports = p.ports.clone().unwrap_or_else(default_ports);
+        let node = self.place(p)?;
         if p.host_network {
-            let h = self.cluster.add_host_network(&name, ports)?;
-            // hostNetwork pods listen in the node's namespace; bind once.
-            if self.node_listener.is_none() {
-                self.node_listener = Some(probe::listen(Some(&self.cluster.node_netns), &h.ports)?);
+            let h = self.cluster.add_host_network(&name, node, ports)?;
+            if !self.node_listeners.contains_key(&node) {
+                let netns = self.cluster.nodes[node].netns.clone();
+                let addrs: Vec<std::net::IpAddr> = [false, true]
+                    .into_iter()
+                    .filter_map(|v6| h.addr(v6))
+                    .collect();
+                let l = probe::listen_at(Some(&netns), &h.ports, &addrs)?;
+                self.node_listeners.insert(node, l);
             }
         } else {
             let ns_idx = match self.ns_order.iter().position(|n| *n == p.namespace) {
@@ -291,16 +392,21 @@ impl Run<'_> {
                 0,
                 10 + pod_idx,
             ));
-            let h = self.cluster.add_wired(&name, v4, v6, ports)?;
+            let h = self.cluster.add_pod(&name, node, v4, v6, ports)?;
             self.listen(&h)?;
         }
         self.pods.insert(
-            name,
+            name.clone(),
             PodState {
                 spec: p.clone(),
                 labels: p.labels.clone(),
             },
         );
+        if self.opts.via_service {
+            let view = self.pod_views()?.remove(&name).context("pod view")?;
+            let svc = Service::for_pod(&view, &mut self.pool, self.cluster.family);
+            self.pod_services.insert(name, svc);
+        }
         Ok(())
     }
 
@@ -311,16 +417,67 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn pod_ip(&self, name: &str, v6: bool) -> Option<IpAddr> {
+    fn pod_ip(&self, name: &str, v6: bool) -> Option<std::net::IpAddr> {
         self.cluster.hosts.get(name).and_then(|h| h.addr(v6))
     }
 
-    /// Writes namespaces, pods and policies as the agent's source directory.
+    /// Pods with their current labels, addresses and nodes.
+    fn pod_views(&self) -> anyhow::Result<BTreeMap<String, PodView>> {
+        let mut out = BTreeMap::new();
+        for (key, pod) in &self.pods {
+            let host = self.cluster.hosts.get(key).context("pod without host")?;
+            let node = host.node.context("pod without node")?;
+            out.insert(
+                key.clone(),
+                PodView {
+                    key: key.clone(),
+                    namespace: pod.spec.namespace.clone(),
+                    name: pod.spec.name.clone(),
+                    labels: pod.labels.clone(),
+                    node_name: self.cluster.nodes[node].name.clone(),
+                    v4: host.v4,
+                    v6: host.v6,
+                    ports: host.ports.clone(),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn all_services(&self) -> impl Iterator<Item = &Service> {
+        self.services.iter().chain(self.pod_services.values())
+    }
+
+    /// Programs every node's Service translation from the current endpoints.
+    fn sync_services(&self) -> anyhow::Result<()> {
+        let views = self.pod_views()?;
+        let ports: Vec<kubeproxy::ServicePort> = self
+            .all_services()
+            .flat_map(|s| s.proxy_ports(&views))
+            .collect();
+        for n in &self.cluster.nodes {
+            kubeproxy::apply(&n.netns, &ports)
+                .with_context(|| format!("Service translation on {}", n.name))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the agent's source gets Service and EndpointSlice objects.
+    fn write_service_objects(&self) -> bool {
+        match self.opts.service_objects {
+            ServiceObjects::Always => true,
+            ServiceObjects::Never => false,
+            ServiceObjects::Auto => self.all_services().next().is_some(),
+        }
+    }
+
+    /// Writes namespaces, pods, Services and policies as the agent's source directory.
     fn write_source(&self) -> anyhow::Result<()> {
         let mut docs = Vec::new();
         for (name, labels) in &self.namespaces {
             docs.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}));
         }
+        let views = self.pod_views()?;
         for (name, pod) in &self.pods {
             let host = self.cluster.hosts.get(name).context("pod without host")?;
             let mut ips = Vec::new();
@@ -344,10 +501,15 @@ impl Run<'_> {
             docs.push(json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": pod.labels, "uid": host.uid},
-                "spec": {"nodeName": NODE_NAME, "hostNetwork": pod.spec.host_network,
+                "spec": {"nodeName": views[name].node_name, "hostNetwork": pod.spec.host_network,
                          "containers": [{"name": "main", "image": "palisade-probe", "ports": ports}]},
                 "status": {"phase": "Running", "podIP": ips.first(), "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()},
             }));
+        }
+        if self.write_service_objects() {
+            for s in self.all_services() {
+                docs.extend(s.objects(&views));
+            }
         }
         let mut text = String::new();
         for d in &docs {
@@ -366,32 +528,46 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Waits until the agent has programmed this source and attached to every pod veth.
+    fn status_file(&self, node: usize) -> PathBuf {
+        self.dir
+            .join(&self.cluster.nodes[node].name)
+            .join("status.json")
+    }
+
+    /// Waits until every node's agent has programmed this source and
+    /// attached to every pod veth of its node.
     fn wait_programmed(&self) -> anyhow::Result<()> {
         let want = format!("{:016x}", DirSource::new(&self.source).read()?.digest);
-        let ifaces = self.cluster.interfaces();
         let deadline = Instant::now() + self.opts.ready_timeout;
-        let mut last = None;
-        while Instant::now() < deadline {
-            if let Ok(st) = Status::read(&self.status_file) {
-                if st.ready
-                    && st.source_digest == want
-                    && ifaces.iter().all(|i| st.attached.contains(i))
-                    && st.cgroups_pending.is_empty()
-                {
-                    if !st.rejected.is_empty() {
-                        bail!("the agent rejected objects: {}", st.rejected.join("; "));
+        for node in 0..self.cluster.nodes.len() {
+            let ifaces = self.cluster.interfaces(node);
+            let status_file = self.status_file(node);
+            let mut last = None;
+            loop {
+                if let Ok(st) = Status::read(&status_file) {
+                    if st.ready
+                        && st.source_digest == want
+                        && ifaces.iter().all(|i| st.attached.contains(i))
+                        && st.cgroups_pending.is_empty()
+                    {
+                        if !st.rejected.is_empty() {
+                            bail!("the agent rejected objects: {}", st.rejected.join("; "));
+                        }
+                        break;
                     }
-                    return Ok(());
+                    last = Some(st);
                 }
-                last = Some(st);
+                if Instant::now() >= deadline {
+                    bail!(
+                        "the agent of {} did not program the source within {:?} (want digest {want}, interfaces {ifaces:?}; last status: {last:?})",
+                        self.cluster.nodes[node].name,
+                        self.opts.ready_timeout
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        bail!(
-            "the agent did not program the source within {:?} (want digest {want}, interfaces {ifaces:?}; last status: {last:?})",
-            self.opts.ready_timeout
-        )
+        Ok(())
     }
 
     fn wait_and_check(&mut self, label: &str, expects: &[Expect]) -> anyhow::Result<bool> {
@@ -420,30 +596,102 @@ impl Run<'_> {
     fn print_denials(&mut self, label: &str) {
         // Records are written after a flow has been quiet for a moment.
         std::thread::sleep(Duration::from_millis(2000));
-        let text = std::fs::read_to_string(&self.deny_log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        println!("denied flows logged by the agent ({label}):");
-        for l in &lines[self.deny_seen.min(lines.len())..] {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
-                println!("  {}", palisade_agent::flows::client::human(&v));
+        for node in 0..self.cluster.nodes.len() {
+            let path = self
+                .dir
+                .join(&self.cluster.nodes[node].name)
+                .join("deny.jsonl");
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            println!(
+                "denied flows logged by the agent of {} ({label}):",
+                self.cluster.nodes[node].name
+            );
+            for l in &lines[self.deny_seen[node].min(lines.len())..] {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                    println!("  {}", palisade_agent::flows::client::human(&v));
+                }
             }
+            self.deny_seen[node] = lines.len();
         }
-        self.deny_seen = lines.len();
+    }
+
+    /// Where a probe to `dest` on this expectation's port goes, if anywhere.
+    fn target(&self, dest: &str, e: &Expect, v6: bool) -> anyhow::Result<Option<Target>> {
+        let proto = e.protocol.as_str();
+        if let Some(key) = dest.strip_prefix("svc:") {
+            let Some(svc) = self.services.iter().find(|s| s.key() == key) else {
+                return Ok(None);
+            };
+            let (Some(i), Some(addr)) = (
+                svc.ports
+                    .iter()
+                    .position(|p| p.port == e.port && p.protocol == proto),
+                svc.addr(v6),
+            ) else {
+                return Ok(None);
+            };
+            let eps: Vec<_> = svc
+                .endpoints(&self.pod_views()?)
+                .into_iter()
+                .filter(|ep| ep.targets[i].is_some())
+                .collect();
+            let mut nodes: Vec<&str> = eps.iter().map(|ep| ep.node_name.as_str()).collect();
+            nodes.dedup();
+            // The node probes only when every backend is its own.
+            let node = match nodes.as_slice() {
+                [one] => self.cluster.nodes.iter().position(|n| n.name == *one),
+                _ => None,
+            };
+            return Ok(Some(Target {
+                to: SocketAddr::new(addr, e.port),
+                node,
+                backends: eps.into_iter().map(|ep| ep.pod).collect(),
+            }));
+        }
+        let host = self
+            .cluster
+            .hosts
+            .get(dest)
+            .context("destination without host")?;
+        if !host
+            .ports
+            .iter()
+            .any(|p| p.port == e.port && p.protocol == proto)
+        {
+            return Ok(None);
+        }
+        let to = match self.pod_services.get(dest) {
+            Some(svc) => svc
+                .addr(v6)
+                .map(|a| SocketAddr::new(a, via_service_port(e.port))),
+            None => host.addr(v6).map(|a| SocketAddr::new(a, e.port)),
+        };
+        Ok(to.map(|to| Target {
+            to,
+            node: host.node,
+            backends: vec![dest.to_string()],
+        }))
     }
 
     fn check(&self, label: &str, e: &Expect, proto: Proto, v6: bool) -> anyhow::Result<Table> {
         let fam = if v6 { "IPv6" } else { "IPv4" };
+        let mode = if self.opts.via_service {
+            " via Services"
+        } else {
+            ""
+        };
         let mut table = Table {
             title: format!(
-                "{} {}: {}/{} {fam}",
+                "{} {}: {}/{} {fam}{mode}",
                 self.scenario.name, label, e.port, e.protocol
             ),
             ..Default::default()
         };
-        let proto_name = e.protocol.as_str();
         let mut sources: Vec<String> = self.pods.keys().cloned().collect();
         sources.push("node".into());
         let mut dests: Vec<String> = self.pods.keys().cloned().collect();
+        dests.extend(self.services.iter().map(|s| format!("svc:{}", s.key())));
         dests.extend(
             self.cluster
                 .hosts
@@ -454,28 +702,20 @@ impl Run<'_> {
         let mut probes = Vec::new();
         let mut pairs = Vec::new();
         for d in &dests {
-            let host = self
-                .cluster
-                .hosts
-                .get(d)
-                .context("destination without host")?;
-            if !host
-                .ports
-                .iter()
-                .any(|p| p.port == e.port && p.protocol == proto_name)
-            {
+            let Some(target) = self.target(d, e, v6)? else {
                 continue;
-            }
-            let Some(addr) = host.addr(v6) else { continue };
+            };
             for s in &sources {
-                // A pod is never probed against itself; the node's traffic to
-                // hosts outside the cluster crosses no pod and no policy.
-                if s == d || (s == "node" && d.starts_with("external:")) {
+                // A pod is never probed against itself, directly or through
+                // a Service; the node's traffic to hosts outside the cluster
+                // crosses no pod and no policy.
+                if target.backends.contains(s) {
                     continue;
                 }
                 let origin = if s == "node" {
+                    let Some(n) = target.node else { continue };
                     Origin {
-                        netns: self.cluster.node_netns.clone(),
+                        netns: self.cluster.nodes[n].netns.clone(),
                         cgroup: None,
                     }
                 } else {
@@ -483,20 +723,17 @@ impl Run<'_> {
                     if h.addr(v6).is_none() {
                         continue;
                     }
-                    match &h.netns {
-                        Some(n) => Origin {
-                            netns: n.clone(),
-                            cgroup: None,
-                        },
-                        None => Origin {
-                            netns: self.cluster.node_netns.clone(),
-                            cgroup: h.cgroup.clone(),
-                        },
+                    Origin {
+                        netns: self
+                            .cluster
+                            .netns_of(h)
+                            .context("source without namespace")?,
+                        cgroup: h.cgroup.clone(),
                     }
                 };
                 probes.push(Probe {
                     origin,
-                    to: SocketAddr::new(addr, e.port),
+                    to: target.to,
                     proto,
                 });
                 pairs.push((s.clone(), d.clone()));

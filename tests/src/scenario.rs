@@ -42,8 +42,13 @@ pub struct Scenario {
     /// Agent settings, passed to the agent as its config file.
     #[serde(default)]
     pub agent: Option<serde_yaml::Mapping>,
+    /// How many nodes the local cluster has (named node-0, node-1, ...).
+    #[serde(default = "one")]
+    pub nodes: usize,
     pub namespaces: Vec<NamespaceSpec>,
     pub pods: Vec<PodSpec>,
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
     #[serde(default)]
     pub externals: Vec<ExternalSpec>,
     #[serde(default)]
@@ -75,6 +80,10 @@ fn tcp() -> String {
     "TCP".into()
 }
 
+fn one() -> usize {
+    1
+}
+
 /// Ports a pod or external listens on when the scenario does not say.
 pub fn default_ports() -> Vec<PortSpec> {
     let mut v = Vec::new();
@@ -101,6 +110,44 @@ pub struct PodSpec {
     pub ports: Option<Vec<PortSpec>>,
     #[serde(default)]
     pub host_network: bool,
+    /// `node-K`: where it runs; `None`: placed by the harness.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// A ClusterIP Service; the harness picks its addresses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub namespace: String,
+    /// `None`: a Service without selector (no endpoints from pods).
+    #[serde(default)]
+    pub selector: Option<Labels>,
+    pub ports: Vec<ServicePortSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePortSpec {
+    /// As in a Service; required by the API when there are several ports,
+    /// so the harness makes one up when it is missing.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+    /// Defaults to `port`, as in the API.
+    #[serde(default)]
+    pub target_port: Option<TargetPort>,
+    #[serde(default = "tcp")]
+    pub protocol: String,
+}
+
+/// A Service's targetPort: a number or a container port name.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,7 +1,9 @@
-//! The local cluster: one network namespace for the node, one per pod and
-//! per external, each wired to the node with a veth and host routes the way
-//! a point-to-point CNI does it (Calico style: the pod's default route goes
-//! to a link-local gateway on the node side of its veth).
+//! The one-node cluster of the privileged tests and benchmarks: one network
+//! namespace for the node, one per pod and per external, each wired to the
+//! node with a veth and host routes the way a point-to-point CNI does it
+//! (Calico style: the pod's default route goes to a link-local gateway on
+//! the node side of its veth). Scenarios run on `nodes.rs` instead (many
+//! nodes, CNI, Services). Also: what any run created, for an interrupt.
 
 use std::{
     collections::BTreeMap,
@@ -40,6 +42,8 @@ pub enum Created {
     Pins(PathBuf),
     /// A child process (the agent).
     Process(u32),
+    /// A directory of the harness's own (e.g. CNI leases).
+    Dir(PathBuf),
 }
 
 pub fn remember(c: Created) {
@@ -63,12 +67,12 @@ pub fn cleanup_all() {
     }
 }
 
-fn remove(c: &Created) {
+pub(crate) fn remove(c: &Created) {
     match c {
         Created::Netns(n) => {
             let _ = Command::new("ip").args(["netns", "del", n]).output();
         }
-        Created::Pins(p) => {
+        Created::Pins(p) | Created::Dir(p) => {
             let _ = std::fs::remove_dir_all(p);
         }
         Created::Process(pid) => {
@@ -91,7 +95,7 @@ fn remove(c: &Created) {
     }
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<()> {
     run(Command::new("ip").args(args)).map(|_| ())
 }
 
@@ -109,6 +113,8 @@ pub struct Host {
     /// Cgroup of a hostNetwork pod's processes.
     pub cgroup: Option<PathBuf>,
     pub uid: String,
+    /// The node it runs on (index); `None` for externals.
+    pub node: Option<usize>,
 }
 
 impl Host {
@@ -283,6 +289,7 @@ impl Cluster {
             ports,
             cgroup: None,
             uid: format!("{:08x}-0000-4000-8000-{:012x}", idx, idx),
+            node: (!name.starts_with("external:")).then_some(0),
         };
         self.hosts.insert(name.to_string(), host.clone());
         Ok(host)
@@ -311,6 +318,7 @@ impl Cluster {
             ports,
             cgroup: Some(cgroup),
             uid,
+            node: Some(0),
         };
         self.hosts.insert(name.to_string(), host.clone());
         Ok(host)

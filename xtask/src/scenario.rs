@@ -13,6 +13,12 @@ pub struct Options {
     /// Print every matrix and the denied flows.
     #[arg(long)]
     pub show: bool,
+    /// Run on this many nodes (pods that name no node are spread over them).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// Probe every pod through a Service of its own.
+    #[arg(long)]
+    pub via_service: bool,
 }
 
 pub fn run(o: &Options) -> anyhow::Result<()> {
@@ -22,6 +28,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     cmd.arg("--agent").arg(agent);
     if o.show {
         cmd.arg("--show");
+    }
+    if let Some(n) = o.nodes {
+        cmd.arg("--nodes").arg(n.to_string());
+    }
+    if o.via_service {
+        cmd.arg("--via-service");
     }
     cmd.args(&o.files);
     let st = status(&mut cmd)?;

@@ -30,7 +30,16 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     ),
     ("socat", "socat", "manual probes and the demo"),
     ("iperf3", "iperf3", "throughput benchmarks"),
-    ("nftables", "nft", "the nftables baseline in benchmarks"),
+    (
+        "nftables",
+        "nft",
+        "the nftables baseline in benchmarks; Service translation (kube-proxy style) in scenarios",
+    ),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/ptp",
+        "wiring scenario pods through the CNI protocol as kindnet does (ptp, host-local)",
+    ),
     ("iputils-ping", "ping", "ICMP checks"),
 ];
 

@@ -427,6 +427,8 @@ fn datapath(quick: bool) -> anyhow::Result<Value> {
             stdout: dir.join("deny.jsonl"),
             stderr: dir.join("agent.log"),
             extra: vec!["--listen".into(), "off".into()],
+            node_name: palisade_tests::topology::NODE_NAME.into(),
+            interface_prefixes: vec![palisade_tests::topology::IF_PREFIX.into()],
         });
         let agent = agent?;
         agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
@@ -525,6 +527,8 @@ fn enforce(quick: bool) -> anyhow::Result<Value> {
         extra: ["--poll-ms", &POLL_MS.to_string(), "--listen", "off"]
             .map(String::from)
             .to_vec(),
+        node_name: palisade_tests::topology::NODE_NAME.into(),
+        interface_prefixes: vec![palisade_tests::topology::IF_PREFIX.into()],
     })?;
     agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
     let client_ns = bed.client_ns.clone();

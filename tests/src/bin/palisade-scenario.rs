@@ -33,6 +33,24 @@ struct Cli {
     /// On a cluster: seconds a check waits for enforcement to catch up.
     #[arg(long, default_value = "15")]
     settle: f64,
+    /// Run on this many nodes (pods that name no node are spread over them).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Probe every pod through a Service of its own (selector-less, with an
+    /// EndpointSlice naming the pod, on ports that differ from the pod's).
+    #[arg(long)]
+    via_service: bool,
+    /// Whether the agent's source gets Service and EndpointSlice objects.
+    #[arg(
+        long,
+        value_enum,
+        env = "PALISADE_E2E_SERVICE_OBJECTS",
+        default_value = "auto"
+    )]
+    service_objects: runner::ServiceObjects,
+    /// A CNI plugin (in /usr/lib/cni) chained after ptp; repeatable.
+    #[arg(long = "cni-plugin")]
+    cni_plugins: Vec<String>,
     files: Vec<PathBuf>,
 }
 
@@ -82,6 +100,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("no scenario files given");
     }
     if let Some(context) = &cli.kube_context {
+        if cli.nodes.is_some() || cli.via_service {
+            anyhow::bail!("--nodes and --via-service are for the local cluster only (for now)");
+        }
         let map: serde_yaml::Value = serde_yaml::from_str(
             &std::fs::read_to_string(&cli.config_map)
                 .with_context(|| format!("reading {}", cli.config_map.display()))?,
@@ -118,6 +139,10 @@ fn main() -> anyhow::Result<()> {
         show_denials: cli.show,
         show_matrices: cli.show,
         ready_timeout: Duration::from_secs(20),
+        nodes: cli.nodes,
+        via_service: cli.via_service,
+        service_objects: cli.service_objects,
+        extra_cni: cli.cni_plugins,
     };
     report(
         &cli.files,

@@ -189,6 +189,7 @@ mod tests {
             labels: Labels::new(),
             ports,
             host_network: false,
+            node: None,
         }
     }
 

@@ -81,6 +81,14 @@ pub fn run_file(path: &Path, opts: &Options) -> Outcome {
             ),
         );
     }
+    // Pod placement by node and Services are the local harness's so far;
+    // here they would be silently dropped (issue #19 part 3).
+    if !scenario.services.is_empty() || scenario.pods.iter().any(|p| p.node.is_some()) {
+        return fail(
+            scenario.name,
+            "cannot run on a cluster yet: the cluster runner creates no Services and places no pods on named nodes".into(),
+        );
+    }
     let mut run = Run {
         opts,
         scenario: &scenario,
