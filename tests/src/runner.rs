@@ -25,11 +25,6 @@ use crate::{
     topology::{Created, Host, forget, remember},
 };
 
-/// The agent attaches to veths with this prefix: ptp names the host side
-/// `veth<hex>`, and the node's uplink is `eth0`, so neither the uplink nor
-/// the fabric is judged. (To go once the agent picks pod veths itself.)
-pub const POD_VETH_PREFIX: &str = "veth";
-
 /// Whether Service and EndpointSlice objects go into the agent's source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServiceObjects {
@@ -223,7 +218,9 @@ fn run_scenario(scenario: &Scenario, opts: &Options) -> anyhow::Result<(bool, us
                 .map(String::from)
                 .to_vec(),
             node_name: node.name.clone(),
-            interface_prefixes: vec![POD_VETH_PREFIX.into()],
+            // No prefixes: the agent finds the pod veths by their host
+            // routes, as on a real node, and leaves the uplink `eth0` alone.
+            interface_prefixes: Vec::new(),
             ..AgentSpec::in_dir(
                 opts.agent.clone(),
                 &node.netns,
