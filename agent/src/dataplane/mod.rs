@@ -9,6 +9,7 @@ pub mod counters;
 pub mod interfaces;
 pub mod kernel;
 pub mod paths;
+pub mod pinned;
 pub mod wire;
 
 pub use kernel::{Datapath, DatapathError, KernelMaps, MapSizes, UnknownEndpoint};
