@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod interfaces;
 pub mod kernel;
+pub mod link_events;
 pub mod paths;
 pub mod pinned;
 pub mod wire;
