@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod cni;
 pub mod exec;
 pub mod fixtures;
 pub mod matrix;

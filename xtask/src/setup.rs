@@ -32,6 +32,11 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     ("iperf3", "iperf3", "throughput benchmarks"),
     ("nftables", "nft", "the nftables baseline in benchmarks"),
     ("iputils-ping", "ping", "ICMP checks"),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/ptp",
+        "ptp and host-local, the real CNI chain in front of palisade-cni in tests/tests/cni.rs",
+    ),
 ];
 
 fn cargo_home() -> PathBuf {
