@@ -278,9 +278,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
     // Link, address and route changes wake the loop at once; the tick stays
-    // as the safety net.
-    let netlink_changed =
-        link_events::subscribe().context("subscribing to rtnetlink notifications")?;
+    // as the safety net (and the only way, should subscribing fail).
+    let netlink_changed = link_events::subscribe().unwrap_or_else(|e| {
+        warn!(error = %e, "no rtnetlink notifications; interfaces are found by polling only");
+        Arc::default()
+    });
 
     let mut syncer = Syncer::new(dp.kernel_maps()?, observed);
     let (source_tx, mut source_rx) = tokio::sync::mpsc::channel::<Batch>(64);

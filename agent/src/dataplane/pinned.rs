@@ -80,10 +80,3 @@ pub fn attach_pinned(
     }
     Ok(out)
 }
-
-/// Whether both of our links are pinned for this interface.
-pub fn links_pinned(pins: &PinPaths, ifname: &str, ifindex: u32) -> bool {
-    [Hook::FromPod, Hook::ToPod]
-        .iter()
-        .all(|h| pins.link(ifname, ifindex, *h).exists())
-}
