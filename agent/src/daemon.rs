@@ -19,7 +19,7 @@ use crate::{
     dataplane::{
         Datapath, PinPaths, cgroups,
         conntrack::{self, PinnedMaps, Sweep},
-        counters, interfaces,
+        counters, interfaces, link_events,
     },
     flows::{
         self,
@@ -280,6 +280,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);
+    // Link, address and route changes wake the loop at once; the tick stays
+    // as the safety net (and the only way, should subscribing fail).
+    let netlink_changed = link_events::subscribe().unwrap_or_else(|e| {
+        warn!(error = %e, "no rtnetlink notifications; interfaces are found by polling only");
+        Arc::default()
+    });
 
     let mut syncer = Syncer::new(dp.kernel_maps()?, observed);
     let (source_tx, mut source_rx) = tokio::sync::mpsc::channel::<Batch>(64);
@@ -334,6 +340,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = netlink_changed.notified() => {}
             Some(ev) = revoked_rx.recv() => {
                 deny_log.observe(flows::attribute(&ev, syncer.state(), &pods), SystemTime::now());
                 continue;
@@ -473,8 +480,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
 
         // Interfaces: attach to new veths before reporting ready for them.
-        match interfaces::veths(&handle, &opts.interface_prefixes).await {
+        match interfaces::veths(&handle, &[]).await {
             Ok(mut links) => {
+                // Pins go only with their device: a link the chained CNI
+                // plugin made for a pod the agent does not know yet stays.
+                let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
+                dp.forget_missing(&present);
+                links.retain(|l| interfaces::has_prefix(&l.name, &opts.interface_prefixes));
                 // Without prefixes, only the veths that carry a pod's
                 // address: the node's uplink and other software's veths
                 // are none of ours.
@@ -482,8 +494,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     let pod_ifs: BTreeSet<u32> = node.interfaces.values().copied().collect();
                     links.retain(|l| pod_ifs.contains(&l.index));
                 }
-                let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
-                dp.forget_missing(&present);
                 let mut failed = false;
                 for l in links {
                     if !dp.attached().contains_key(&l.index) {

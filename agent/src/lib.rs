@@ -4,6 +4,7 @@
 //! `dataplane` (kernel); deny events flow back through `flows`.
 
 pub mod api;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -1,4 +1,5 @@
-//! `palisade`: the node agent and its command-line tools.
+//! `palisade`: the node agent and its command-line tools; installed as
+//! `palisade-cni`, the chained CNI plugin (see `palisade_agent::cni`).
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
@@ -183,8 +184,19 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    if palisade_agent::cni::invoked_as_plugin() {
+        // The CNI protocol owns stdout and the exit code; no runtime needed.
+        std::process::exit(palisade_agent::cni::main());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(cli_main())
+}
+
+async fn cli_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {

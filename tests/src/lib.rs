@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod cni;
+pub mod cni_calls;
 pub mod exec;
 pub mod fixtures;
 pub mod kubeproxy;

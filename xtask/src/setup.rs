@@ -41,6 +41,11 @@ const PACKAGES: &[(&str, &str, &str)] = &[
         "wiring scenario pods through the CNI protocol as kindnet does (ptp, host-local)",
     ),
     ("iputils-ping", "ping", "ICMP checks"),
+    (
+        "containernetworking-plugins",
+        "/usr/lib/cni/ptp",
+        "ptp and host-local, the real CNI chain in front of palisade-cni in tests/tests/cni.rs",
+    ),
 ];
 
 fn cargo_home() -> PathBuf {

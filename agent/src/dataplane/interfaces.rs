@@ -13,6 +13,11 @@ pub struct Interface {
     pub name: String,
 }
 
+/// Whether `name` starts with one of `prefixes` (any name when there are none).
+pub fn has_prefix(name: &str, prefixes: &[String]) -> bool {
+    prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str()))
+}
+
 /// The veth interfaces, via an rtnetlink link dump.
 pub async fn veths(
     handle: &rtnetlink::Handle,
@@ -36,7 +41,7 @@ pub async fn veths(
         }
         if let Some(name) = name
             && is_veth
-            && (prefixes.is_empty() || prefixes.iter().any(|p| name.starts_with(p.as_str())))
+            && has_prefix(&name, prefixes)
         {
             out.push(Interface {
                 index: msg.header.index,

@@ -75,6 +75,8 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("no pinned program at {path}: the agent has not run on this node yet")]
+    NotPinned { path: PathBuf },
     #[error("opening cgroup {path}: {source}")]
     Cgroup {
         path: PathBuf,
@@ -241,7 +243,7 @@ pub struct Datapath {
 }
 
 /// Pins a new link so that it, and the program in it, outlive this process.
-fn pin_link<L: TryInto<FdLink, Error = LinkError>>(
+pub(super) fn pin_link<L: TryInto<FdLink, Error = LinkError>>(
     link: L,
     path: &Path,
 ) -> Result<(), DatapathError> {
@@ -252,6 +254,23 @@ fn pin_link<L: TryInto<FdLink, Error = LinkError>>(
     let fd: FdLink = link.try_into().map_err(|e| pin_err(Box::new(e)))?;
     fd.pin(path).map_err(|e| pin_err(Box::new(e)))?;
     Ok(())
+}
+
+/// Pins a loaded program for the CNI plugin, replacing the pin of an earlier
+/// run with no moment where none exists: pin under a temporary name, then
+/// rename over the old one (bpffs renames like any filesystem).
+fn pin_program(prog: &mut SchedClassifier, path: &Path) -> Result<(), DatapathError> {
+    let pin_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Pin {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push("-new");
+    let tmp = PathBuf::from(tmp);
+    // Left over by a run that died between the two steps.
+    let _ = std::fs::remove_file(&tmp);
+    prog.pin(&tmp).map_err(|e| pin_err(Box::new(e)))?;
+    std::fs::rename(&tmp, path).map_err(|e| pin_err(Box::new(e)))
 }
 
 fn ensure_dir(path: &Path) -> Result<(), DatapathError> {
@@ -290,7 +309,7 @@ impl Datapath {
         })? {
             info!(path = %mount.display(), "mounted bpffs");
         }
-        for dir in [pins.maps(), pins.links(), pins.cgroups()] {
+        for dir in [pins.maps(), pins.links(), pins.cgroups(), pins.programs()] {
             ensure_dir(&dir)?;
         }
         let drop_unknown: u8 = u8::from(unknown_endpoint == UnknownEndpoint::Deny);
@@ -349,6 +368,7 @@ impl Datapath {
                 .map_err(|source| DatapathError::Program { name, source })?;
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
+            pin_program(prog, &pins.program(name))?;
         }
         for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
             let prog: &mut CgroupSockAddr = ebpf

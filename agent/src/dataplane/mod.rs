@@ -8,7 +8,9 @@ pub mod conntrack;
 pub mod counters;
 pub mod interfaces;
 pub mod kernel;
+pub mod link_events;
 pub mod paths;
+pub mod pinned;
 pub mod wire;
 
 pub use kernel::{Budgets, Datapath, DatapathError, KernelMaps, MapSizes, UnknownEndpoint};

@@ -3,10 +3,14 @@
 //!
 //! ```text
 //! /sys/fs/bpf/palisade/v<LAYOUT_VERSION>/maps/<MAP NAME>
+//! /sys/fs/bpf/palisade/v<LAYOUT_VERSION>/progs/<program name>
 //! /sys/fs/bpf/palisade/v<LAYOUT_VERSION>/links/<ifindex>-<from-pod|to-pod>-<ifname>
 //! /sys/fs/bpf/palisade/v<LAYOUT_VERSION>/cgroups/<cgroup inode>-<hook>
 //! ```
 //! (bpffs refuses names with a dot, so dots in interface names become `_`.)
+//! The pinned tc programs are the newest the agent loaded; the chained CNI
+//! plugin (`palisade-cni`) attaches them to a new pod's veth before the pod
+//! runs, at the link paths below, so the agent adopts those links.
 //! A new layout version gets a tree of its own; the old one is removed once
 //! the new programs are attached (see `Datapath::open`).
 
@@ -61,6 +65,15 @@ impl PinPaths {
 
     pub fn cgroups(&self) -> PathBuf {
         self.version_dir().join("cgroups")
+    }
+
+    pub fn programs(&self) -> PathBuf {
+        self.version_dir().join("progs")
+    }
+
+    /// The pin of a loaded program (`palisade_from_pod`, `palisade_to_pod`).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.programs().join(name)
     }
 
     pub fn link(&self, ifname: &str, ifindex: u32, hook: Hook) -> PathBuf {
