@@ -121,3 +121,26 @@ pub fn connects(netns: &str, to: std::net::SocketAddr, timeout: std::time::Durat
     })
     .unwrap_or(false)
 }
+
+/// A TCP echo server inside `netns` on `port`, one thread per connection,
+/// for as long as the test process runs.
+pub fn tcp_echo(netns: &str, port: u16) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let l = crate::netns::in_netns(netns, move || {
+        Ok(std::net::TcpListener::bind(("0.0.0.0", port))?)
+    })?;
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}

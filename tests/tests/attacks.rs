@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -76,26 +76,6 @@ fn policies(r_open_to_a: bool) -> String {
         "{podSelector: {matchLabels: {pod: f}}, ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}], ports: [{protocol: UDP, port: 53}]}]}",
     );
     s
-}
-
-fn echo_server(netns_name: &str, port: u16) -> anyhow::Result<()> {
-    let l = netns::in_netns(netns_name, move || {
-        Ok(TcpListener::bind(("0.0.0.0", port))?)
-    })?;
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
 }
 
 /// A UDP server that answers each datagram with its length (as text).
@@ -214,9 +194,9 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
     lab.write(true)?;
     lab.programmed()?;
     for server in ["x/v", "x/w", "x/r", "z/v2"] {
-        echo_server(&lab.netns(server), 80)?;
+        fixtures::tcp_echo(&lab.netns(server), 80)?;
     }
-    echo_server(&lab.netns("external:e"), 9000)?;
+    fixtures::tcp_echo(&lab.netns("external:e"), 9000)?;
     udp_length_server(&lab.netns("x/f"), 53)?;
     let (a, v, o, w) = (
         v4(&lab, "x/a"),

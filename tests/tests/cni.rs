@@ -7,8 +7,7 @@
 //! its poll. Privileged: root, netns, eBPF.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -50,26 +49,6 @@ fn require_root() {
         0,
         "privileged test: run as root (cargo xtask test)"
     );
-}
-
-fn echo_server(netns_name: &str, port: u16) -> anyhow::Result<()> {
-    let l = netns::in_netns(netns_name, move || {
-        Ok(TcpListener::bind(("0.0.0.0", port))?)
-    })?;
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
 }
 
 fn counter(pins: &PinPaths, c: Counter) -> u64 {
@@ -134,7 +113,7 @@ fn pods_wired_while_the_agent_is_down_are_judged_from_the_first_packet() -> anyh
     let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
     let client = cluster.add_wired("x/client", Some(CLIENT), None, Vec::new())?;
     let client_ns = client.netns.clone().unwrap_or_default();
-    echo_server(&client_ns, 80)?;
+    fixtures::tcp_echo(&client_ns, 80)?;
 
     let dir = std::env::temp_dir().join(format!("palisade-cni-{run}"));
     let source = dir.join("source");
@@ -187,8 +166,8 @@ fn pods_wired_while_the_agent_is_down_are_judged_from_the_first_packet() -> anyh
     );
     assert!(links_pinned(&pins, &new_veth), "plugin pinned the links");
     assert!(!links_pinned(&pins, &bare_veth));
-    echo_server(&new_ns.0, 80)?;
-    echo_server(&bare_ns.0, 80)?;
+    fixtures::tcp_echo(&new_ns.0, 80)?;
+    fixtures::tcp_echo(&bare_ns.0, 80)?;
 
     // Agent down: the plugin's pod neither receives nor sends, and the
     // drops are counted; the pod without the plugin is wide open.

@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::PathBuf,
     sync::{
         Arc,
@@ -33,25 +33,6 @@ spec:
   podSelector: {matchLabels: {pod: b}}
   ingress: [{from: [{podSelector: {matchLabels: {pod: a}}}]}]
 "#;
-
-/// A TCP echo server in `ns` on port 80, one thread per connection.
-fn echo_server(ns: &str) -> anyhow::Result<()> {
-    let l = netns::in_netns(ns, || Ok(TcpListener::bind("0.0.0.0:80")?))?;
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
-}
 
 #[derive(Default)]
 struct Counters {
@@ -92,7 +73,7 @@ fn restarts_lose_nothing_and_open_nothing() -> anyhow::Result<()> {
         b.netns.clone().unwrap_or_default(),
         c.netns.clone().unwrap_or_default(),
     );
-    echo_server(&nb)?;
+    fixtures::tcp_echo(&nb, 80)?;
     let _udp = probe::listen(Some(&nb), &ports)?;
 
     let dir = std::env::temp_dir().join(format!("palisade-restart-{run}"));
