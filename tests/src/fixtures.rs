@@ -144,3 +144,26 @@ pub fn tcp_echo(netns: &str, port: u16) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// One datapath counter, summed over CPUs, read from the pinned map of the
+/// agent whose pin tree is `pins`.
+pub fn pinned_counter(pins: &PinPaths, c: palisade_common::Counter) -> u64 {
+    use aya::maps::{Map, MapData, PerCpuArray};
+    let data = MapData::from_pin(pins.maps().join(palisade_common::MAP_COUNTERS))
+        .expect("pinned counters");
+    let map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("counters map");
+    palisade_agent::dataplane::counters::read(&map)
+        .into_iter()
+        .find(|(k, _)| *k == c)
+        .map_or(0, |(_, v)| v)
+}
+
+/// Writes `text` as the source directory's one file, atomically (the agent
+/// must never read half of it).
+pub fn write_source(source: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let tmp = source.join("cluster.yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, source.join("cluster.yaml"))?;
+    Ok(())
+}

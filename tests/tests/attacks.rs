@@ -11,9 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
-use palisade_agent::dataplane::{PinPaths, counters};
-use palisade_common::{Counter, MAP_COUNTERS};
+use palisade_agent::dataplane::PinPaths;
+use palisade_common::Counter;
 use palisade_tests::{
     agent::{AgentProcess, AgentSpec, agent_bin},
     fixtures, netns,
@@ -90,16 +89,6 @@ fn udp_length_server(netns_name: &str, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn counter(pins: &PinPaths, c: Counter) -> u64 {
-    let data = MapData::from_pin(pins.maps().join(MAP_COUNTERS)).expect("pinned counters");
-    let map: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("counters map");
-    counters::read(&map)
-        .into_iter()
-        .find(|(k, _)| *k == c)
-        .map_or(0, |(_, v)| v)
-}
-
 struct Lab {
     cluster: Cluster,
     agent: AgentProcess,
@@ -116,10 +105,7 @@ impl Lab {
             text += &fixtures::pod_yaml(namespace, name, ip);
         }
         text += &policies(r_open_to_a);
-        let tmp = self.source.join("cluster.yaml.tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, self.source.join("cluster.yaml"))?;
-        Ok(())
+        fixtures::write_source(&self.source, &text)
     }
 
     fn programmed(&self) -> anyhow::Result<()> {
@@ -210,7 +196,7 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
     // 1. A forged ACK does not open a closed port. v's egress is open, so
     // the reverse of a -> v:80 would be allowed; the ACK is judged as what
     // it is (a -> v:80, denied), and the SYN that follows finds nothing.
-    let denied = counter(&lab.pins, Counter::Denied);
+    let denied = fixtures::pinned_counter(&lab.pins, Counter::Denied);
     raw::send4(
         &na,
         vec![raw::tcp4(
@@ -227,7 +213,7 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
         "a forged ACK opened v:80 to a"
     );
     assert!(
-        counter(&lab.pins, Counter::Denied) > denied,
+        fixtures::pinned_counter(&lab.pins, Counter::Denied) > denied,
         "denials counted"
     );
     // The same outwards: o may send nothing; a forged ACK o:80 -> e:9000
@@ -251,7 +237,7 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
 
     // 2. No spoofed sources. a sends as w (egress open) to plant a flow
     // w:80 -> e:45000; then e connects from 45000 into w:80 (ingress closed).
-    let spoofed = counter(&lab.pins, Counter::Spoofed);
+    let spoofed = fixtures::pinned_counter(&lab.pins, Counter::Spoofed);
     let ne = lab.netns("external:e");
     let cap_e = Capture::open(&ne)?;
     raw::send4(
@@ -273,7 +259,7 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
         "a packet with w's address sent by a left the node"
     );
     assert!(
-        counter(&lab.pins, Counter::Spoofed) > spoofed,
+        fixtures::pinned_counter(&lab.pins, Counter::Spoofed) > spoofed,
         "the spoofed packet is counted"
     );
     assert!(

@@ -13,9 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
-use palisade_agent::dataplane::{PinPaths, counters, paths::Hook};
-use palisade_common::{Counter, MAP_COUNTERS, PROG_FROM_POD, PROG_TO_POD};
+use palisade_agent::dataplane::{PinPaths, paths::Hook};
+use palisade_common::{Counter, PROG_FROM_POD, PROG_TO_POD};
 use palisade_tests::{
     agent::{AgentProcess, AgentSpec, agent_bin},
     cni_calls::{self as cni, CniPath, Invocation},
@@ -51,16 +50,6 @@ fn require_root() {
     );
 }
 
-fn counter(pins: &PinPaths, c: Counter) -> u64 {
-    let data = MapData::from_pin(pins.maps().join(MAP_COUNTERS)).expect("pinned counters");
-    let map: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(Map::PerCpuArray(data)).expect("counters map");
-    counters::read(&map)
-        .into_iter()
-        .find(|(k, _)| *k == c)
-        .map_or(0, |(_, v)| v)
-}
-
 /// A pod's network namespace that the CNI chain wires; removed when dropped.
 struct PodNetns(String);
 
@@ -84,10 +73,7 @@ fn write_source(source: &Path, pods: &[(&str, Ipv4Addr)]) -> anyhow::Result<()> 
     for (name, ip) in pods {
         text += &fixtures::pod_yaml("x", name, ip);
     }
-    let tmp = source.join("cluster.yaml.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, source.join("cluster.yaml"))?;
-    Ok(())
+    fixtures::write_source(source, &text)
 }
 
 /// Whether both link pins of the interface named `ifname` exist.
@@ -172,19 +158,19 @@ fn pods_wired_while_the_agent_is_down_are_judged_from_the_first_packet() -> anyh
     // Agent down: the plugin's pod neither receives nor sends, and the
     // drops are counted; the pod without the plugin is wide open.
     let t = Duration::from_millis(700);
-    let unknown_before = counter(&pins, Counter::NotEndpoint);
+    let unknown_before = fixtures::pinned_counter(&pins, Counter::NotEndpoint);
     assert!(
         !fixtures::connects(&client_ns, SocketAddr::from((NEW, 80)), t),
         "client reached the new pod while the agent was down"
     );
-    let unknown_in = counter(&pins, Counter::NotEndpoint);
+    let unknown_in = fixtures::pinned_counter(&pins, Counter::NotEndpoint);
     assert!(unknown_in > unknown_before, "ingress drop counted");
     assert!(
         !fixtures::connects(&new_ns.0, SocketAddr::from((CLIENT, 80)), t),
         "the new pod sent while the agent was down"
     );
     assert!(
-        counter(&pins, Counter::NotEndpoint) > unknown_in,
+        fixtures::pinned_counter(&pins, Counter::NotEndpoint) > unknown_in,
         "egress drop counted"
     );
     assert!(
@@ -207,12 +193,12 @@ fn pods_wired_while_the_agent_is_down_are_judged_from_the_first_packet() -> anyh
         links_pinned(&pins, &new_veth),
         "agent adopted the plugin's links"
     );
-    let denied_before = counter(&pins, Counter::Denied);
+    let denied_before = fixtures::pinned_counter(&pins, Counter::Denied);
     assert!(
         !fixtures::connects(&client_ns, SocketAddr::from((NEW, 80)), t),
         "ingress of the new pod is denied by its policy"
     );
-    assert!(counter(&pins, Counter::Denied) > denied_before);
+    assert!(fixtures::pinned_counter(&pins, Counter::Denied) > denied_before);
     assert!(
         fixtures::connects(&new_ns.0, SocketAddr::from((CLIENT, 80)), t),
         "egress of the new pod is open"
