@@ -346,6 +346,13 @@ mod tests {
         );
     }
 
+    /// A flow whose sender is a pod of namespace `ns`.
+    fn from(ns: &str, sport: u16) -> Denial {
+        let mut f = flow(sport);
+        f.src.pod = Some(format!("{ns}/p"));
+        f
+    }
+
     #[test]
     fn one_sources_flood_does_not_hide_another_sources_denial() {
         let settings = LogSettings {
@@ -356,11 +363,6 @@ mod tests {
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let mut log = DenyLog::new("n1", settings);
-        let from = |ns: &str, sport: u16| {
-            let mut f = flow(sport);
-            f.src.pod = Some(format!("{ns}/p"));
-            f
-        };
         // A flood from namespace a, bigger than the aggregation table...
         for p in 0..5000 {
             log.observe(from("a", p), t0);
@@ -407,11 +409,6 @@ mod tests {
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let mut log = DenyLog::new("n1", settings);
-        let from = |ns: &str, sport: u16| {
-            let mut f = flow(sport);
-            f.src.pod = Some(format!("{ns}/p"));
-            f
-        };
         for p in 0..1000 {
             log.observe(from("a", p), t0);
         }
