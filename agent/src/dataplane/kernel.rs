@@ -243,6 +243,33 @@ pub struct Datapath {
 }
 
 /// Pins a new link so that it, and the program in it, outlive this process.
+/// The two tc hooks of a pod's host-side veth and the program on each.
+pub(super) const TC_HOOKS: [(Hook, &str, TcAttachType); 2] = [
+    (Hook::FromPod, PROG_FROM_POD, TcAttachType::Ingress),
+    (Hook::ToPod, PROG_TO_POD, TcAttachType::Egress),
+];
+
+/// Attaches `prog` to `ifname` at `tc` with a new TCX link and pins the
+/// link at `path`, so that it outlives this process.
+pub(super) fn attach_new(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: Hook,
+    tc: TcAttachType,
+    path: &Path,
+) -> Result<(), DatapathError> {
+    let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+        ifname: ifname.to_string(),
+        hook: hook.name(),
+        source: e,
+    };
+    let id = prog
+        .attach_with_options(ifname, tc, TcAttachOptions::TcxOrder(Default::default()))
+        .map_err(|e| attach_err(Box::new(e)))?;
+    let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
+    pin_link(link, path)
+}
+
 pub(super) fn pin_link<L: TryInto<FdLink, Error = LinkError>>(
     link: L,
     path: &Path,
@@ -453,10 +480,7 @@ impl Datapath {
     /// carries our pinned links gets the new programs swapped in atomically
     /// (no packet is ever unjudged); otherwise new TCX links are made and pinned.
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
-        for (hook, prog_name, tc) in [
-            (Hook::FromPod, PROG_FROM_POD, TcAttachType::Ingress),
-            (Hook::ToPod, PROG_TO_POD, TcAttachType::Egress),
-        ] {
+        for (hook, prog_name, tc) in TC_HOOKS {
             let path = self.pins.link(ifname, ifindex, hook);
             let prog: &mut SchedClassifier = self
                 .ebpf
@@ -490,11 +514,7 @@ impl Datapath {
                     "replaced program in pinned link"
                 );
             } else {
-                let id = prog
-                    .attach_with_options(ifname, tc, TcAttachOptions::TcxOrder(Default::default()))
-                    .map_err(|e| attach_err(Box::new(e)))?;
-                let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-                pin_link(link, &path)?;
+                attach_new(prog, ifname, hook, tc, &path)?;
                 debug!(ifname, hook = hook.name(), "attached and pinned");
             }
         }

@@ -3,18 +3,14 @@
 //! The links are pinned where the agent looks for them (`PinPaths::link`),
 //! so the agent adopts them and swaps its own programs in.
 
-use aya::programs::{
-    SchedClassifier, TcAttachType,
-    links::PinnedLink,
-    tc::{SchedClassifierLink, TcAttachOptions},
-};
+use aya::programs::{SchedClassifier, links::PinnedLink};
 use palisade_common::{PROG_FROM_POD, PROG_TO_POD};
 use tracing::debug;
 
 use super::{
     DatapathError,
-    kernel::pin_link,
-    paths::{Hook, PinPaths},
+    kernel::{TC_HOOKS, attach_new},
+    paths::PinPaths,
 };
 
 /// What [`attach_pinned`] did to one hook.
@@ -40,13 +36,7 @@ pub fn attach_pinned(
     ifindex: u32,
 ) -> Result<[Outcome; 2], DatapathError> {
     let mut out = [Outcome::Present; 2];
-    for (i, (hook, prog_name, tc)) in [
-        (Hook::FromPod, PROG_FROM_POD, TcAttachType::Ingress),
-        (Hook::ToPod, PROG_TO_POD, TcAttachType::Egress),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, (hook, prog_name, tc)) in TC_HOOKS.into_iter().enumerate() {
         let link_path = pins.link(ifname, ifindex, hook);
         if PinnedLink::from_pin(&link_path).is_ok() {
             continue;
@@ -60,16 +50,7 @@ pub fn attach_pinned(
                 name: prog_name,
                 source,
             })?;
-        let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
-            ifname: ifname.to_string(),
-            hook: hook.name(),
-            source: e,
-        };
-        let id = prog
-            .attach_with_options(ifname, tc, TcAttachOptions::TcxOrder(Default::default()))
-            .map_err(|e| attach_err(Box::new(e)))?;
-        let link: SchedClassifierLink = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-        match pin_link(link, &link_path) {
+        match attach_new(&mut prog, ifname, hook, tc, &link_path) {
             Ok(()) => out[i] = Outcome::Attached,
             // The agent pinned its own link in the meantime: ours is dropped
             // (and detached) with the error, theirs judges.
