@@ -190,7 +190,7 @@ pub enum OnExit {
     Remove,
 }
 
-const KINDS: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+const KINDS: [Kind; 5] = Kind::ALL;
 
 /// Where the agent's objects come from.
 #[derive(Clone)]
