@@ -1,7 +1,7 @@
 //! The datapath's decision for the first packet of a flow, computed from a
 //! [`Maps`] the way the eBPF program computes it from the maps:
 //! endpoint lookup, longest-prefix ipcache match, then at most four policy
-//! lookups. Tests hold the compiler to the reference evaluator through this,
+//! lookups (two for a metadata or Service peer: its exact identity only). Tests hold the compiler to the reference evaluator through this,
 //! and the privileged tests hold the kernel to this.
 
 use std::net::IpAddr;
@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use palisade_common::{IDENTITY_ANY, IDENTITY_WORLD, PROTO_ANY, endpoint_flags, ipcache_flags};
 
-use super::state::{Direction, IpcacheEntry, Maps, PolicyKey};
+use super::state::{Direction, EndpointEntry, IpcacheEntry, Maps, PolicyKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -111,6 +111,18 @@ pub fn judge(
     let Some(ep) = maps.endpoints.get(&local) else {
         return Verdict::NotLocal;
     };
+    judge_endpoint(maps, *ep, remote, dir, proto, port)
+}
+
+/// [`judge`] for an endpoint entry already looked up.
+pub fn judge_endpoint(
+    maps: &Maps,
+    ep: EndpointEntry,
+    remote: IpAddr,
+    dir: Direction,
+    proto: u8,
+    port: u16,
+) -> Verdict {
     let peer = lookup_ipcache(maps, remote);
     if dir == Direction::Egress
         && peer.flags & ipcache_flags::METADATA != 0
@@ -129,7 +141,9 @@ pub fn judge(
     if dir == Direction::Ingress && peer.flags & ipcache_flags::HOST != 0 {
         return Verdict::Host;
     }
-    rule_for(maps, ep.id, dir, proto, peer.identity, port, true)
+    // A Service frontend opens only by entries for its own identity.
+    let any_peer = peer.flags & ipcache_flags::SERVICE == 0;
+    rule_for(maps, ep.id, dir, proto, peer.identity, port, any_peer)
         .map_or(Verdict::DeniedIsolated, Verdict::Rule)
 }
 
