@@ -25,7 +25,7 @@ use palisade_common::{endpoint_flags, ipcache_flags};
 use super::{
     profile::{Profile, metadata_prefixes},
     sim::{self, Verdict},
-    state::{Direction, EndpointEntry, Maps, PolicyKey},
+    state::{Direction, EndpointEntry, IpcacheEntry, Maps, PolicyKey},
 };
 use crate::model::{EndpointSlice, Model, ObjectRef, Protocol};
 
@@ -133,12 +133,37 @@ pub fn entries(
         return out;
     }
     // Frontends whose address is theirs in the ipcache (a pod, the node or
-    // the metadata block may hold it instead), with their identity.
-    let live: Vec<(u32, &Frontend)> = frontends
+    // the metadata block may hold it instead).
+    let live: Vec<Live> = frontends
         .iter()
         .filter_map(|(addr, f)| {
             let e = maps.ipcache.get(&IpNet::from(*addr))?;
             (e.flags & ipcache_flags::SERVICE != 0).then_some((e.identity, f))
+        })
+        .map(|(identity, f)| {
+            let ports = f
+                .ports
+                .iter()
+                .map(|((protocol, port), backends)| {
+                    // In backend address order, so that attribution does not depend on ids.
+                    let mut seen = BTreeSet::new();
+                    let peers = backends
+                        .iter()
+                        .map(|(b, target)| (sim::lookup_ipcache(maps, *b), *target))
+                        .filter(|peer| seen.insert(*peer))
+                        .collect();
+                    LivePort {
+                        protocol: *protocol,
+                        port: *port,
+                        peers,
+                    }
+                })
+                .collect();
+            Live {
+                identity,
+                metadata_backed: f.metadata_backed,
+                ports,
+            }
         })
         .collect();
 
@@ -179,14 +204,19 @@ pub fn entries(
             flags,
         };
         let isolated = flags & endpoint_flags::EGRESS_ISOLATED != 0;
-        for (identity, f) in &live {
+        for f in &live {
             // Unisolated: only the metadata block can deny, and only for
             // metadata-backed frontends.
             if !isolated && !f.metadata_backed {
                 continue;
             }
-            for ((protocol, port), backends) in &f.ports {
-                let rule = match all_allowed(maps, judge_as, *protocol, backends) {
+            for LivePort {
+                protocol,
+                port,
+                peers,
+            } in &f.ports
+            {
+                let rule = match all_allowed(maps, judge_as, *protocol, peers) {
                     Allowed::No => continue,
                     Allowed::ByRule(id) => id,
                     Allowed::Unisolated => unisolated_rule(),
@@ -197,7 +227,7 @@ pub fn entries(
                             endpoint: *ep,
                             dir: Direction::Egress,
                             proto: protocol.number(),
-                            identity: *identity,
+                            identity: f.identity,
                             port: *port,
                             port_bits: 16,
                         },
@@ -208,6 +238,22 @@ pub fn entries(
         }
     }
     out
+}
+
+/// A frontend that holds its address, as [`entries`] judges it.
+struct Live {
+    identity: u32,
+    metadata_backed: bool,
+    ports: Vec<LivePort>,
+}
+
+struct LivePort {
+    protocol: Protocol,
+    port: u16,
+    /// Distinct (backend's ipcache entry, target port): a verdict depends on
+    /// a backend only through these, and one Service's backends mostly
+    /// share an identity.
+    peers: Vec<(IpcacheEntry, u16)>,
 }
 
 enum Allowed {
@@ -222,17 +268,17 @@ fn all_allowed(
     maps: &Maps,
     ep: EndpointEntry,
     protocol: Protocol,
-    backends: &BTreeSet<(IpAddr, u16)>,
+    peers: &[(IpcacheEntry, u16)],
 ) -> Allowed {
-    if backends.is_empty() {
+    if peers.is_empty() {
         return Allowed::No;
     }
     let mut rule = None;
-    for (addr, target) in backends {
-        match sim::judge_endpoint(
+    for (peer, target) in peers {
+        match sim::judge_peer(
             maps,
             ep,
-            *addr,
+            *peer,
             Direction::Egress,
             protocol.number(),
             *target,

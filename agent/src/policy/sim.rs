@@ -111,19 +111,18 @@ pub fn judge(
     let Some(ep) = maps.endpoints.get(&local) else {
         return Verdict::NotLocal;
     };
-    judge_endpoint(maps, *ep, remote, dir, proto, port)
+    judge_peer(maps, *ep, lookup_ipcache(maps, remote), dir, proto, port)
 }
 
-/// [`judge`] for an endpoint entry already looked up.
-pub fn judge_endpoint(
+/// [`judge`] for an endpoint entry and a peer's ipcache entry already looked up.
+pub fn judge_peer(
     maps: &Maps,
     ep: EndpointEntry,
-    remote: IpAddr,
+    peer: IpcacheEntry,
     dir: Direction,
     proto: u8,
     port: u16,
 ) -> Verdict {
-    let peer = lookup_ipcache(maps, remote);
     if dir == Direction::Egress
         && peer.flags & ipcache_flags::METADATA != 0
         && ep.flags & endpoint_flags::BLOCK_METADATA != 0
