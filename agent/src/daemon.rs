@@ -160,7 +160,7 @@ pub enum OnExit {
 /// Deny events read per wake of the event branch.
 const EVENTS_PER_WAKE: usize = 4096;
 
-const KINDS: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+const KINDS: [Kind; 5] = Kind::ALL;
 
 /// Where the agent's objects come from.
 #[derive(Clone)]

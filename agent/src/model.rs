@@ -120,6 +120,57 @@ impl Pod {
     }
 }
 
+/// A Service port as kube-proxy translates it: traffic to a frontend on
+/// `port` goes to the backends' slice port of the same name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePort {
+    /// Empty for the unnamed port of a single-port Service.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Kept for completeness; node-port traffic is not judged as the Service's.
+    pub node_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// Addresses kube-proxy translates: cluster IPs, external IPs and
+    /// load-balancer ingress IPs, without duplicates (headless: none).
+    pub frontends: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    pub fn key(&self) -> ObjectRef {
+        ObjectRef::new(&self.namespace, &self.name)
+    }
+}
+
+/// A port of an EndpointSlice: the backends' number for a Service port name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlicePort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub namespace: String,
+    pub name: String,
+    /// The Service it belongs to (label `kubernetes.io/service-name`).
+    pub service: Option<String>,
+    /// Every endpoint address, whatever its conditions: a superset of the
+    /// backends kube-proxy picks (FQDN slices have none).
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<SlicePort>,
+}
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
 /// This node: its name (pods are local when `spec.nodeName` equals it), its
 /// own addresses (traffic from them to local pods is always allowed), and
 /// which host-side interface carries each local pod address (learnt from
@@ -138,6 +189,8 @@ pub struct Model {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub policies: BTreeMap<ObjectRef, Policy>,
+    pub services: BTreeMap<ObjectRef, Service>,
+    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
 }
 
 impl Model {

@@ -1,5 +1,6 @@
 //! The API-server source against an in-process fake API server (axum):
-//! list + watch of Namespaces, Pods and NetworkPolicies through kube-rs's
+//! list + watch of Namespaces, Pods, NetworkPolicies, Services and
+//! EndpointSlices through kube-rs's
 //! watcher, applied to the index, give exactly the state standalone mode
 //! gives for the same objects; watch events apply incrementally; a watch
 //! that expires (410 Gone) leads to a relist that drops what disappeared.
@@ -29,7 +30,26 @@ use palisade_agent::{
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-const OBJECTS: &str = include_str!("golden/three-tier.yaml");
+const THREE_TIER: &str = include_str!("golden/three-tier.yaml");
+
+/// The kube-dns Service in front of coredns.
+const KUBE_DNS: &str = "---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec: {clusterIP: 10.96.0.10, ports: [{name: dns, port: 53, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: kube-dns-x1, namespace: kube-system, labels: {kubernetes.io/service-name: kube-dns}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.3.10], conditions: {ready: true}, nodeName: other-node}]
+ports: [{name: dns, port: 53, protocol: UDP}]
+";
+
+fn objects_text() -> String {
+    format!("{THREE_TIER}{KUBE_DNS}")
+}
 
 #[derive(Clone)]
 struct Fake {
@@ -96,11 +116,19 @@ fn router(fake: Fake) -> Router {
             "/apis/networking.k8s.io/v1/networkpolicies",
             get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "NetworkPolicy", q)),
         )
+        .route(
+            "/api/v1/services",
+            get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "Service", q)),
+        )
+        .route(
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "EndpointSlice", q)),
+        )
         .with_state(fake)
 }
 
 fn yaml_objects() -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(OBJECTS)
+    serde_yaml::Deserializer::from_str(&objects_text())
         .map(|d| {
             serde_json::to_value(
                 <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"),
@@ -159,10 +187,15 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
 
     let mut index = Index::default();
     let mut listed = BTreeSet::new();
-    pump(&mut rx, &mut index, &mut listed, |_, l| l.len() == 3).await;
+    pump(&mut rx, &mut index, &mut listed, |_, l| {
+        l.len() == Kind::ALL.len()
+    })
+    .await;
 
     // Standalone mode for the same objects.
-    let standalone = support::model(OBJECTS);
+    let standalone = support::model(&objects_text());
+    assert_eq!(standalone.services.len(), 1);
+    assert_eq!(standalone.endpoint_slices.len(), 1);
     let mut api_model = index.model().clone();
     // uids come from the API server; standalone YAML has none.
     for p in api_model.pods.values_mut() {
@@ -175,8 +208,8 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
         "same desired state"
     );
 
-    // A watch event: a policy is deleted (once the three watches are open).
-    while fake.events.receiver_count() < 3 {
+    // A watch event: a policy is deleted (once every watch is open).
+    while fake.events.receiver_count() < Kind::ALL.len() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let np = objects
@@ -192,6 +225,28 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
         .expect("subscribers");
     pump(&mut rx, &mut index, &mut listed, |i, _| {
         i.model().policies.keys().all(|k| k.name != "deny-all")
+    })
+    .await;
+
+    // An EndpointSlice changes its backends.
+    let mut slice = objects
+        .iter()
+        .find(|o| o["kind"] == "EndpointSlice")
+        .cloned()
+        .expect("slice");
+    slice["endpoints"][0]["addresses"] = json!(["10.0.3.11"]);
+    fake.events
+        .send((
+            "EndpointSlice".into(),
+            json!({"type": "MODIFIED", "object": slice}),
+        ))
+        .expect("subscribers");
+    let moved: std::net::IpAddr = "10.0.3.11".parse().expect("ip");
+    pump(&mut rx, &mut index, &mut listed, |i, _| {
+        i.model()
+            .endpoint_slices
+            .values()
+            .all(|s| s.addresses == [moved])
     })
     .await;
 

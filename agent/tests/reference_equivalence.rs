@@ -1,6 +1,7 @@
 //! The compiled maps, evaluated the way the datapath evaluates them, agree
 //! with the reference evaluator (written from the API text) on generated
-//! models: random labels, selectors, policies, ipBlocks, ports, profiles;
+//! models: random labels, selectors, policies, ipBlocks, ports, profiles,
+//! Services over random backends (frontends judged at the client's egress);
 //! and the verdicts do not depend on the order objects arrive in. A compiler
 //! that lives across edits (its caches in play) compiles exactly what a
 //! fresh one compiles after every edit.
@@ -14,7 +15,7 @@ use palisade_agent::{
     index::{Index, Object},
     model::{Model, Protocol},
     policy::{
-        Compiler, MapWriter, Maps, Profile, compile, diff,
+        Compiler, Direction, MapWriter, Maps, Profile, compile, diff,
         reference::{self, Party},
         sim,
     },
@@ -169,6 +170,75 @@ fn policy(i: usize) -> impl Strategy<Value = Value> {
         })
 }
 
+/// Frontend address of Service `s<i>`.
+const FRONTENDS: [&str; 2] = ["10.96.0.1", "10.96.0.2"];
+/// (name, protocol, Service port, target port) a Service may have.
+const SERVICE_PORTS: [(&str, &str, u16, u16); 3] = [
+    ("web", "TCP", 1080, 80),
+    ("dns", "UDP", 53, 53),
+    ("alt", "TCP", 81, 8080),
+];
+/// Frontend ports probed: the Service ports and one that is none.
+const FRONTEND_PORTS: [(Protocol, u16); 4] = [
+    (Protocol::Tcp, 1080),
+    (Protocol::Udp, 53),
+    (Protocol::Tcp, 81),
+    (Protocol::Tcp, 80),
+];
+/// Backend addresses: the pods' and two external ones (one the metadata address).
+const BACKENDS: [&str; 8] = [
+    "10.0.1.10",
+    "10.0.2.10",
+    "10.0.3.10",
+    "10.0.1.11",
+    "10.0.2.11",
+    "10.0.3.11",
+    "169.254.169.254",
+    "203.0.113.10",
+];
+
+/// Service `s<i>` and its two EndpointSlices (one of whose port names may
+/// not match, so it adds no backends).
+fn service(i: usize) -> impl Strategy<Value = Vec<Value>> {
+    (
+        prop::sample::subsequence(SERVICE_PORTS.to_vec(), 1..=3),
+        prop::collection::vec(prop::sample::select(BACKENDS.to_vec()), 0..3),
+        prop::collection::vec(prop::sample::select(BACKENDS.to_vec()), 0..3),
+        prop::bool::ANY,
+    )
+        .prop_map(move |(ports, a, b, b_unnamed)| {
+            let name = format!("s{i}");
+            let ns = NAMESPACES[i % 3];
+            let svc_ports: Vec<Value> = ports
+                .iter()
+                .map(|(n, proto, port, target)| {
+                    json!({"name": n, "protocol": proto, "port": port, "targetPort": target})
+                })
+                .collect();
+            let slice = |suffix: &str, addrs: &[&str], unnamed: bool| {
+                let slice_ports: Vec<Value> = ports
+                    .iter()
+                    .map(|(n, proto, _, target)| {
+                        json!({"name": if unnamed { "" } else { *n }, "protocol": proto, "port": target})
+                    })
+                    .collect();
+                let endpoints: Vec<Value> =
+                    addrs.iter().map(|a| json!({"addresses": [a]})).collect();
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                       "metadata": {"name": format!("{name}-{suffix}"), "namespace": ns,
+                                    "labels": {"kubernetes.io/service-name": name}},
+                       "addressType": "IPv4", "endpoints": endpoints, "ports": slice_ports})
+            };
+            vec![
+                json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": name, "namespace": ns},
+                       "spec": {"clusterIP": FRONTENDS[i], "ports": svc_ports}}),
+                slice("a", &a, false),
+                slice("b", &b, b_unnamed),
+            ]
+        })
+}
+
 #[derive(Debug, Clone)]
 struct Case {
     objects: Vec<Value>,
@@ -180,11 +250,12 @@ fn case() -> impl Strategy<Value = Case> {
         prop::collection::vec(prop::sample::select(vec!["blue", "red"]), 3),
         prop::collection::vec((label_map(), prop::bool::ANY), 6),
         (0usize..5).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>()),
+        (0usize..=FRONTENDS.len()).prop_flat_map(|n| (0..n).map(service).collect::<Vec<_>>()),
         prop::bool::ANY,
         prop::bool::ANY,
         prop::bool::ANY,
     )
-        .prop_map(|(teams, pods, policies, default_deny, block_metadata, dns_exempt)| {
+        .prop_map(|(teams, pods, policies, services, default_deny, block_metadata, dns_exempt)| {
             let mut objects = Vec::new();
             for (n, team) in NAMESPACES.iter().zip(&teams) {
                 objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {"team": team}}}));
@@ -202,6 +273,7 @@ fn case() -> impl Strategy<Value = Case> {
                 }));
             }
             objects.extend(policies);
+            objects.extend(services.into_iter().flatten());
             let mut profile = Profile { default_deny, block_metadata, ..Profile::default() };
             if dns_exempt {
                 profile.default_deny_exempt.insert("z".into());
@@ -221,6 +293,9 @@ enum Edit {
     DeletePolicy(usize),
     ToggleDefaultDeny,
     ToggleMetadataBlock,
+    /// Service `s<i>` and its slices, replaced.
+    PutService(usize, Vec<Value>),
+    DeleteSlices(usize),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -235,6 +310,9 @@ fn edit() -> impl Strategy<Value = Edit> {
         1 => (0usize..5).prop_map(Edit::DeletePolicy),
         1 => Just(Edit::ToggleDefaultDeny),
         1 => Just(Edit::ToggleMetadataBlock),
+        2 => (0usize..FRONTENDS.len())
+            .prop_flat_map(|i| service(i).prop_map(move |s| Edit::PutService(i, s))),
+        1 => (0usize..FRONTENDS.len()).prop_map(Edit::DeleteSlices),
     ]
 }
 
@@ -274,7 +352,22 @@ fn apply_edit(objects: &mut Vec<Value>, profile: &mut Profile, e: &Edit) {
         }),
         Edit::ToggleDefaultDeny => profile.default_deny = !profile.default_deny,
         Edit::ToggleMetadataBlock => profile.block_metadata = !profile.block_metadata,
+        Edit::PutService(i, svc) => {
+            let name = format!("s{i}");
+            objects.retain(|o| !owned_by_service(o, &name));
+            objects.extend(svc.iter().cloned());
+        }
+        Edit::DeleteSlices(i) => {
+            let name = format!("s{i}");
+            objects.retain(|o| !(o["kind"] == "EndpointSlice" && owned_by_service(o, &name)));
+        }
     }
+}
+
+fn owned_by_service(o: &Value, name: &str) -> bool {
+    (o["kind"] == "Service" && o["metadata"]["name"] == name)
+        || (o["kind"] == "EndpointSlice"
+            && o["metadata"]["labels"]["kubernetes.io/service-name"] == name)
 }
 
 fn build(objects: &[Value]) -> Model {
@@ -285,6 +378,12 @@ fn build(objects: &[Value]) -> Model {
                 serde_json::from_value(v.clone()).expect("namespace"),
             )),
             Some("Pod") => Object::Pod(Box::new(serde_json::from_value(v.clone()).expect("pod"))),
+            Some("Service") => Object::Service(Box::new(
+                serde_json::from_value(v.clone()).expect("service"),
+            )),
+            Some("EndpointSlice") => {
+                Object::EndpointSlice(Box::new(serde_json::from_value(v.clone()).expect("slice")))
+            }
             _ => {
                 Object::NetworkPolicy(Box::new(serde_json::from_value(v.clone()).expect("policy")))
             }
@@ -343,6 +442,41 @@ fn mismatches_of(
                     "node -> {} {proto}/{port}: reference {want}, compiled {got}",
                     src.key()
                 ));
+            }
+        }
+    }
+    // Service frontends, at the client's egress.
+    for src in &pods {
+        for frontend in FRONTENDS {
+            let f: IpAddr = frontend.parse().expect("ip");
+            // Without a Service it is a plain external address, checked above.
+            if !model.services.values().any(|s| s.frontends.contains(&f)) {
+                continue;
+            }
+            for (proto, port) in FRONTEND_PORTS {
+                let want = reference::service_egress_allowed(
+                    model,
+                    profile,
+                    Party::Pod(src, src.ips[0]),
+                    f,
+                    proto,
+                    port,
+                );
+                let got = sim::judge(
+                    &state.maps,
+                    src.ips[0],
+                    f,
+                    Direction::Egress,
+                    proto.number(),
+                    port,
+                )
+                .allows();
+                if want != got {
+                    out.push(format!(
+                        "{} -> service {frontend} {proto}/{port}: reference {want}, compiled {got}",
+                        src.key()
+                    ));
+                }
             }
         }
     }

@@ -70,8 +70,10 @@ pub mod ipcache_flags {
     /// The cloud metadata address: under the metadata block only rules that
     /// name it exactly open it, never rules for any peer.
     pub const METADATA: u32 = 1 << 1;
-    /// A Service frontend (ClusterIP and the like): judged by its backends,
-    /// so only entries for its own identity apply, never rules for any peer.
+    /// A Service frontend address (ClusterIP, external or load-balancer IP):
+    /// an isolated endpoint reaches it only through entries for its exact
+    /// identity, which the agent derives from the Service's backends; rules
+    /// for any peer never open it.
     pub const SERVICE: u32 = 1 << 2;
 }
 

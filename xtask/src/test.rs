@@ -90,16 +90,12 @@ fn cargo_tests(t: &mut Tally, name: &str, cmd: &mut Command) -> anyhow::Result<(
 }
 
 /// Scenario directories the suite runs, each in name order.
-const SCENARIO_DIRS: &[&str] = &["../shared/scenarios/seeds", "tests/scenarios"];
-
-/// Directories to add to `SCENARIO_DIRS` once the agent judges Service
-/// traffic (issue #19): they fail until then.
-#[expect(
-    dead_code,
-    reason = "a one-line move into SCENARIO_DIRS once they pass"
-)]
-const SCENARIO_DIRS_PENDING: &[&str] =
-    &["../shared/scenarios/services", "tests/scenarios/services"];
+const SCENARIO_DIRS: &[&str] = &[
+    "../shared/scenarios/seeds",
+    "../shared/scenarios/services",
+    "tests/scenarios",
+    "tests/scenarios/services",
+];
 
 /// The modes the suite runs in: as written, and spread over three nodes
 /// with every pod probed through a Service of its own.

@@ -25,6 +25,14 @@ pub enum ConvertError {
     BadPort { field: String, value: i32 },
     #[error("{field}: unknown protocol {value:?}")]
     BadProtocol { field: String, value: String },
+    #[error("{field}: port {value} out of range 1-65535")]
+    PortOutOfRange { field: String, value: i32 },
+    #[error("{field}: address {value:?} is not of addressType {address_type}")]
+    WrongFamily {
+        field: String,
+        value: String,
+        address_type: &'static str,
+    },
 }
 
 pub fn namespace_from_api(ns: &ApiNamespace) -> Result<Namespace, ConvertError> {

@@ -2,15 +2,18 @@
 //! [`Model`] out. No I/O; every source (API server, directory) feeds it.
 
 mod convert;
+mod service;
 mod strict;
 
 use std::collections::BTreeMap;
 
 pub use convert::{ConvertError, namespace_from_api, pod_from_api};
 use k8s_openapi::api::{
-    core::v1::{Namespace as ApiNamespace, Pod as ApiPod},
+    core::v1::{Namespace as ApiNamespace, Pod as ApiPod, Service as ApiService},
+    discovery::v1::EndpointSlice as ApiEndpointSlice,
     networking::v1::NetworkPolicy,
 };
+pub use service::{endpoint_slice_from_api, service_from_api};
 pub use strict::unknown_fields;
 
 use crate::{
@@ -24,6 +27,8 @@ pub enum Object {
     Namespace(Box<ApiNamespace>),
     Pod(Box<ApiPod>),
     NetworkPolicy(Box<NetworkPolicy>),
+    Service(Box<ApiService>),
+    EndpointSlice(Box<ApiEndpointSlice>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,6 +36,19 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Service,
+    EndpointSlice,
+}
+
+impl Kind {
+    /// Every kind, in the order sources list them.
+    pub const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::Service,
+        Kind::EndpointSlice,
+    ];
 }
 
 impl std::fmt::Display for Kind {
@@ -39,6 +57,8 @@ impl std::fmt::Display for Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         })
     }
 }
@@ -82,6 +102,8 @@ impl Object {
             Object::Namespace(o) => (Kind::Namespace, &o.metadata),
             Object::Pod(o) => (Kind::Pod, &o.metadata),
             Object::NetworkPolicy(o) => (Kind::NetworkPolicy, &o.metadata),
+            Object::Service(o) => (Kind::Service, &o.metadata),
+            Object::EndpointSlice(o) => (Kind::EndpointSlice, &o.metadata),
         };
         ObjectKey {
             kind,
@@ -144,6 +166,14 @@ impl Index {
                     }
                 };
             }
+            Object::Service(svc) => service_from_api(svc).map(|svc| {
+                self.model.services.insert(svc.key(), svc);
+            }),
+            Object::EndpointSlice(slice) => endpoint_slice_from_api(slice).map(|slice| {
+                self.model
+                    .endpoint_slices
+                    .insert(ObjectRef::new(&slice.namespace, &slice.name), slice);
+            }),
         };
         match result {
             Ok(()) => {
@@ -169,6 +199,12 @@ impl Index {
             Kind::NetworkPolicy => {
                 self.model.policies.remove(&key.object);
             }
+            Kind::Service => {
+                self.model.services.remove(&key.object);
+            }
+            Kind::EndpointSlice => {
+                self.model.endpoint_slices.remove(&key.object);
+            }
         }
     }
 
@@ -176,6 +212,13 @@ impl Index {
     /// missing from the list is deleted. Returns the rejected objects' errors.
     pub fn reset(&mut self, kind: Kind, objects: &[Object]) -> Vec<IndexError> {
         let keep: std::collections::BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        let refs = |m: &mut dyn Iterator<Item = &ObjectRef>| -> Vec<ObjectKey> {
+            m.map(|r| ObjectKey {
+                kind,
+                object: r.clone(),
+            })
+            .collect()
+        };
         let existing: Vec<ObjectKey> = match kind {
             Kind::Namespace => self
                 .model
@@ -186,24 +229,10 @@ impl Index {
                     object: ObjectRef::new("", n),
                 })
                 .collect(),
-            Kind::Pod => self
-                .model
-                .pods
-                .keys()
-                .map(|r| ObjectKey {
-                    kind,
-                    object: r.clone(),
-                })
-                .collect(),
-            Kind::NetworkPolicy => self
-                .model
-                .policies
-                .keys()
-                .map(|r| ObjectKey {
-                    kind,
-                    object: r.clone(),
-                })
-                .collect(),
+            Kind::Pod => refs(&mut self.model.pods.keys()),
+            Kind::NetworkPolicy => refs(&mut self.model.policies.keys()),
+            Kind::Service => refs(&mut self.model.services.keys()),
+            Kind::EndpointSlice => refs(&mut self.model.endpoint_slices.keys()),
         };
         for k in existing {
             if !keep.contains(&k) {

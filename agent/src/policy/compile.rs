@@ -15,10 +15,15 @@
 //! What remains per compile is a pass of equality checks over the pods and
 //! the assembly of the maps.
 //!
-//! Bounds: ipcache entries = pod addresses + distinct CIDRs + node
-//! addresses + the IPv4 root; policy entries per local endpoint <= sum over
-//! rules of (matching identities) x (ports, a range counting at most 31
-//! prefixes).
+//! Service frontends are judged as their backends ([`super::services`]):
+//! recomputed whole on every compile, once per group of endpoints with the
+//! same egress entries.
+//!
+//! Bounds: ipcache entries = pod addresses + distinct CIDRs + node addresses
+//! + Service frontend addresses + the IPv4 root; policy entries per local
+//! endpoint <= sum over rules of (matching identities) x (ports, a range
+//! counting at most 31 prefixes), plus one per allowed (frontend, Service
+//! port).
 
 use std::{
     borrow::Cow,
@@ -35,6 +40,7 @@ use super::{
     identity::{Blocks, IdentityLayer, Kind, Signature},
     matching::{MatchCache, PeerMatch},
     profile::Profile,
+    services,
     state::{
         DesiredState, Direction, EndpointEntry, EndpointInfo, HostNetworkBlock, IdentityInfo,
         IpcacheEntry, PolicyKey, RuleRef,
@@ -211,12 +217,14 @@ impl Compiler {
             }
         }
 
+        let frontends = services::frontends(model, profile);
         let resolution = self.identity_layer.resolve(
             &mut self.identities,
             model,
             node,
             profile,
             Blocks::new(blocks),
+            &frontends,
         );
         state.maps.ipcache = resolution.ipcache;
         // IPv4 is ::ffff:0:0/96 in the kernel's trie: with its root present,
@@ -334,6 +342,30 @@ impl Compiler {
             state.endpoint_info.insert(ep_id, info);
         }
 
+        // Service frontends, from the verdicts of their backends over the
+        // maps as they stand (they hold no frontend entries yet).
+        let local_entries: Vec<EndpointEntry> = local
+            .iter()
+            .filter_map(|p| p.ips.iter().find_map(|ip| state.maps.endpoints.get(ip)))
+            .copied()
+            .collect();
+        let unisolated = RuleRef {
+            origin: PolicyOrigin::Profile(services::UNISOLATED),
+            dir: Direction::Egress,
+            index: 0,
+        };
+        let mut unisolated_id = None;
+        let frontend_entries =
+            services::entries(&state.maps, &frontends, &local_entries, &mut || {
+                *unisolated_id.get_or_insert_with(|| self.rules.id(&unisolated))
+            });
+        for (k, rule) in frontend_entries {
+            insert(&mut state.maps.policy, k, rule);
+        }
+        if let Some(id) = unisolated_id {
+            state.rules.insert(id, unisolated);
+        }
+
         // hostNetwork pods of this node: the metadata block goes on their cgroup.
         if profile.block_metadata {
             for pod in model
@@ -422,6 +454,10 @@ fn identity_info(sig: &Signature) -> IdentityInfo {
         ),
         Kind::Host => IdentityInfo::Host,
         Kind::Metadata(_) => IdentityInfo::Metadata,
+        Kind::Service { service, .. } => IdentityInfo::Service {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+        },
     }
 }
 

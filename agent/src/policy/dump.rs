@@ -17,6 +17,9 @@ fn identity_name(state: &DesiredState, id: u32) -> String {
             Some(IdentityInfo::Cidr(net)) => format!("{id}(cidr {net})"),
             Some(IdentityInfo::Host) => format!("{id}(host)"),
             Some(IdentityInfo::Metadata) => format!("{id}(metadata)"),
+            Some(IdentityInfo::Service { namespace, name }) => {
+                format!("{id}(service {namespace}/{name})")
+            }
             None => format!("{id}(?)"),
         },
     }

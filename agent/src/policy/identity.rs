@@ -25,6 +25,7 @@ use super::{
     addr::canonical_ip,
     alloc::Allocator,
     profile::{Profile, metadata_prefixes},
+    services::{self, Frontend},
     state::IpcacheEntry,
 };
 use crate::model::{ContainerPort, Labels, Model, Node, ObjectRef, Pod};
@@ -49,6 +50,12 @@ pub enum Kind {
     Cidr,
     Host,
     Metadata(IpNet),
+    /// A Service frontend address. Its signature has no CIDRs: no rule peer
+    /// matches it, it is judged by its backends ([`super::services`]).
+    Service {
+        service: ObjectRef,
+        addr: IpAddr,
+    },
 }
 
 impl Kind {
@@ -230,6 +237,7 @@ impl IdentityLayer {
         node: &Node,
         profile: &Profile,
         blocks: Blocks,
+        frontends: &BTreeMap<IpAddr, Frontend>,
     ) -> Resolution {
         if blocks != self.blocks || node.addresses != self.node_addresses {
             self.pods.clear();
@@ -239,7 +247,9 @@ impl IdentityLayer {
         let blocks = &self.blocks;
 
         // Every address with its signature, in order of precedence: CIDRs,
-        // then metadata, node, pods; of two claims on one address the later wins.
+        // then Service frontends, metadata, node, pods; of two claims on one
+        // address the later wins (a Service cannot take the metadata address
+        // out of the block, nor a pod's or the node's address from them).
         let mut slots: Vec<Slot> = Vec::with_capacity(self.pods.len() + blocks.all.len() + 8);
         let other = |kind: Kind, net: IpNet, flags: u32| Slot {
             net,
@@ -253,6 +263,21 @@ impl IdentityLayer {
         };
         for b in blocks.iter() {
             slots.push(other(Kind::Cidr, *b, 0));
+        }
+        for (addr, f) in frontends {
+            slots.push(Slot {
+                net: IpNet::from(*addr),
+                sig: Arc::new(Signature {
+                    kind: Arc::new(Kind::Service {
+                        service: f.service.clone(),
+                        addr: *addr,
+                    }),
+                    blocks: Vec::new(),
+                }),
+                id: None,
+                flags: services::flags(f),
+                owner: None,
+            });
         }
         if profile.block_metadata {
             for m in metadata_prefixes() {

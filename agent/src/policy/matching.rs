@@ -46,7 +46,8 @@ impl PeerMatch {
     }
 
     fn add(&mut self, rule: &Rule, id: u32, sig: &Signature, model: &Model) {
-        if self.any {
+        // A Service frontend is judged by its backends, never by peers.
+        if self.any || matches!(sig.kind.as_ref(), Kind::Service { .. }) {
             return;
         }
         let mut matched = false;

@@ -10,6 +10,7 @@ pub mod matching;
 pub mod profile;
 pub mod reference;
 pub mod selector;
+pub mod services;
 pub mod sim;
 pub mod state;
 pub mod types;

@@ -58,6 +58,86 @@ pub fn allowed(
         && ingress_allows(model, profile, src, dst, protocol, port)
 }
 
+/// Service traffic as the client's veth sees it: "a connection to a Service
+/// frontend port is allowed iff a direct connection to every backend on its
+/// target port is allowed, and there is at least one backend", since
+/// kube-proxy may pick any of them after the client's egress is judged. A
+/// pod whose egress nothing restricts (not isolated, and the metadata block
+/// not in play for a metadata backend on any port) reaches every frontend. Only the
+/// client's egress: the server's ingress sees the backend and the real
+/// client, as for a direct connection.
+///
+/// Backends are read from the objects as written: the addresses of the
+/// Service's EndpointSlices (of the frontend's family) on the slice port
+/// with the Service port's name and protocol. A backend address is the
+/// last pod in key order holding it, or an external address. `frontend`
+/// must be an address no pod, node or (blocked) metadata prefix holds.
+pub fn service_egress_allowed(
+    model: &Model,
+    profile: &Profile,
+    src: Party<'_>,
+    frontend: IpAddr,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    let Some(pod) = src.pod() else {
+        return true;
+    };
+    // Per Service port of the frontend: its backends.
+    let mut backends: Vec<(Protocol, u16, IpAddr, u16)> = Vec::new();
+    for svc in model
+        .services
+        .values()
+        .filter(|s| s.frontends.contains(&frontend))
+    {
+        for sp in &svc.ports {
+            for slice in model.endpoint_slices.values().filter(|s| {
+                s.namespace == svc.namespace && s.service.as_deref() == Some(svc.name.as_str())
+            }) {
+                for target in slice
+                    .ports
+                    .iter()
+                    .filter(|p| p.name == sp.name && p.protocol == sp.protocol)
+                {
+                    for addr in slice
+                        .addresses
+                        .iter()
+                        .filter(|a| a.is_ipv4() == frontend.is_ipv4())
+                    {
+                        backends.push((sp.protocol, sp.port, *addr, target.port));
+                    }
+                }
+            }
+        }
+    }
+    let party = |ip: IpAddr| match model.pods.values().rfind(|p| p.ips.contains(&ip)) {
+        Some(p) => Party::Pod(p, ip),
+        None => Party::External(ip),
+    };
+    let ns_labels = model.namespace_labels(&pod.namespace);
+    // The metadata address behind any port puts the whole frontend under
+    // the block, as the address itself is.
+    let metadata_in_play = profile.block_metadata
+        && !profile.metadata_opted_out(&pod.labels, &ns_labels)
+        && backends
+            .iter()
+            .any(|(_, _, b, _)| metadata_prefixes().iter().any(|m| m.contains(b)));
+    let isolated = all_policies(model, profile, &pod.namespace)
+        .iter()
+        .any(|p| p.egress.is_some() && p.pod_selector.matches(&pod.labels));
+    if !isolated && !metadata_in_play {
+        return true;
+    }
+    let mut on_port = backends
+        .iter()
+        .filter(|(proto, p, _, _)| *proto == protocol && *p == port)
+        .peekable();
+    on_port.peek().is_some()
+        && on_port.all(|(_, _, b, target)| {
+            egress_allows(model, profile, src, party(*b), protocol, *target)
+        })
+}
+
 fn peer_matches(model: &Model, policy: &Policy, peer: &Peer, other: Party<'_>) -> bool {
     match peer {
         Peer::IpBlock { cidr, except } => in_block(other.ip(), cidr, except),

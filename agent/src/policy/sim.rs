@@ -1,7 +1,7 @@
 //! The datapath's decision for the first packet of a flow, computed from a
 //! [`Maps`] the way the eBPF program computes it from the maps:
 //! endpoint lookup, longest-prefix ipcache match, then at most four policy
-//! lookups. Tests hold the compiler to the reference evaluator through this,
+//! lookups (two for a metadata or Service peer: its exact identity only). Tests hold the compiler to the reference evaluator through this,
 //! and the privileged tests hold the kernel to this.
 
 use std::net::IpAddr;
@@ -161,7 +161,18 @@ pub fn judge(
     let Some(ep) = maps.endpoint(local) else {
         return Verdict::NotLocal;
     };
-    let peer = maps.ipcache(remote);
+    judge_peer(maps, ep, maps.ipcache(remote), dir, proto, port)
+}
+
+/// [`judge`] for an endpoint entry and a peer's ipcache entry already looked up.
+pub fn judge_peer(
+    maps: &impl MapView,
+    ep: EndpointEntry,
+    peer: IpcacheEntry,
+    dir: Direction,
+    proto: u8,
+    port: u16,
+) -> Verdict {
     if dir == Direction::Egress
         && peer.flags & ipcache_flags::METADATA != 0
         && ep.flags & endpoint_flags::BLOCK_METADATA != 0

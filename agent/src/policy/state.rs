@@ -126,6 +126,11 @@ pub enum IdentityInfo {
     Cidr(IpNet),
     Host,
     Metadata,
+    /// A Service frontend address (judged by the Service's backends).
+    Service {
+        namespace: String,
+        name: String,
+    },
 }
 
 /// A local hostNetwork pod whose processes get the metadata block through

@@ -323,9 +323,7 @@ pub async fn run(
                 if std::mem::take(&mut relist) {
                     // Every kind gets its relist, even an empty one.
                     let mut by_kind: BTreeMap<Kind, Vec<Object>> =
-                        [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy]
-                            .map(|k| (k, Vec::new()))
-                            .into();
+                        Kind::ALL.map(|k| (k, Vec::new())).into();
                     for o in source.snapshot().objects {
                         by_kind.entry(o.key().kind).or_default().push(o);
                     }
@@ -440,7 +438,7 @@ mod tests {
                 let _ = index.apply(o);
             }
             let mut relisted = crate::index::Index::default();
-            for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
+            for kind in Kind::ALL {
                 let objects: Vec<Object> = src
                     .read()
                     .expect("read")

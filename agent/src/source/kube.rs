@@ -1,12 +1,13 @@
 //! The API server as the source: one kube-rs watcher per kind (Namespaces,
-//! Pods, NetworkPolicies, all namespaces). A watcher's initial list (and
+//! Pods, NetworkPolicies, Services, EndpointSlices, all namespaces). A watcher's initial list (and
 //! every relist after a lost watch) becomes one `Reset`, so deletions missed
 //! while disconnected are not kept; errors are reported and retried with
 //! kube-rs's default backoff while the datapath keeps its state.
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod},
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -19,7 +20,7 @@ use tracing::{Instrument as _, info, info_span};
 use super::{Batch, SourceEvent};
 use crate::index::{Kind, Object};
 
-/// Watches the three kinds until the receiver is gone.
+/// Watches every kind until the receiver is gone.
 pub async fn run(client: Client, tx: Sender<Batch>) {
     let ns = tokio::spawn(
         watch(
@@ -41,14 +42,57 @@ pub async fn run(client: Client, tx: Sender<Batch>) {
     );
     let nps = tokio::spawn(
         watch(
-            Api::<NetworkPolicy>::all(client),
+            Api::<NetworkPolicy>::all(client.clone()),
             Kind::NetworkPolicy,
             |o| Object::NetworkPolicy(Box::new(o)),
-            tx,
+            tx.clone(),
         )
         .instrument(info_span!("watch", kind = "NetworkPolicy")),
     );
-    let _ = tokio::join!(ns, pods, nps);
+    let services = tokio::spawn(
+        watch(
+            Api::<Service>::all(client.clone()),
+            Kind::Service,
+            |mut o| {
+                trim(&mut o.metadata);
+                Object::Service(Box::new(o))
+            },
+            tx.clone(),
+        )
+        .instrument(info_span!("watch", kind = "Service")),
+    );
+    let slices = tokio::spawn(
+        watch(
+            Api::<EndpointSlice>::all(client),
+            Kind::EndpointSlice,
+            |mut o| {
+                trim(&mut o.metadata);
+                // Only addresses count; hints, topology and targets are
+                // most of a slice's size in a large cluster.
+                for e in o.endpoints.iter_mut().flatten() {
+                    e.conditions = None;
+                    e.deprecated_topology = None;
+                    e.hints = None;
+                    e.hostname = None;
+                    e.node_name = None;
+                    e.target_ref = None;
+                    e.zone = None;
+                }
+                Object::EndpointSlice(Box::new(o))
+            },
+            tx,
+        )
+        .instrument(info_span!("watch", kind = "EndpointSlice")),
+    );
+    let _ = tokio::join!(ns, pods, nps, services, slices);
+}
+
+/// Drops the metadata the index never reads (Services and slices are many
+/// and often carry large annotations).
+fn trim(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.annotations = None;
+    meta.managed_fields = None;
+    meta.owner_references = None;
 }
 
 async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: Sender<Batch>)

@@ -121,12 +121,16 @@ fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             typed(origin, doc, &name, v).map(|o| Object::NetworkPolicy(Box::new(o)))
         }
+        ("v1", "Service") => typed(origin, doc, &name, v).map(|o| Object::Service(Box::new(o))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            typed(origin, doc, &name, v).map(|o| Object::EndpointSlice(Box::new(o)))
+        }
         _ => Err(object_error(
             origin,
             doc,
             name,
             format!(
-                "unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy)"
+                "unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy, v1 Service, discovery.k8s.io/v1 EndpointSlice)"
             ),
         )),
     }
@@ -152,9 +156,36 @@ apiVersion: projectcalico.org/v3
 kind: GlobalNetworkPolicy
 metadata: {name: g}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: x}
+spec: {clusterIP: 10.96.0.10, ports: [{port: 15432, targetPort: pg}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: x, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.5], conditions: {ready: true}}]
+ports: [{port: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bad, namespace: x}
+spec: {clusterIP: 10.96.0.11, ports: [{port: 1, targetPrt: 2}]}
 "#;
         let r = parse_objects("f.yaml", text);
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.len(), 6);
+        assert!(matches!(r[3], Ok(Object::Service(_))));
+        assert!(matches!(r[4], Ok(Object::EndpointSlice(_))));
+        let e5 = r[5]
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(
+            e5.contains("Service x/bad") && e5.contains("spec.ports[0].targetPrt"),
+            "{e5}"
+        );
         assert!(matches!(r[0], Ok(Object::Namespace(_))));
         let e1 = r[1]
             .as_ref()

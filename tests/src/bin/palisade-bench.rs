@@ -106,6 +106,45 @@ fn synthetic_model(
     index.model().clone()
 }
 
+/// `model` plus one Service per app (cluster IP 10.96.x.y, ports 80 -> http
+/// and 5432) whose EndpointSlice lists every pod of that app.
+fn with_services(model: &Model) -> Model {
+    let mut index = Index::default();
+    let mut by_app: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for pod in model.pods.values() {
+        by_app
+            .entry(pod.labels["app"].clone())
+            .or_default()
+            .extend(pod.ips.iter().map(ToString::to_string));
+    }
+    for (n, (app, ips)) in by_app.into_iter().enumerate() {
+        let ns = format!("ns{}", n % 100);
+        let svc: ApiService = serde_json::from_value(json!({
+            "metadata": {"name": app, "namespace": ns},
+            "spec": {"clusterIP": format!("10.96.{}.{}", n / 256, n % 256),
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}, {"name": "db", "port": 5432}]}
+        }))
+        .expect("service");
+        index.apply(&Object::Service(Box::new(svc))).expect("valid");
+        let slice: ApiSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{app}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": app}},
+            "addressType": "IPv4",
+            "endpoints": ips.iter().map(|ip| json!({"addresses": [ip]})).collect::<Vec<_>>(),
+            "ports": [{"name": "http", "port": 8080}, {"name": "db", "port": 5432}]
+        }))
+        .expect("slice");
+        index
+            .apply(&Object::EndpointSlice(Box::new(slice)))
+            .expect("valid");
+    }
+    let mut out = model.clone();
+    out.services = index.model().services.clone();
+    out.endpoint_slices = index.model().endpoint_slices.clone();
+    out
+}
+
+type ApiService = k8s_openapi::api::core::v1::Service;
+type ApiSlice = k8s_openapi::api::discovery::v1::EndpointSlice;
 type ApiNamespace = k8s_openapi::api::core::v1::Namespace;
 type ApiPod = k8s_openapi::api::core::v1::Pod;
 type ApiPolicy = k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -150,6 +189,26 @@ fn engine(quick: bool) -> Value {
         ));
     }
     let (endpoints, ipcache, policy) = entries.expect("compiled");
+    // The same with a Service per app, under the default profile and under
+    // default deny (every local pod isolated: every frontend judged).
+    let serviced = with_services(&model);
+    let deny = Profile {
+        default_deny: true,
+        ..Profile::default()
+    };
+    let mut with_services_ms = Vec::new();
+    let mut with_services_deny_ms = Vec::new();
+    let mut service_entries = 0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let _ = Compiler::default().compile(&serviced, &node, &profile);
+        with_services_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let s = Compiler::default().compile(&serviced, &node, &deny);
+        with_services_deny_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        service_entries = s.maps.policy.len();
+    }
+    drop(serviced);
     // From here on the process holds what an agent holds: one model, and a
     // syncer (compiler with its caches, compiled state, mirror of the maps).
     let mut model = model;
@@ -174,6 +233,10 @@ fn engine(quick: bool) -> Value {
         "pods": 10_000, "policies": 1_000, "namespaces": 100, "local_pods": 110,
         "model_build_ms": build_ms,
         "full_compile_ms_median": median(full),
+        "services": 200,
+        "full_compile_with_services_ms_median": median(with_services_ms),
+        "full_compile_with_services_default_deny_ms_median": median(with_services_deny_ms),
+        "policy_entries_with_services_default_deny": service_entries,
         "incremental_sync_ms_median": median(incremental),
         "incremental_compile_ms_median": median(incremental_compile),
         "incremental_work": stats,
