@@ -92,7 +92,7 @@ pub enum IndexError {
     Convert {
         key: ObjectKey,
         #[source]
-        source: ConvertError,
+        source: Box<ConvertError>,
     },
 }
 
@@ -182,7 +182,10 @@ impl Index {
             }
             Err(source) => {
                 self.rejected.insert(key.clone(), source.to_string());
-                Err(IndexError::Convert { key, source })
+                Err(IndexError::Convert {
+                    key,
+                    source: Box::new(source),
+                })
             }
         }
     }

@@ -19,8 +19,8 @@
 //! recomputed whole on every compile, once per group of endpoints with the
 //! same egress entries.
 //!
-//! Bounds: ipcache entries = pod addresses + distinct CIDRs + node addresses
-//! + Service frontend addresses + the IPv4 root; policy entries per local
+//! Bounds: ipcache entries = pod addresses, distinct CIDRs, node addresses,
+//! Service frontend addresses and the IPv4 root; policy entries per local
 //! endpoint <= sum over rules of (matching identities) x (ports, a range
 //! counting at most 31 prefixes), plus one per allowed (frontend, Service
 //! port).
