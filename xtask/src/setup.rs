@@ -38,14 +38,9 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     (
         "containernetworking-plugins",
         "/usr/lib/cni/ptp",
-        "wiring scenario pods through the CNI protocol as kindnet does (ptp, host-local)",
+        "wiring pods through the CNI protocol as kindnet does (ptp, host-local), in scenarios and in front of palisade-cni in tests/tests/cni.rs",
     ),
     ("iputils-ping", "ping", "ICMP checks"),
-    (
-        "containernetworking-plugins",
-        "/usr/lib/cni/ptp",
-        "ptp and host-local, the real CNI chain in front of palisade-cni in tests/tests/cni.rs",
-    ),
 ];
 
 fn cargo_home() -> PathBuf {
