@@ -175,6 +175,10 @@ pub mod ct_flags {
     /// Adopted mid-stream (opened before enforcement began), judged in the
     /// direction of the segment that was seen first.
     pub const ADOPTED: u32 = 1 << 4;
+    /// Revoked by the agent: a tombstone that drops the flow's packets both
+    /// ways (so neither side can adopt it again mid-stream) until it expires;
+    /// a new connection (SYN) on the same tuple is judged afresh.
+    pub const REVOKED: u32 = 1 << 5;
 }
 
 #[repr(C)]

@@ -188,8 +188,13 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     if flow.later_fragment && follows_allowed_fragment(&flow, dir) {
         return PASS;
     }
-    if track_existing(&flow, dir, &ep, now) {
-        return PASS;
+    match track_existing(&flow, dir, &ep, now) {
+        Tracked::Pass => return PASS,
+        Tracked::Revoked => {
+            count(Counter::Denied);
+            return DROP;
+        }
+        Tracked::Miss => {}
     }
     if flow.icmp == Icmp::Error {
         return match parse::inner_flow(ctx, &flow) {
@@ -273,13 +278,21 @@ fn closing(flags: u32) -> bool {
         || (flags & ct_flags::FIN_FORWARD != 0 && flags & ct_flags::FIN_REPLY != 0)
 }
 
+enum Tracked {
+    /// A packet of a live flow: passes.
+    Pass,
+    /// A packet of a flow the agent revoked: dropped, in both directions.
+    Revoked,
+    Miss,
+}
+
 /// A packet of a known flow of this endpoint: refresh it and pass. An entry
 /// of another endpoint (the address changed hands) is discarded. A SYN
 /// matches only a live entry it opened itself: never a reply, an adopted
-/// entry or a closed one, so that it is judged by policy like any new
-/// connection.
+/// entry or a closed or revoked one, so that it is judged by policy like any
+/// new connection.
 #[inline(always)]
-fn track_existing(flow: &Flow, dir: u8, ep: &EndpointValue, now: u64) -> bool {
+fn track_existing(flow: &Flow, dir: u8, ep: &EndpointValue, now: u64) -> Tracked {
     let syn = opens_connection(flow);
     let key = ct_key(flow, dir);
     if let Some(v) = CONNTRACK.get_ptr_mut(key) {
@@ -289,15 +302,19 @@ fn track_existing(flow: &Flow, dir: u8, ep: &EndpointValue, now: u64) -> bool {
         if v.endpoint != ep.id {
             let _ = CONNTRACK.remove(key);
             count(Counter::CtStale);
+        } else if v.flags & ct_flags::REVOKED != 0 {
+            if !syn {
+                return Tracked::Revoked;
+            }
         } else if !syn || (v.flags & ct_flags::ADOPTED == 0 && !closing(v.flags)) {
             touch(v, flow, now, false);
             remember_fragment(flow, dir, v.rule);
             count(Counter::CtHit);
-            return true;
+            return Tracked::Pass;
         }
     }
     if syn {
-        return false;
+        return Tracked::Miss;
     }
     let rkey = reversed(&key);
     if let Some(v) = CONNTRACK.get_ptr_mut(rkey) {
@@ -306,14 +323,17 @@ fn track_existing(flow: &Flow, dir: u8, ep: &EndpointValue, now: u64) -> bool {
         if v.endpoint != ep.id {
             let _ = CONNTRACK.remove(rkey);
             count(Counter::CtStale);
-            return false;
+            return Tracked::Miss;
+        }
+        if v.flags & ct_flags::REVOKED != 0 {
+            return Tracked::Revoked;
         }
         touch(v, flow, now, true);
         remember_fragment(flow, dir, v.rule);
         count(Counter::CtReply);
-        return true;
+        return Tracked::Pass;
     }
-    false
+    Tracked::Miss
 }
 
 #[inline(always)]

@@ -35,12 +35,15 @@ use crate::policy::{
 
 /// How often idle flows are looked for when nothing else happens.
 pub const GC_INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest time between two sweeps that syncs ask for.
+const SWEEP_SPACING: Duration = Duration::from_millis(500);
 
 /// How long a tracked flow may stay idle before it is forgotten.
 pub fn timeout(key: &CtKey, v: &CtValue) -> Duration {
     let closing = v.flags & ct_flags::RST != 0
         || (v.flags & ct_flags::FIN_FORWARD != 0 && v.flags & ct_flags::FIN_REPLY != 0);
     match key.proto {
+        _ if v.flags & ct_flags::REVOKED != 0 => Duration::from_secs(10),
         PROTO_TCP if closing => Duration::from_secs(10),
         PROTO_TCP if v.flags & ct_flags::SEEN_REPLY != 0 => Duration::from_secs(6 * 3600),
         PROTO_TCP => Duration::from_secs(60),
@@ -155,6 +158,9 @@ pub fn pass(
             continue;
         }
         let Some(sweep) = sweep else { continue };
+        if v.flags & ct_flags::REVOKED != 0 {
+            continue;
+        }
         let (local, remote) = if k.dir == DIR_EGRESS {
             (wire::ip(&k.saddr), wire::ip(&k.daddr))
         } else {
@@ -179,7 +185,15 @@ pub fn pass(
         if sim::judge(view, local, remote, dir, k.proto, port).allows() {
             continue;
         }
-        let _ = ct.remove(&k);
+        // A tombstone rather than a removal: a segment of the cut flow must
+        // not be adopted mid-stream in the other direction (which a server
+        // still sending would otherwise do, where its egress is open).
+        let tombstone = CtValue {
+            last_seen_ns: now,
+            flags: v.flags | ct_flags::REVOKED | ct_flags::RST,
+            ..v
+        };
+        let _ = ct.insert(k, tombstone, 0);
         report.revoked += 1;
         revoked(DenyEvent {
             ts_ns: now,
@@ -207,9 +221,18 @@ pub fn run(
     sweeps: Receiver<Sweep>,
     revoked: tokio::sync::mpsc::Sender<DenyEvent>,
 ) {
+    let mut last_pass: Option<std::time::Instant> = None;
     loop {
         let sweep = match sweeps.recv_timeout(GC_INTERVAL) {
             Ok(mut s) => {
+                // Back-to-back syncs: one pass per SWEEP_SPACING at most, so
+                // a busy source cannot keep this thread walking the table.
+                if let Some(wait) = last_pass
+                    .map(|t| SWEEP_SPACING.saturating_sub(t.elapsed()))
+                    .filter(|w| !w.is_zero())
+                {
+                    std::thread::sleep(wait);
+                }
                 while let Ok(more) = sweeps.try_recv() {
                     s.merge(more);
                 }
@@ -218,6 +241,7 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        last_pass = Some(std::time::Instant::now());
         let mut lost = 0usize;
         let report = pass(&mut ct, &view, sweep.as_ref(), |ev| {
             if revoked.try_send(ev).is_err() {
