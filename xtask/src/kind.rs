@@ -154,18 +154,25 @@ fn e2e(o: &E2eOptions) -> anyhow::Result<()> {
     } else {
         o.files.clone()
     };
-    let scenarios = status(
-        Command::new(root().join("target/debug/palisade-scenario"))
-            .args(["--kube-context", &format!("kind-{CLUSTER}")])
+    // Both ways the local suite runs them: direct, and every pod through a
+    // Service of its own (real Services, the cluster's kube-proxy).
+    let mut passed = true;
+    for via_service in [false, true] {
+        let mut cmd = Command::new(root().join("target/debug/palisade-scenario"));
+        cmd.args(["--kube-context", &format!("kind-{CLUSTER}")])
             .arg("--config-map")
             .arg(root().join("deploy/base/configmap.yaml"))
             .args(&files)
-            .current_dir(root()),
-    )?;
+            .current_dir(root());
+        if via_service {
+            cmd.arg("--via-service");
+        }
+        passed &= status(&mut cmd)?.success();
+    }
     if o.netpol_suite {
         netpol_suite(o)?;
     }
-    if !scenarios.success() {
+    if !passed {
         bail!("scenarios failed on the cluster");
     }
     Ok(())

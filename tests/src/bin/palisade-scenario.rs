@@ -100,9 +100,6 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("no scenario files given");
     }
     if let Some(context) = &cli.kube_context {
-        if cli.nodes.is_some() || cli.via_service {
-            anyhow::bail!("--nodes and --via-service are for the local cluster only (for now)");
-        }
         let map: serde_yaml::Value = serde_yaml::from_str(
             &std::fs::read_to_string(&cli.config_map)
                 .with_context(|| format!("reading {}", cli.config_map.display()))?,
@@ -117,6 +114,8 @@ fn main() -> anyhow::Result<()> {
             parallel: cli.parallel.min(16),
             settle: Duration::from_secs_f64(cli.settle),
             base_config,
+            nodes: cli.nodes,
+            via_service: cli.via_service,
         };
         return report(&cli.files, |f| cluster::run_file(f, &opts), || {});
     }

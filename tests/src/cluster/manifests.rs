@@ -5,12 +5,14 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
+use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use crate::{
     matrix::Name,
     probe::Proto,
     scenario::{Labels, PodSpec, PortSpec, default_ports},
+    services::{Backends, PodView, Service},
 };
 
 /// Every object a run creates carries this label (value: the run id), so
@@ -36,7 +38,8 @@ pub fn container_name(p: &PortSpec) -> String {
 
 /// A scenario pod: one agnhost container serving each of its ports, as in
 /// the upstream tests, with the scenario's port names as named ports.
-pub fn pod(spec: &PodSpec, labels: &Labels, run: &str) -> Value {
+/// `node`: the node it must run on (`None`: the scheduler's choice).
+pub fn pod(spec: &PodSpec, labels: &Labels, run: &str, node: Option<&str>) -> Value {
     let mut labels = labels.clone();
     labels.insert(RUN_LABEL.into(), run.into());
     let containers: Vec<Value> = spec
@@ -58,12 +61,155 @@ pub fn pod(spec: &PodSpec, labels: &Labels, run: &str) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
         "spec": {"hostNetwork": spec.host_network, "terminationGracePeriodSeconds": 0,
                  "containers": containers},
-    })
+    });
+    if let Some(n) = node {
+        pod["spec"]["nodeName"] = json!(n);
+    }
+    pod
+}
+
+/// The cluster's nodes (`kubectl get nodes -o json`) in the order a
+/// scenario's `node-0`, `node-1`, ... map onto them: workers first (kind's
+/// control-plane node comes last), each group by name.
+pub fn node_order(list: &Value) -> Vec<String> {
+    let mut nodes: Vec<(bool, String)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let labels = &n["metadata"]["labels"];
+            let control = labels
+                .get("node-role.kubernetes.io/control-plane")
+                .is_some();
+            Some((control, n["metadata"]["name"].as_str()?.to_string()))
+        })
+        .collect();
+    nodes.sort();
+    nodes.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Where a run puts its pods. A scenario that names nodes, or one run with
+/// `--nodes N`, is pinned: `node-K` is the K-th node of [`node_order`], the
+/// other pods go round-robin over the first N. Otherwise the scheduler
+/// places them (verdicts must not depend on it).
+#[derive(Debug)]
+pub struct Placement {
+    nodes: Vec<String>,
+    next: usize,
+}
+
+impl Placement {
+    pub fn new(
+        order: Vec<String>,
+        wanted: Option<usize>,
+        pods: &[PodSpec],
+    ) -> anyhow::Result<Self> {
+        let Some(n) = wanted.or_else(|| pods.iter().any(|p| p.node.is_some()).then_some(1)) else {
+            return Ok(Self {
+                nodes: Vec::new(),
+                next: 0,
+            });
+        };
+        let named = pods
+            .iter()
+            .filter_map(|p| {
+                p.node
+                    .as_deref()?
+                    .strip_prefix("node-")?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |k| k + 1);
+        let n = n.max(named);
+        anyhow::ensure!(
+            n <= order.len(),
+            "the scenario needs {n} nodes; the cluster has {} ({})",
+            order.len(),
+            order.join(", ")
+        );
+        Ok(Self {
+            nodes: order.into_iter().take(n).collect(),
+            next: 0,
+        })
+    }
+
+    /// The node for one pod (`None`: left to the scheduler).
+    pub fn node_for(&mut self, p: &PodSpec) -> anyhow::Result<Option<String>> {
+        if self.nodes.is_empty() {
+            return Ok(None);
+        }
+        let k = match &p.node {
+            Some(name) => name
+                .strip_prefix("node-")
+                .and_then(|k| k.parse::<usize>().ok())
+                .filter(|k| *k < self.nodes.len())
+                .with_context(|| format!("pod {}/{} names node {name:?}", p.namespace, p.name))?,
+            None => {
+                self.next += 1;
+                (self.next - 1) % self.nodes.len()
+            }
+        };
+        Ok(Some(self.nodes[k].clone()))
+    }
+}
+
+/// The label an EndpointSlice's owner puts on it; a run's own slices say
+/// so, and the EndpointSlice controller leaves them alone.
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+
+/// What a run creates for one Service: the Service, whose ClusterIPs the
+/// API server allocates (read back with [`cluster_ips`]), and, for a Service
+/// without selector (`--via-service`'s one per pod), the EndpointSlices
+/// naming its backends; a selector's slices are the controller's.
+pub fn service_objects(svc: &Service, pods: &BTreeMap<String, PodView>, run: &str) -> Vec<Value> {
+    let mut out = svc.objects(pods);
+    if matches!(svc.backends, Backends::Selector(_)) {
+        out.truncate(1);
+    }
+    for o in &mut out {
+        o["metadata"]["labels"][RUN_LABEL] = json!(run);
+        if o["kind"] == "Service" {
+            if let Some(spec) = o["spec"].as_object_mut() {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+            }
+        } else {
+            o["metadata"]["labels"][MANAGED_BY] = json!("palisade-e2e");
+        }
+    }
+    out
+}
+
+/// A Service's allocated addresses (`kubectl get service -o json`).
+pub fn cluster_ips(service: &Value) -> Vec<IpAddr> {
+    service["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect()
+}
+
+/// The ready addresses of one family in a Service's EndpointSlices
+/// (`kubectl get endpointslices -l kubernetes.io/service-name=... -o json`).
+pub fn ready_addresses(slices: &Value, v6: bool) -> std::collections::BTreeSet<IpAddr> {
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["addressType"] == family)
+        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+        .filter(|e| e["conditions"]["ready"] != json!(false))
+        .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| a.as_str()?.parse().ok())
+        .collect()
 }
 
 /// The source `node` of a scenario: a hostNetwork pod on one node, so its
@@ -208,7 +354,7 @@ mod tests {
                 name: None,
             },
         ];
-        let p = pod(&spec(Some(named)), &labels, "r1");
+        let p = pod(&spec(Some(named)), &labels, "r1", Some("kind-worker"));
         strict::<Pod>(&p);
         assert_eq!(p["metadata"]["labels"][RUN_LABEL], "r1");
         assert_eq!(p["metadata"]["labels"]["pod"], "a");
@@ -218,12 +364,17 @@ mod tests {
             p["spec"]["containers"][0]["args"],
             json!(["serve-hostname", "--udp", "--http=false", "--port", "53"])
         );
-        let default = pod(&spec(None), &labels, "r1");
+        let default = pod(&spec(None), &labels, "r1", None);
         strict::<Pod>(&default);
         assert_eq!(
             default["spec"]["containers"].as_array().map(Vec::len),
             Some(default_ports().len()),
             "one container per default port"
+        );
+        assert_eq!(p["spec"]["nodeName"], "kind-worker");
+        assert!(
+            default["spec"].get("nodeName").is_none(),
+            "the scheduler's choice"
         );
         strict::<Pod>(&node_prober("kind-worker", "r1"));
         strict::<Namespace>(&namespace("x", &labels, "r1"));
@@ -308,6 +459,136 @@ mod tests {
         assert!(
             pairs(&pods, 80, "TCP", true).is_empty(),
             "no IPv6 addresses"
+        );
+    }
+
+    fn view(name: &str, v4: &str, labels: &[(&str, &str)]) -> PodView {
+        PodView {
+            key: format!("x/{name}"),
+            namespace: "x".into(),
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            node_name: "kind-worker".into(),
+            v4: Some(v4.parse().expect("address")),
+            v6: None,
+            ports: vec![PortSpec {
+                port: 80,
+                protocol: "TCP".into(),
+                name: Some("http".into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn services_leave_addresses_to_the_api_server_and_selector_slices_to_the_controller() {
+        use k8s_openapi::api::{core::v1::Service as ApiService, discovery::v1::EndpointSlice};
+        let pods: BTreeMap<String, PodView> = [
+            view("a", "10.244.1.5", &[("app", "web")]),
+            view("b", "10.244.2.6", &[]),
+        ]
+        .into_iter()
+        .map(|p| (p.key.clone(), p))
+        .collect();
+        let mut pool = crate::services::AddressPool::default();
+        let spec: crate::scenario::ServiceSpec = serde_yaml::from_str(
+            "{name: web, namespace: x, selector: {app: web}, ports: [{port: 8080, targetPort: http}]}",
+        )
+        .expect("spec");
+        let web = Service::from_spec(&spec, &mut pool, crate::scenario::Family::Ipv4);
+        let objs = service_objects(&web, &pods, "r1");
+        assert_eq!(objs.len(), 1, "the controller makes a selector's slices");
+        strict::<ApiService>(&objs[0]);
+        assert!(objs[0]["spec"].get("clusterIP").is_none());
+        assert!(objs[0]["spec"].get("clusterIPs").is_none());
+        assert_eq!(objs[0]["spec"]["selector"]["app"], "web");
+        assert_eq!(objs[0]["spec"]["ports"][0]["targetPort"], "http");
+        assert_eq!(objs[0]["metadata"]["labels"][RUN_LABEL], "r1");
+
+        let own = Service::for_pod(&pods["x/b"], &mut pool, crate::scenario::Family::Ipv4);
+        let objs = service_objects(&own, &pods, "r1");
+        assert_eq!(objs.len(), 2, "a selector-less Service and its slice");
+        strict::<ApiService>(&objs[0]);
+        strict::<EndpointSlice>(&objs[1]);
+        assert!(objs[0]["spec"].get("selector").is_none());
+        assert_eq!(objs[1]["metadata"]["labels"][MANAGED_BY], "palisade-e2e");
+        assert_eq!(
+            objs[1]["metadata"]["labels"]["kubernetes.io/service-name"],
+            own.name
+        );
+        assert_eq!(objs[1]["endpoints"][0]["addresses"][0], "10.244.2.6");
+
+        let listed = json!({"spec": {"clusterIPs": ["10.96.40.2", "fd00:10:96::2"]}});
+        assert_eq!(
+            cluster_ips(&listed),
+            vec![
+                "10.96.40.2".parse::<IpAddr>().expect("v4"),
+                "fd00:10:96::2".parse().expect("v6")
+            ]
+        );
+        let slices = json!({"items": [
+            {"addressType": "IPv4", "endpoints": [
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": true}},
+                {"addresses": ["10.244.1.6"], "conditions": {"ready": false}},
+                {"addresses": ["10.244.1.7"]}]},
+            {"addressType": "IPv6", "endpoints": [{"addresses": ["fd00::5"]}]}]});
+        let ready: Vec<String> = ready_addresses(&slices, false)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ready,
+            ["10.244.1.5", "10.244.1.7"],
+            "not-ready ones are no backends"
+        );
+    }
+
+    #[test]
+    fn scenario_nodes_map_onto_workers_first_and_a_cluster_too_small_is_an_error() {
+        let list = json!({"items": [
+            {"metadata": {"name": "kind-control-plane",
+                          "labels": {"node-role.kubernetes.io/control-plane": ""}}},
+            {"metadata": {"name": "kind-worker2", "labels": {}}},
+            {"metadata": {"name": "kind-worker", "labels": {}}}]});
+        let order = node_order(&list);
+        assert_eq!(order, ["kind-worker", "kind-worker2", "kind-control-plane"]);
+        let mut pinned = spec(None);
+        pinned.node = Some("node-1".into());
+        let free = spec(None);
+
+        let mut none =
+            Placement::new(order.clone(), None, std::slice::from_ref(&free)).expect("placement");
+        assert_eq!(
+            none.node_for(&free).expect("node"),
+            None,
+            "the scheduler places"
+        );
+
+        let mut two =
+            Placement::new(order.clone(), Some(2), std::slice::from_ref(&free)).expect("placement");
+        let spread: Vec<Option<String>> =
+            (0..3).map(|_| two.node_for(&free).expect("node")).collect();
+        assert_eq!(
+            spread,
+            [
+                Some("kind-worker".into()),
+                Some("kind-worker2".into()),
+                Some("kind-worker".into())
+            ]
+        );
+        let mut named =
+            Placement::new(order.clone(), None, std::slice::from_ref(&pinned)).expect("placement");
+        assert_eq!(
+            named.node_for(&pinned).expect("node"),
+            Some("kind-worker2".into())
+        );
+
+        let err = Placement::new(order, Some(4), &[]).expect_err("three nodes only");
+        assert!(
+            err.to_string().contains("needs 4 nodes; the cluster has 3"),
+            "{err}"
         );
     }
 }

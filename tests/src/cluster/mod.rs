@@ -4,6 +4,12 @@
 //! the deployed DaemonSet. Needs kubectl and a cluster; the pure half is
 //! [`manifests`], tested everywhere.
 //!
+//! Services are real: the API server allocates their ClusterIPs, the
+//! EndpointSlice controller (or, for `--via-service`'s selector-less one per
+//! pod, the run) lists their backends, and the cluster's kube-proxy
+//! translates them. `nodes:`, `node:` and `--nodes N` pin pods to the
+//! cluster's nodes (workers first).
+//!
 //! Differences from the local harness, by necessity: externals are not
 //! probed (a cluster has no hosts at the scenario's addresses), and the
 //! `node` source is a hostNetwork prober on the destination pod's node.
@@ -15,7 +21,7 @@ pub mod manifests;
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -23,8 +29,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use manifests::{
-    NAMESPACE_NAME_LABEL, PROBER_NAMESPACE, Placed, RUN_LABEL, agent_config, container_name,
-    label_args, node_prober, pairs, probe_command, prober_name,
+    NAMESPACE_NAME_LABEL, PROBER_NAMESPACE, Placed, Placement, RUN_LABEL, agent_config,
+    cluster_ips, container_name, label_args, node_order, node_prober, pairs, probe_command,
+    prober_name, ready_addresses, service_objects,
 };
 use serde_json::Value;
 
@@ -33,6 +40,7 @@ use crate::{
     probe::Proto,
     runner::Outcome,
     scenario::{Expect, Labels, PodSpec, Scenario, Step, Verdict, default_ports, expand_policy},
+    services::{AddressPool, PodView, Service, via_service_port},
 };
 
 #[derive(Clone, Debug)]
@@ -45,6 +53,20 @@ pub struct Options {
     pub settle: Duration,
     /// The agent's base config (deploy/base's ConfigMap `config.yaml`).
     pub base_config: String,
+    /// Pin the pods to this many nodes (`--nodes`).
+    pub nodes: Option<usize>,
+    /// Probe every pod through a Service of its own (`--via-service`).
+    pub via_service: bool,
+}
+
+/// Where a probe to one destination goes.
+struct Target {
+    to: SocketAddr,
+    /// The node whose prober stands for the source `node`; none when the
+    /// backends are on several nodes.
+    node: Option<String>,
+    /// Never probed from themselves.
+    backends: Vec<Name>,
 }
 
 struct Run<'a> {
@@ -56,6 +78,11 @@ struct Run<'a> {
     ns_labels: BTreeMap<String, Labels>,
     pod_labels: BTreeMap<Name, Labels>,
     placed: BTreeMap<Name, Placed>,
+    placement: Placement,
+    /// The scenario's Services and `--via-service`'s one per pod, with the
+    /// addresses the API server gave them.
+    services: Vec<Service>,
+    pod_services: BTreeMap<Name, Service>,
     report: String,
     checks: usize,
 }
@@ -81,14 +108,6 @@ pub fn run_file(path: &Path, opts: &Options) -> Outcome {
             ),
         );
     }
-    // Pod placement by node and Services are the local harness's so far;
-    // here they would be silently dropped (issue #19 part 3).
-    if !scenario.services.is_empty() || scenario.pods.iter().any(|p| p.node.is_some()) {
-        return fail(
-            scenario.name,
-            "cannot run on a cluster yet: the cluster runner creates no Services and places no pods on named nodes".into(),
-        );
-    }
     let mut run = Run {
         opts,
         scenario: &scenario,
@@ -97,6 +116,9 @@ pub fn run_file(path: &Path, opts: &Options) -> Outcome {
         ns_labels: BTreeMap::new(),
         pod_labels: BTreeMap::new(),
         placed: BTreeMap::new(),
+        placement: Placement::new(Vec::new(), None, &[]).expect("no nodes wanted"),
+        services: Vec::new(),
+        pod_services: BTreeMap::new(),
         report: String::new(),
         checks: 0,
     };
@@ -180,14 +202,28 @@ impl Run<'_> {
             ));
         }
         self.apply(&namespaces)?;
-        let nodes: Vec<String> = self
-            .run(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])?
-            .split_whitespace()
-            .map(String::from)
-            .collect();
+        let nodes = node_order(&serde_json::from_str(
+            &self.run(&["get", "nodes", "-o", "json"])?,
+        )?);
+        let wanted = self
+            .opts
+            .nodes
+            .or((self.scenario.nodes > 1).then_some(self.scenario.nodes));
+        let mut all_pods = self.scenario.pods.clone();
+        all_pods.extend(self.scenario.steps.iter().flat_map(|s| s.add_pods.clone()));
+        self.placement = Placement::new(nodes.clone(), wanted, &all_pods)?;
         let probers: Vec<Value> = nodes.iter().map(|n| node_prober(n, &self.id)).collect();
         self.apply(&probers)?;
         self.add_pods(&self.scenario.pods.clone())?;
+        let mut pool = AddressPool::default();
+        let views = self.pod_views();
+        for spec in &self.scenario.services {
+            let mut svc = Service::from_spec(spec, &mut pool, self.scenario.family);
+            self.apply(&service_objects(&svc, &views, &self.id))?;
+            self.read_back(&mut svc)?;
+            self.services.push(svc);
+        }
+        self.sync_services()?;
         self.apply_policies(&self.scenario.policies.clone())?;
         let mut ok = self.check("initial", &self.scenario.expect.clone());
         for step in &self.scenario.steps {
@@ -239,10 +275,11 @@ impl Run<'_> {
     }
 
     fn add_pods(&mut self, pods: &[PodSpec]) -> anyhow::Result<()> {
-        let objects: Vec<Value> = pods
-            .iter()
-            .map(|p| manifests::pod(p, &p.labels, &self.id))
-            .collect();
+        let mut objects = Vec::new();
+        for p in pods {
+            let node = self.placement.node_for(p)?;
+            objects.push(manifests::pod(p, &p.labels, &self.id, node.as_deref()));
+        }
         self.apply(&objects)?;
         for p in pods {
             self.pod_labels
@@ -357,21 +394,195 @@ impl Run<'_> {
             let (ns, name) = p.split_once('/').context("deletePods: ns/name")?;
             self.run(&["-n", ns, "delete", "pod", name, "--wait=true"])?;
             self.placed.remove(p);
+            if let Some(svc) = self.pod_services.remove(p) {
+                self.run(&["-n", ns, "delete", "service", &svc.name, "--wait=false"])?;
+            }
+        }
+        self.sync_services()
+    }
+
+    /// Pods with their current labels, addresses and nodes.
+    fn pod_views(&self) -> BTreeMap<Name, PodView> {
+        self.placed
+            .iter()
+            .filter_map(|(key, p)| {
+                let (ns, name) = key.split_once('/')?;
+                let v4 = p.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                });
+                let v6 = p.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V6(a) => Some(*a),
+                    IpAddr::V4(_) => None,
+                });
+                Some((
+                    key.clone(),
+                    PodView {
+                        key: key.clone(),
+                        namespace: ns.into(),
+                        name: name.into(),
+                        labels: self.pod_labels.get(key).cloned().unwrap_or_default(),
+                        node_name: p.node.clone(),
+                        v4,
+                        v6,
+                        ports: p.ports.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Creates `--via-service`'s Services not made yet (a new pod's), reads
+    /// back their ClusterIPs, and waits until every Service's EndpointSlices
+    /// list exactly the backends a probe expects.
+    fn sync_services(&mut self) -> anyhow::Result<()> {
+        let views = self.pod_views();
+        if self.opts.via_service {
+            let mut pool = AddressPool::default();
+            for (key, view) in &views {
+                if view.ports.is_empty() || self.pod_services.contains_key(key) {
+                    continue;
+                }
+                let mut svc = Service::for_pod(view, &mut pool, self.scenario.family);
+                self.apply(&service_objects(&svc, &views, &self.id))?;
+                self.read_back(&mut svc)?;
+                self.pod_services.insert(key.clone(), svc);
+            }
+        }
+        for svc in self.services.iter().chain(self.pod_services.values()) {
+            self.await_endpoints(svc, &views)?;
         }
         Ok(())
     }
 
+    /// The pool only shapes the object; the cluster's own addresses count.
+    fn read_back(&self, svc: &mut Service) -> anyhow::Result<()> {
+        let obj: Value = serde_json::from_str(&self.run(&[
+            "-n",
+            &svc.namespace,
+            "get",
+            "service",
+            &svc.name,
+            "-o",
+            "json",
+        ])?)?;
+        let ips = cluster_ips(&obj);
+        let v4 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        (svc.v4, svc.v6) = (
+            v4.filter(|_| svc.v4.is_some()),
+            v6.filter(|_| svc.v6.is_some()),
+        );
+        anyhow::ensure!(
+            svc.v4.is_some() || svc.v6.is_some(),
+            "service {} got no ClusterIP of the scenario's family",
+            svc.key()
+        );
+        Ok(())
+    }
+
+    /// Until kube-proxy can translate to exactly the expected backends, a
+    /// denied probe would prove nothing.
+    fn await_endpoints(
+        &self,
+        svc: &Service,
+        views: &BTreeMap<Name, PodView>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let eps = svc.endpoints(views);
+        loop {
+            let slices: Value = serde_json::from_str(&self.run(&[
+                "-n",
+                &svc.namespace,
+                "get",
+                "endpointslices",
+                "-l",
+                &format!("kubernetes.io/service-name={}", svc.name),
+                "-o",
+                "json",
+            ])?)?;
+            let ready = |v6: bool| {
+                let want: std::collections::BTreeSet<IpAddr> = eps
+                    .iter()
+                    .filter(|e| e.targets.iter().any(Option::is_some))
+                    .filter_map(|e| {
+                        if v6 {
+                            e.v6.map(IpAddr::V6)
+                        } else {
+                            e.v4.map(IpAddr::V4)
+                        }
+                    })
+                    .collect();
+                svc.addr(v6).is_none() || ready_addresses(&slices, v6) == want
+            };
+            if ready(false) && ready(true) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "service {}: its EndpointSlices do not list the expected backends after 90 s",
+                    svc.key()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Where a probe to `dest` on this port goes: the pod (or its own
+    /// Service under `--via-service`), or a scenario Service.
+    fn target(&self, dest: &str, e: &Expect, v6: bool) -> Option<Target> {
+        if let Some(key) = dest.strip_prefix("svc:") {
+            let svc = self.services.iter().find(|s| s.key() == key)?;
+            let i = svc
+                .ports
+                .iter()
+                .position(|p| p.port == e.port && p.protocol == e.protocol)?;
+            let eps: Vec<_> = svc
+                .endpoints(&self.pod_views())
+                .into_iter()
+                .filter(|ep| ep.targets[i].is_some())
+                .collect();
+            let mut nodes: Vec<&str> = eps.iter().map(|ep| ep.node_name.as_str()).collect();
+            nodes.sort();
+            nodes.dedup();
+            return Some(Target {
+                to: SocketAddr::new(svc.addr(v6)?, e.port),
+                node: match nodes.as_slice() {
+                    [one] => Some((*one).to_string()),
+                    _ => None,
+                },
+                backends: eps.into_iter().map(|ep| ep.pod).collect(),
+            });
+        }
+        let dst = self.placed.get(dest)?;
+        let to = match self.pod_services.get(dest) {
+            Some(svc) => SocketAddr::new(svc.addr(v6)?, via_service_port(e.port)),
+            None => SocketAddr::new(dst.addr(v6)?, e.port),
+        };
+        Some(Target {
+            to,
+            node: Some(dst.node.clone()),
+            backends: vec![dest.to_string()],
+        })
+    }
+
     /// Probes one (source, destination) pair from inside the source pod
     /// (or the destination node's prober for `node`).
-    fn probe(&self, from: &str, to: &str, port: u16, proto: Proto, v6: bool) -> bool {
-        let Some(dst) = self.placed.get(to) else {
-            return false;
-        };
-        let Some(addr) = dst.addr(v6) else {
+    fn probe(&self, from: &str, to: &str, e: &Expect, proto: Proto, v6: bool) -> bool {
+        let Some(target) = self.target(to, e, v6) else {
             return false;
         };
         let (ns, pod, container) = if from == "node" {
-            (PROBER_NAMESPACE.to_string(), prober_name(&dst.node), None)
+            let Some(node) = &target.node else {
+                return false;
+            };
+            (PROBER_NAMESPACE.to_string(), prober_name(node), None)
         } else {
             let Some((ns, pod)) = from.split_once('/') else {
                 return false;
@@ -389,7 +600,12 @@ impl Run<'_> {
             cmd.args(["-c", c]);
         }
         cmd.arg("--")
-            .args(probe_command(addr, port, proto, self.opts.probe_timeout))
+            .args(probe_command(
+                target.to.ip(),
+                target.to.port(),
+                proto,
+                self.opts.probe_timeout,
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         cmd.status().is_ok_and(|s| s.success())
@@ -404,7 +620,7 @@ impl Run<'_> {
             std::thread::scope(|s| {
                 let handles: Vec<_> = chunk
                     .iter()
-                    .map(|(from, to)| s.spawn(move || self.probe(from, to, e.port, proto, v6)))
+                    .map(|(from, to)| s.spawn(move || self.probe(from, to, e, proto, v6)))
                     .collect();
                 out.extend(handles.into_iter().map(|h| h.join().unwrap_or(false)));
             });
@@ -437,7 +653,21 @@ impl Run<'_> {
             ),
             ..Default::default()
         };
-        let cells = pairs(&self.placed, e.port, &e.protocol, v6);
+        let mut cells = pairs(&self.placed, e.port, &e.protocol, v6);
+        for svc in &self.services {
+            let dest = format!("svc:{}", svc.key());
+            let Some(target) = self.target(&dest, e, v6) else {
+                continue;
+            };
+            for (s, src) in &self.placed {
+                if !target.backends.contains(s) && src.addr(v6).is_some() {
+                    cells.push((s.clone(), dest.clone()));
+                }
+            }
+            if target.node.is_some() {
+                cells.push(("node".into(), dest));
+            }
+        }
         let expected: Vec<bool> = cells
             .iter()
             .map(|(s, d)| matrix::expected(e, s, d) == Verdict::Allow)
@@ -478,7 +708,7 @@ impl Run<'_> {
         let selector = format!("{RUN_LABEL}={}", self.id);
         self.run(&[
             "delete",
-            "pods,networkpolicies",
+            "pods,services,endpointslices,networkpolicies",
             "-A",
             "-l",
             &selector,
