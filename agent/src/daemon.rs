@@ -342,7 +342,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = tick.tick() => {}
             () = netlink_changed.notified() => {}
             Some(ev) = revoked_rx.recv() => {
-                deny_log.observe(flows::attribute(&ev, syncer.state(), &pods), SystemTime::now());
+                if let Some(d) = flows::attribute(&ev, syncer.state(), &pods) {
+                    deny_log.observe(d, SystemTime::now());
+                }
                 continue;
             }
             guard = events.readable_mut() => {
@@ -354,8 +356,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let mut drained = 0;
                 while drained < EVENTS_PER_WAKE {
                     let Some(item) = ring.next() else { break };
-                    if let Some(ev) = DenyEvent::decode(&item) {
-                        deny_log.observe(flows::attribute(&ev, syncer.state(), &pods), now);
+                    if let Some(d) = DenyEvent::decode(&item)
+                        .and_then(|ev| flows::attribute(&ev, syncer.state(), &pods))
+                    {
+                        deny_log.observe(d, now);
                     }
                     drained += 1;
                 }

@@ -113,9 +113,6 @@ pub struct EndpointValue {
     pub ifindex: u32,
 }
 
-/// Data part of an ipcache LPM key: the address, prefix length counted over all 128 bits.
-pub type IpcacheKeyData = Addr;
-
 /// Data part of a policy LPM key. All fields are byte arrays so that the
 /// layout has no padding and the trie compares them in this order.
 #[repr(C)]

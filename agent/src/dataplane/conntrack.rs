@@ -180,7 +180,12 @@ pub fn pass(
             continue;
         }
         report.rejudged += 1;
-        let dir = Direction::from_wire(k.dir);
+        let Some(dir) = Direction::from_wire(k.dir) else {
+            // No program writes such a key: nothing to judge it by.
+            let _ = ct.remove(&k);
+            report.stale += 1;
+            continue;
+        };
         let port = u16::from_be_bytes(k.dport_be);
         if sim::judge(view, local, remote, dir, k.proto, port).allows() {
             continue;

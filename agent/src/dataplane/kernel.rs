@@ -227,7 +227,9 @@ impl KernelMaps {
             }
         }
         for (k, v) in self.policy.iter().flatten() {
-            maps.policy.insert(wire::policy_key_back(&k), v.rule);
+            if let Some(k) = wire::policy_key_back(&k) {
+                maps.policy.insert(k, v.rule);
+            }
         }
         maps
     }

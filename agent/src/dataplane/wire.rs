@@ -41,16 +41,17 @@ pub fn policy_key(k: &PolicyKey) -> Key<PolicyKeyData> {
     )
 }
 
-pub fn policy_key_back(k: &Key<PolicyKeyData>) -> PolicyKey {
+/// `None` for a key with a direction no agent writes.
+pub fn policy_key_back(k: &Key<PolicyKeyData>) -> Option<PolicyKey> {
     let d = k.data();
-    PolicyKey {
+    Some(PolicyKey {
         endpoint: u32::from_be_bytes(d.endpoint_be),
-        dir: Direction::from_wire(d.dir),
+        dir: Direction::from_wire(d.dir)?,
         proto: d.proto,
         identity: u32::from_be_bytes(d.identity_be),
         port: u16::from_be_bytes(d.port_be),
         port_bits: k.prefix_len().saturating_sub(POLICY_PREFIX_NO_PORT) as u8,
-    }
+    })
 }
 
 pub fn endpoint_value(e: &EndpointEntry) -> EndpointValue {
@@ -96,7 +97,7 @@ mod tests {
             port: 8080,
             port_bits: 13,
         };
-        assert_eq!(policy_key_back(&policy_key(&k)), k);
+        assert_eq!(policy_key_back(&policy_key(&k)), Some(k));
         assert_eq!(policy_key(&k).prefix_len(), 93);
         let a = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(ip(&addr(a)), a);

@@ -61,13 +61,14 @@ pub fn pods_by_ip(model: &Model) -> BTreeMap<IpAddr, ObjectRef> {
         .collect()
 }
 
-/// Attributes an event using the state that was programmed when it fired.
+/// Attributes an event using the state that was programmed when it fired;
+/// `None` for a record with a direction the kernel never writes.
 pub fn attribute(
     ev: &DenyEvent,
     state: &DesiredState,
     pods: &BTreeMap<IpAddr, ObjectRef>,
-) -> Denial {
-    let dir = Direction::from_wire(ev.dir);
+) -> Option<Denial> {
+    let dir = Direction::from_wire(ev.dir)?;
     let ports = matches!(
         ev.proto,
         palisade_common::PROTO_TCP | palisade_common::PROTO_UDP | palisade_common::PROTO_SCTP
@@ -118,12 +119,12 @@ pub fn attribute(
             }
         }
     };
-    Denial {
+    Some(Denial {
         direction: dir,
         protocol: protocol_name(ev.proto),
         src,
         dst,
         reason,
         policies,
-    }
+    })
 }

@@ -29,11 +29,13 @@ impl Direction {
         }
     }
 
-    pub fn from_wire(v: u8) -> Self {
-        if v == DIR_EGRESS {
-            Direction::Egress
-        } else {
-            Direction::Ingress
+    /// `None` for a value the kernel never writes: a corrupt record is
+    /// not silently read as ingress.
+    pub fn from_wire(v: u8) -> Option<Self> {
+        match v {
+            DIR_INGRESS => Some(Direction::Ingress),
+            DIR_EGRESS => Some(Direction::Egress),
+            _ => None,
         }
     }
 }
