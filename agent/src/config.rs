@@ -36,19 +36,19 @@ impl Default for FileConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         path: PathBuf,
         #[source]
         source: serde_yaml::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Invalid {
         path: PathBuf,
         #[source]

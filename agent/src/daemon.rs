@@ -21,6 +21,7 @@ use crate::{
         conntrack::{self, PinnedMaps, Sweep},
         counters, interfaces, link_events,
     },
+    error_chain::chain,
     flows::{
         self,
         file::RotatingFile,
@@ -67,18 +68,6 @@ pub struct Options {
     pub listen: Option<std::net::SocketAddr>,
     /// Cut established flows that a policy change denies (with a deny record).
     pub revoke_on_policy_change: bool,
-}
-
-/// An error with its causes, for one log field.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn emit(records: Vec<Record>, format: LogFormat, shared: &Shared, file: &mut Option<RotatingFile>) {

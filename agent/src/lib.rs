@@ -8,6 +8,7 @@ pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod error_chain;
 pub mod flows;
 pub mod index;
 pub mod metrics;

@@ -282,7 +282,7 @@ async fn cli_main() -> anyhow::Result<()> {
             let mut index = Index::default();
             for o in &snapshot.objects {
                 if let Err(e) = index.apply(o) {
-                    eprintln!("rejected: {e}");
+                    eprintln!("rejected: {}", palisade_agent::error_chain::chain(&e));
                 }
             }
             let node = Node {

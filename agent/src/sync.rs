@@ -103,7 +103,7 @@ impl<W: MapWriter> Syncer<W> {
                 }
                 Err(e) => {
                     failed += 1;
-                    first_error.get_or_insert_with(|| e.to_string());
+                    first_error.get_or_insert_with(|| crate::error_chain::chain(&e));
                 }
             }
         }

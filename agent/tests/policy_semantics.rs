@@ -341,7 +341,7 @@ fn assert_rejected(spec: &str, want: &str) {
     let doc = format!("{NP}metadata: {{name: bad, namespace: x}}\n{spec}\n");
     let mut index = palisade_agent::index::Index::default();
     let o = objects(&doc).pop().expect("one object");
-    let err = index.apply(&o).expect_err(spec).to_string();
+    let err = palisade_agent::error_chain::chain(&index.apply(&o).expect_err(spec));
     assert!(
         err.contains("NetworkPolicy x/bad") && err.contains(want),
         "{err} (wanted {want})"
@@ -394,7 +394,7 @@ fn a_v4_mapped_pod_ip_is_rejected() {
     let o = objects(&pod("x", "a", "pod: a", "::ffff:10.0.1.10"))
         .pop()
         .expect("one object");
-    let err = index.apply(&o).expect_err("v4-mapped podIP").to_string();
+    let err = palisade_agent::error_chain::chain(&index.apply(&o).expect_err("v4-mapped podIP"));
     assert!(
         err.contains("Pod x/a")
             && err.contains(

@@ -475,12 +475,12 @@ fn a_bad_service_or_slice_is_rejected_by_name_and_the_rest_kept() {
          ---\napiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: x}\n\
          spec: {clusterIP: 10.96.0.12, ports: [{port: 70000}]}\n",
     );
-    let e0 = index.apply(&bad[0]).expect_err("wrong family").to_string();
+    let e0 = palisade_agent::error_chain::chain(&index.apply(&bad[0]).expect_err("wrong family"));
     assert!(
         e0.contains("EndpointSlice x/v6") && e0.contains("endpoints[0].addresses[0]"),
         "{e0}"
     );
-    let e1 = index.apply(&bad[1]).expect_err("port range").to_string();
+    let e1 = palisade_agent::error_chain::chain(&index.apply(&bad[1]).expect_err("port range"));
     assert!(
         e1.contains("Service x/big") && e1.contains("spec.ports[0].port"),
         "{e1}"

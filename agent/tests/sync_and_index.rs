@@ -90,10 +90,8 @@ fn an_invalid_update_keeps_the_last_good_policy() {
     let bad = objects(&NP_B.replace("pod: b}}}]}]", "pod: b}}}], ports: [{port: 0}]}]"))
         .pop()
         .expect("object");
-    let err = index
-        .apply(&bad)
-        .expect_err("port 0 is invalid")
-        .to_string();
+    let err =
+        palisade_agent::error_chain::chain(&index.apply(&bad).expect_err("port 0 is invalid"));
     assert!(
         err.contains("NetworkPolicy x/p") && err.contains("ingress[0].ports[0]"),
         "{err}"

@@ -11,17 +11,17 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("opening {path}: {source}")]
+    #[error("opening {path}")]
     OpenNetns {
         path: std::path::PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("setns: {0}")]
+    #[error("setns")]
     Setns(#[source] io::Error),
-    #[error("opening rtnetlink: {0}")]
+    #[error("opening rtnetlink")]
     Socket(#[source] io::Error),
-    #[error("RTM_GETLINK {what}: {source}")]
+    #[error("RTM_GETLINK {what}")]
     GetLink {
         what: String,
         #[source]

@@ -89,9 +89,9 @@ pub enum CniError {
     UnknownCommand(Option<String>),
     #[error("{var} is not set")]
     MissingEnv { var: &'static str },
-    #[error("reading the network configuration from stdin: {0}")]
+    #[error("reading the network configuration from stdin")]
     Stdin(#[source] std::io::Error),
-    #[error("decoding the network configuration: {0}")]
+    #[error("decoding the network configuration")]
     Decode(#[source] serde_json::Error),
     #[error("cniVersion {0} is not supported")]
     Version(String),
@@ -104,14 +104,14 @@ pub enum CniError {
         pin_root.display()
     )]
     NotReady { pin_root: PathBuf },
-    #[error("finding the host side of {ifname} in {}: {source}", netns.display())]
+    #[error("finding the host side of {ifname} in {}", netns.display())]
     HostPeer {
         ifname: String,
         netns: PathBuf,
         #[source]
         source: super::peer::PeerError,
     },
-    #[error("attaching the Palisade programs to {ifname}: {source}")]
+    #[error("attaching the Palisade programs to {ifname}")]
     Attach {
         ifname: String,
         #[source]
@@ -239,7 +239,7 @@ fn add(
         }
         return Ok(Output {
             stdout,
-            warnings: vec![format!("failOpen: {e}")],
+            warnings: vec![format!("failOpen: {}", crate::error_chain::chain(&e))],
         });
     }
     node.attach(pins, netns, ifname)?;

@@ -32,21 +32,21 @@ use crate::policy::state::{EndpointEntry, IpcacheEntry, MapOp, MapWriter, Maps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("mounting bpffs at {path}: {source}")]
+    #[error("mounting bpffs at {path}")]
     Bpffs {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("creating pin directory {path}: {source}")]
+    #[error("creating pin directory {path}")]
     PinDir {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
@@ -56,20 +56,20 @@ pub enum DatapathError {
     MissingProgram(&'static str),
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("attaching {hook} to {ifname}: {source}")]
+    #[error("attaching {hook} to {ifname}")]
     Attach {
         ifname: String,
         hook: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("pinning {path}: {source}")]
+    #[error("pinning {path}")]
     Pin {
         path: PathBuf,
         #[source]
@@ -77,7 +77,7 @@ pub enum DatapathError {
     },
     #[error("no pinned program at {path}: the agent has not run on this node yet")]
     NotPinned { path: PathBuf },
-    #[error("opening cgroup {path}: {source}")]
+    #[error("opening cgroup {path}")]
     Cgroup {
         path: PathBuf,
         #[source]
@@ -161,7 +161,7 @@ pub struct KernelMaps {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{op}: {source}")]
+#[error("{op}")]
 pub struct ApplyError {
     pub op: String,
     #[source]

@@ -82,13 +82,13 @@ impl std::fmt::Display for ObjectKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("{key}: {source}")]
+    #[error("{key}")]
     Policy {
         key: ObjectKey,
         #[source]
         source: Box<PolicyError>,
     },
-    #[error("{key}: {source}")]
+    #[error("{key}")]
     Convert {
         key: ObjectKey,
         #[source]
@@ -158,7 +158,8 @@ impl Index {
                         Ok(())
                     }
                     Err(source) => {
-                        self.rejected.insert(key.clone(), source.to_string());
+                        self.rejected
+                            .insert(key.clone(), crate::error_chain::chain(&source));
                         Err(IndexError::Policy {
                             key,
                             source: Box::new(source),
@@ -181,7 +182,8 @@ impl Index {
                 Ok(())
             }
             Err(source) => {
-                self.rejected.insert(key.clone(), source.to_string());
+                self.rejected
+                    .insert(key.clone(), crate::error_chain::chain(&source));
                 Err(IndexError::Convert {
                     key,
                     source: Box::new(source),

@@ -95,7 +95,7 @@ pub enum PolicyError {
     MissingName,
     #[error("spec is required")]
     MissingSpec,
-    #[error("{field}: {source}")]
+    #[error("{field}")]
     Selector {
         field: String,
         #[source]

@@ -49,7 +49,7 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
-    #[error("reading source directory {path}: {source}")]
+    #[error("reading source directory {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -187,7 +187,7 @@ impl DirSource {
                 match r {
                     Ok(o) => objects.push((o.key(), o)),
                     Err(e @ (ParseError::Yaml { .. } | ParseError::Object { .. })) => {
-                        errors.push(e.to_string())
+                        errors.push(crate::error_chain::chain(&e))
                     }
                 }
             }
@@ -345,7 +345,7 @@ pub async fn run(
                 if std::mem::replace(&mut troubled, true) {
                     continue;
                 }
-                vec![SourceEvent::Trouble(e.to_string())]
+                vec![SourceEvent::Trouble(crate::error_chain::chain(&e))]
             }
         };
         if tx.send(batch).await.is_err() {

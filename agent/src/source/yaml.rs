@@ -8,7 +8,7 @@ use crate::index::{Object, unknown_fields};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
-    #[error("{origin}: document {doc}: invalid YAML: {source}")]
+    #[error("{origin}: document {doc}: invalid YAML")]
     Yaml {
         origin: String,
         doc: usize,
