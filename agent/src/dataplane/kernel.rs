@@ -285,6 +285,17 @@ pub(super) fn pin_link<L: TryInto<FdLink, Error = LinkError>>(
     Ok(())
 }
 
+/// One program of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
 /// Pins a loaded program for the CNI plugin, replacing the pin of an earlier
 /// run with no moment where none exists: pin under a temporary name, then
 /// rename over the old one (bpffs renames like any filesystem).
@@ -390,21 +401,13 @@ impl Datapath {
             .load(PROGRAMS)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [PROG_FROM_POD, PROG_TO_POD] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
             pin_program(prog, &pins.program(name))?;
         }
         for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
@@ -471,11 +474,7 @@ impl Datapath {
             Hook::FromPod => PROG_FROM_POD,
             Hook::ToPod => PROG_TO_POD,
         };
-        self.ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })
+        program(&mut self.ebpf, name)
     }
 
     /// Attaches both tc programs to an interface. An interface that already
@@ -484,15 +483,7 @@ impl Datapath {
     pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
         for (hook, prog_name, tc) in TC_HOOKS {
             let path = self.pins.link(ifname, ifindex, hook);
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(prog_name)
-                .ok_or(DatapathError::MissingProgram(prog_name))?
-                .try_into()
-                .map_err(|source| DatapathError::Program {
-                    name: prog_name,
-                    source,
-                })?;
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, prog_name)?;
             let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
                 ifname: ifname.to_string(),
                 hook: hook.name(),
@@ -571,12 +562,7 @@ impl Datapath {
             if path.exists() {
                 continue;
             }
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
             let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
                 ifname: cgroup.display().to_string(),
                 hook: name,
