@@ -467,76 +467,141 @@ fn conn_rate_to(bed: &Bed, to: SocketAddr, secs: f64) -> anyhow::Result<f64> {
 }
 
 fn measure(bed: &Bed, quick: bool) -> anyhow::Result<(f64, f64)> {
-    let secs = if quick { 3 } else { 8 };
+    let secs = if quick { 2 } else { 4 };
     let gbps = iperf(bed, secs)? / 1e9;
-    let cps = conn_rate(bed, if quick { 2.0 } else { 5.0 })?;
+    let cps = conn_rate(bed, if quick { 1.5 } else { 3.0 })?;
     Ok((gbps, cps))
 }
 
+/// The setups of one rule count, measured back to back in one round.
+const SETUPS: [&str; 4] = ["bare", "palisade", "nft-linear", "nft-set"];
+
+/// One setup, measured once: Palisade's agent or an nftables ruleset is
+/// put in place, measured, and removed again.
+fn measure_setup(
+    bed: &Bed,
+    setup: &str,
+    n: usize,
+    dir: &std::path::Path,
+    quick: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let node = &bed.cluster.node_netns;
+    match setup {
+        "bare" => measure(bed, quick),
+        "palisade" => {
+            let source = dir.join(format!("src-{n}"));
+            std::fs::create_dir_all(&source)?;
+            std::fs::write(source.join("bench.yaml"), source_yaml(n))?;
+            let agent = AgentProcess::start(AgentSpec {
+                source,
+                extra: vec!["--listen".into(), "off".into()],
+                ..AgentSpec::in_dir(
+                    agent_bin()?,
+                    node,
+                    dir,
+                    PathBuf::from(format!(
+                        "/sys/fs/bpf/palisade-bench-{}-{n}",
+                        std::process::id()
+                    )),
+                )
+            })?;
+            agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
+            // Its start (verifier, first sync) is not the datapath's cost.
+            std::thread::sleep(Duration::from_secs(1));
+            measure(bed, quick)
+        }
+        nft => {
+            let file = dir.join(format!("{nft}-{n}.nft"));
+            std::fs::write(&file, nft_rules(n, nft == "nft-set"))?;
+            run(Command::new("ip")
+                .args(["netns", "exec", node, "nft", "-f"])
+                .arg(&file))?;
+            let r = measure(bed, quick);
+            run(Command::new("ip").args([
+                "netns", "exec", node, "nft", "delete", "table", "inet", "bench",
+            ]))?;
+            r
+        }
+    }
+}
+
+/// Median and range of a sample.
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let mid = median(v.clone());
+    (mid, v[0], v[v.len() - 1])
+}
+
+/// Every setup at every rule count, in rounds: within a round each rule
+/// count's four setups run back to back in an order that rotates from
+/// round to round, and each is compared with the bare run of its own
+/// round, so that drift on a shared machine lands in the spread, not in
+/// the ratio.
 fn datapath(quick: bool) -> anyhow::Result<Value> {
     let bed = testbed()?;
-    let bin = agent_bin()?;
-    let mut rows: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let bare = measure(&bed, quick)?;
-    println!("bare veth: {:.2} Gbit/s, {:.0} conn/s", bare.0, bare.1);
-    rows.insert("bare".into(), bare);
     let dir = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
-    for n in [10usize, 1_000, 10_000] {
-        let source = dir.join(format!("src-{n}"));
-        std::fs::create_dir_all(&source)?;
-        std::fs::write(source.join("bench.yaml"), source_yaml(n))?;
-        let agent = AgentProcess::start(AgentSpec {
-            bin: bin.clone(),
-            node_netns: bed.cluster.node_netns.clone(),
-            source: source.clone(),
-            config: None,
-            pin_root: PathBuf::from(format!(
-                "/sys/fs/bpf/palisade-bench-{}-{n}",
-                std::process::id()
-            )),
-            status_file: dir.join(format!("status-{n}.json")),
-            stdout: dir.join("deny.jsonl"),
-            stderr: dir.join("agent.log"),
-            extra: vec!["--listen".into(), "off".into()],
-            node_name: palisade_tests::topology::NODE_NAME.into(),
-            interface_prefixes: vec![palisade_tests::topology::IF_PREFIX.into()],
-        });
-        let agent = agent?;
-        agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
-        let r = measure(&bed, quick)?;
-        println!("palisade, {n} rules: {:.2} Gbit/s, {:.0} conn/s", r.0, r.1);
-        rows.insert(format!("palisade-{n}"), r);
-        drop(agent);
-        for (label, set) in [("nft-linear", false), ("nft-set", true)] {
-            let file = dir.join(format!("{label}-{n}.nft"));
-            std::fs::write(&file, nft_rules(n, set))?;
-            run(Command::new("ip")
-                .args(["netns", "exec", &bed.cluster.node_netns, "nft", "-f"])
-                .arg(&file))?;
-            let r = measure(&bed, quick)?;
-            println!("{label}, {n} rules: {:.2} Gbit/s, {:.0} conn/s", r.0, r.1);
-            rows.insert(format!("{label}-{n}"), r);
-            run(Command::new("ip").args([
-                "netns",
-                "exec",
-                &bed.cluster.node_netns,
-                "nft",
-                "delete",
-                "table",
-                "inet",
-                "bench",
-            ]))?;
+    std::fs::create_dir_all(&dir)?;
+    let rounds = if quick { 2 } else { 5 };
+    // (setup-n) -> per round (Gbit/s, conn/s, throughput ratio, conn ratio)
+    let mut samples: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    for round in 0..rounds {
+        for n in [10usize, 1_000, 10_000] {
+            let mut got: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+            for k in 0..SETUPS.len() {
+                let setup = SETUPS[(k + round) % SETUPS.len()];
+                let r = measure_setup(&bed, setup, n, &dir, quick)?;
+                println!(
+                    "round {round}, {setup}-{n}: {:.2} Gbit/s, {:.0} conn/s",
+                    r.0, r.1
+                );
+                got.insert(setup, r);
+            }
+            let bare = got["bare"];
+            for (setup, (g, c)) in got {
+                let key = if setup == "bare" {
+                    "bare".to_string()
+                } else {
+                    format!("{setup}-{n}")
+                };
+                samples
+                    .entry(key)
+                    .or_default()
+                    .push([g, c, g / bare.0, c / bare.1]);
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
     let mut out = serde_json::Map::new();
-    for (k, (gbps, cps)) in &rows {
+    let col = |v: &[[f64; 4]], i: usize| v.iter().map(|r| r[i]).collect::<Vec<f64>>();
+    for (k, v) in &samples {
+        let (tput, tput_lo, tput_hi) = spread(col(v, 2));
+        let (conn, conn_lo, conn_hi) = spread(col(v, 3));
         out.insert(
             k.clone(),
-            json!({"gbit_per_s": gbps, "conn_per_s": cps,
-            "throughput_vs_bare": gbps / bare.0, "conn_rate_vs_bare": cps / bare.1}),
+            json!({
+                "samples": v.len(),
+                "gbit_per_s": median(col(v, 0)), "conn_per_s": median(col(v, 1)),
+                "throughput_vs_bare": tput, "throughput_vs_bare_min": tput_lo, "throughput_vs_bare_max": tput_hi,
+                "conn_rate_vs_bare": conn, "conn_rate_vs_bare_min": conn_lo, "conn_rate_vs_bare_max": conn_hi,
+            }),
         );
     }
+    // Palisade against nftables linear, round by round.
+    for n in ["10", "1000", "10000"] {
+        let (Some(p), Some(l)) = (
+            samples.get(&format!("palisade-{n}")),
+            samples.get(&format!("nft-linear-{n}")),
+        ) else {
+            continue;
+        };
+        let ratios: Vec<f64> = p.iter().zip(l).map(|(p, l)| p[1] / l[1]).collect();
+        let (mid, lo, hi) = spread(ratios);
+        out.insert(
+            format!("palisade-vs-nft-linear-{n}"),
+            json!({"conn_rate_ratio": mid, "min": lo, "max": hi}),
+        );
+    }
+    out.insert("rounds".into(), json!(rounds));
     Ok(Value::Object(out))
 }
 
@@ -553,12 +618,6 @@ fn service_yaml() -> String {
         "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: client-out, namespace: bench}}\nspec:\n  podSelector: {{matchLabels: {{app: client}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{podSelector: {{matchLabels: {{app: server}}}}}}], ports: [{{port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: server, namespace: bench}}\nspec: {{clusterIP: {VIP}, clusterIPs: [{VIP}], ports: [{{name: http, port: 8080, targetPort: 80, protocol: TCP}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: server-1, namespace: bench, labels: {{kubernetes.io/service-name: server}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"{SERVER}\"], conditions: {{ready: true}}}}]\nports: [{{name: http, port: 80, protocol: TCP}}]\n"
     ));
     s
-}
-
-fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let mid = median(v.clone());
-    (mid, v[0], v[v.len() - 1])
 }
 
 /// Connections per second to the ClusterIP, bare (kube-proxy's DNAT only)
@@ -782,8 +841,15 @@ fn markdown(r: &Value) -> String {
         r["cpus"],
         r["kernel"].as_str().unwrap_or("")
     ));
-    s.push_str("## Datapath: two pod namespaces on one node\n\n| setup | Gbit/s | vs bare | conn/s | vs bare |\n|---|---|---|---|---|\n");
     let d = &r["datapath"];
+    s.push_str(&format!(
+        "## Datapath: two pod namespaces on one node\n\n\
+         {} rounds; in each, every rule count's four setups run back to back in an order rotating \
+         from round to round, and each is compared with the bare run of its own round. Medians over \
+         the rounds, the ratio's range after it.\n\n\
+         | setup | Gbit/s | vs bare | conn/s | vs bare |\n|---|---|---|---|---|\n",
+        d["rounds"]
+    ));
     let order = [
         "bare",
         "palisade-10",
@@ -796,31 +862,58 @@ fn markdown(r: &Value) -> String {
         "nft-linear-10000",
         "nft-set-10000",
     ];
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     for k in order {
         if let Some(row) = d.get(k) {
             s.push_str(&format!(
-                "| {k} | {:.2} | {:.3} | {:.0} | {:.3} |\n",
-                row["gbit_per_s"].as_f64().unwrap_or(0.0),
-                row["throughput_vs_bare"].as_f64().unwrap_or(0.0),
-                row["conn_per_s"].as_f64().unwrap_or(0.0),
-                row["conn_rate_vs_bare"].as_f64().unwrap_or(0.0)
+                "| {k} | {:.2} | {:.3} ({:.3} – {:.3}) | {:.0} | {:.3} ({:.3} – {:.3}) |\n",
+                f(&row["gbit_per_s"]),
+                f(&row["throughput_vs_bare"]),
+                f(&row["throughput_vs_bare_min"]),
+                f(&row["throughput_vs_bare_max"]),
+                f(&row["conn_per_s"]),
+                f(&row["conn_rate_vs_bare"]),
+                f(&row["conn_rate_vs_bare_min"]),
+                f(&row["conn_rate_vs_bare_max"]),
             ));
         }
     }
     for n in ["10", "1000", "10000"] {
-        let p = d
-            .get(format!("palisade-{n}"))
-            .and_then(|v| v["conn_per_s"].as_f64())
-            .unwrap_or(0.0);
-        let l = d
-            .get(format!("nft-linear-{n}"))
-            .and_then(|v| v["conn_per_s"].as_f64())
-            .unwrap_or(1.0);
-        s.push_str(&format!(
-            "\nConnection rate Palisade / nftables linear at {n} rules: {:.2}x",
-            p / l
-        ));
+        if let Some(v) = d.get(format!("palisade-vs-nft-linear-{n}")) {
+            s.push_str(&format!(
+                "\nConnection rate Palisade / nftables linear at {n} rules: {:.2}x ({:.2} – {:.2})",
+                f(&v["conn_rate_ratio"]),
+                f(&v["min"]),
+                f(&v["max"])
+            ));
+        }
     }
+    let verdict = |name: &str, mid: f64, lo: f64, target: f64| {
+        if lo >= target {
+            format!("- {name}: met in every round (median {mid:.2}, target {target})\n")
+        } else if mid >= target {
+            format!(
+                "- {name}: met by the median ({mid:.2}, target {target}); the range crosses it ({lo:.2})\n"
+            )
+        } else {
+            format!("- {name}: not met (median {mid:.2}, target {target})\n")
+        }
+    };
+    s.push_str("\n\nTargets (issue 18):\n\n");
+    let p1k = &d["palisade-1000"];
+    s.push_str(&verdict(
+        "new-connection rate with 1k rules ≥ 0.95 of bare",
+        f(&p1k["conn_rate_vs_bare"]),
+        f(&p1k["conn_rate_vs_bare_min"]),
+        0.95,
+    ));
+    let v10k = &d["palisade-vs-nft-linear-10000"];
+    s.push_str(&verdict(
+        "connection rate at 10k rules ≥ 3x nftables linear",
+        f(&v10k["conn_rate_ratio"]),
+        f(&v10k["min"]),
+        3.0,
+    ));
     let v = &r["service"];
     let target = 0.93;
     let lo = v["ratio_min"].as_f64().unwrap_or(0.0);
