@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     model::{Model, Node},
-    policy::{CompileStats, Compiler, DesiredState, MapWriter, Maps, Profile, diff},
+    policy::{Budgets, CompileStats, Compiler, DesiredState, MapWriter, Maps, Profile, diff},
 };
 
 pub struct Syncer<W: MapWriter> {
@@ -43,6 +43,12 @@ impl<W: MapWriter> Syncer<W> {
             state: DesiredState::default(),
             revision: 0,
         }
+    }
+
+    /// Admits policies within `budgets` (default: [`Budgets::default`]).
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.compiler = self.compiler.with_budgets(budgets);
+        self
     }
 
     pub fn state(&self) -> &DesiredState {
@@ -80,6 +86,7 @@ impl<W: MapWriter> Syncer<W> {
             desired = self.compiler.compile(model, node, profile);
         }
         let compile = t0.elapsed();
+        log_rejections(&self.state, &desired);
         let ops = diff(&self.mirror, &desired.maps);
         let t1 = Instant::now();
         // A write that fails (a full map) is tried once more after the
@@ -123,5 +130,20 @@ impl<W: MapWriter> Syncer<W> {
         };
         debug!(?report, "synced");
         report
+    }
+}
+
+/// One line when a policy becomes over budget (or its reason changes) and
+/// one when it fits again; nothing while it stays as it was.
+fn log_rejections(old: &DesiredState, new: &DesiredState) {
+    for (policy, r) in &new.rejected {
+        if old.rejected.get(policy) != Some(r) {
+            warn!(%policy, reason = r.reason.label(), "{r}");
+        }
+    }
+    for policy in old.rejected.keys() {
+        if !new.rejected.contains_key(policy) {
+            info!(%policy, "NetworkPolicy within its budgets again (or deleted): enforced as written");
+        }
     }
 }
