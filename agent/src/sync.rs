@@ -8,7 +8,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     model::{Model, Node},
-    policy::{Budgets, CompileStats, Compiler, DesiredState, MapWriter, Maps, Profile, diff},
+    policy::{
+        Budgets, CompileStats, Compiler, DesiredState, MapOp, MapWriter, Maps, Profile, diff,
+    },
 };
 
 pub struct Syncer<W: MapWriter> {
@@ -87,11 +89,15 @@ impl<W: MapWriter> Syncer<W> {
         }
         let compile = t0.elapsed();
         log_rejections(&self.state, &desired);
-        let ops = diff(&self.mirror, &desired.maps);
+        let mut ops = diff(&self.mirror, &desired.maps);
+        by_precedence(&mut ops, &desired);
         let t1 = Instant::now();
         // A write that fails (a full map) is tried once more after the
         // removals, which may have made room; what still fails is counted,
-        // left out of the mirror, and retried by the next sync.
+        // left out of the mirror, and retried by the next sync. Writes never
+        // displace an entry (the maps are tries, not LRU): what is
+        // programmed keeps its place, and the room removals free goes to
+        // the oldest rules first ([`by_precedence`]).
         let mut retry = Vec::new();
         for op in &ops {
             match self.writer.apply(op) {
@@ -146,4 +152,30 @@ fn log_rejections(old: &DesiredState, new: &DesiredState) {
             info!(%policy, "NetworkPolicy within its budgets again (or deleted): enforced as written");
         }
     }
+}
+
+/// Orders the writes of one kind so that on a full map the older claims
+/// win: policy entries by rule id (ids only grow, and an edited policy keeps
+/// its rules' ids, so a newcomer's entries come after every rule that was
+/// there before), ipcache entries of pods, nodes and Services before policy
+/// CIDRs (which a tenant can multiply). The order between kinds is
+/// [`diff`]'s, which keeps every transition at most as strict as both ends.
+fn by_precedence(ops: &mut [MapOp], state: &DesiredState) {
+    let is_cidr = |identity: u32| {
+        matches!(
+            state.identities.get(&identity),
+            Some(crate::policy::state::IdentityInfo::Cidr(_))
+        )
+    };
+    // Stable: ops of equal rank stay in diff's (key) order.
+    ops.sort_by_key(|op| match op {
+        MapOp::UpsertPolicy(_, rule) => (0, *rule),
+        MapOp::UpsertIpcache(_, e) => (1, u32::from(is_cidr(e.identity))),
+        MapOp::UpsertEndpoint(..) => (2, 0),
+        MapOp::UpsertIface(..) => (3, 0),
+        MapOp::DeleteIface(_) => (4, 0),
+        MapOp::DeleteEndpoint(_) => (5, 0),
+        MapOp::DeleteIpcache(_) => (6, 0),
+        MapOp::DeletePolicy(_) => (7, 0),
+    });
 }
