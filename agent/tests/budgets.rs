@@ -328,3 +328,125 @@ fn a_tenants_excepts_cannot_multiply_another_namespaces_identities() {
         unbounded.maps.policy.len()
     );
 }
+
+#[test]
+fn a_modest_policy_selecting_many_pods_is_held_by_the_namespace_budget() {
+    // 3 peers x 1,000 ports = 3,000 entries per pod: within the per-policy
+    // budget, but 100 selected pods make 300,000 on this node (budget 200,000).
+    let mut yaml = base();
+    for i in 0..100 {
+        yaml += &pod(
+            "tenant",
+            &format!("w{i}"),
+            "app: w",
+            &format!("10.3.1.{}", i + 1),
+        );
+    }
+    let mut wide = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: wide, namespace: tenant}\n\
+                spec:\n  podSelector: {matchLabels: {app: w}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {a: '1'}}}, {podSelector: {matchLabels: {a: '2'}}}, {podSelector: {matchLabels: {a: '3'}}}]\n    ports:\n".to_string();
+    for port in 1..=1000 {
+        wide += &format!("    - {{port: {port}}}\n");
+    }
+    let m = model(&(yaml + &wide));
+    let profile = Profile::default();
+    let state = compile(&m, &node(), &profile);
+    let r = &state.rejected[&ObjectRef::new("tenant", "wide")];
+    assert_eq!(r.reason, Reason::NamespaceEntries);
+    assert_eq!(r.limit, 200_000);
+    assert!(r.cost > 200_000, "{r}");
+    let clean = compile(&without_tenant_policies(&m), &node(), &profile);
+    assert_eq!(victims_part(&state), victims_part(&clean));
+}
+
+/// The tenant at the top of every budget: one policy of 50 peers (each a
+/// pod of its own) x 1,000 ports on one pod (50,000 entries), and four of
+/// 999 CIDRs each (3,996 of the 4,000 the namespace may have).
+fn tenant_at_its_budget() -> String {
+    let mut s = String::new();
+    for i in 0..50 {
+        s += &pod(
+            "tenant",
+            &format!("peer{i}"),
+            &format!("peer: p{i}"),
+            &format!("10.3.2.{}", i + 1),
+        );
+    }
+    s += "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: big, namespace: tenant}\n\
+          spec:\n  podSelector: {matchLabels: {app: t}}\n  ingress:\n  - from:\n";
+    for i in 0..50 {
+        s += &format!("    - podSelector: {{matchLabels: {{peer: p{i}}}}}\n");
+    }
+    s += "    ports:\n";
+    for port in 1..=1000 {
+        s += &format!("    - {{port: {port}}}\n");
+    }
+    for p in 0..4 {
+        s += &format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: cidrs{p}, namespace: tenant}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: t}}}}\n  ingress:\n  - from:\n    - ipBlock:\n        cidr: 10.{}.0.0/16\n        except:\n",
+            100 + p
+        );
+        for e in 0..998 {
+            s += &format!("        - 10.{}.{}.{}/32\n", 100 + p, e / 256, e % 256);
+        }
+    }
+    s
+}
+
+#[test]
+fn a_tenant_at_its_budget_adds_no_work_to_another_namespaces_edit() {
+    let mut victims = base();
+    for i in 0..20 {
+        victims += &pod(
+            "victim",
+            &format!("c{i}"),
+            "app: cli",
+            &format!("10.2.1.{}", i + 1),
+        );
+    }
+    let edit = |yaml: &str| yaml.replace("ports: [{port: 80}]", "ports: [{port: 8080}]");
+    let profile = Profile::default();
+    // The victim edits its policy, alone on the node and beside the tenant.
+    let cost_of_edit = |yaml: &str| {
+        let mut compiler = Compiler::default();
+        let before = compiler.compile(&model(yaml), &node(), &profile);
+        assert!(before.rejected.is_empty(), "{:?}", before.rejected);
+        let after = compiler.compile(&model(&edit(yaml)), &node(), &profile);
+        (compiler.stats(), before, after)
+    };
+    let (alone, alone_before, _) = cost_of_edit(&victims);
+    let (beside, before, after) = cost_of_edit(&(victims.clone() + &tenant_at_its_budget()));
+    let tenant_entries = before.maps.policy.len() - alone_before.maps.policy.len();
+    assert!(
+        tenant_entries >= 50_000,
+        "the tenant is really there: {tenant_entries}"
+    );
+
+    // No pod re-signed, and only the edited rule evaluated: once per
+    // identity. The tenant's rules cost nothing.
+    assert_eq!((alone.pods_signed, beside.pods_signed), (0, 0));
+    assert_eq!(alone.rule_evaluations, alone_before.identities.len());
+    assert_eq!(beside.rule_evaluations, after.identities.len());
+    // What the tenant adds to that is bounded by its CIDR budget: each
+    // CIDR is one identity and can split one more.
+    let extra = beside.rule_evaluations - alone.rule_evaluations;
+    assert!(
+        extra <= 2 * Budgets::default().namespace_cidrs as usize + 60,
+        "{extra} more evaluations"
+    );
+    let cli = ip("10.2.1.1");
+    assert!(sim::connection_allowed(
+        &after.maps,
+        cli,
+        ip("10.2.0.10"),
+        PROTO_TCP,
+        8080
+    ));
+    assert!(!sim::connection_allowed(
+        &after.maps,
+        cli,
+        ip("10.2.0.10"),
+        PROTO_TCP,
+        80
+    ));
+}

@@ -4,8 +4,10 @@
 //! policy-map entries per selected pod (per rule, peers x port prefixes,
 //! each port spec counting its protocol once) and CIDRs (ipBlock cidrs plus
 //! excepts: each can split identities and takes ipcache entries). The
-//! estimate does not depend on which pods exist, so a policy admitted once
-//! is not rejected later because pods came and went.
+//! per-policy limits judge that estimate alone, so they do not depend on
+//! which pods exist; a namespace's entries are the estimates times the pods
+//! each policy selects on this node (what the namespace takes of this
+//! node's map), its CIDRs the plain sum.
 //!
 //! A policy over a budget is rejected whole: its last admitted version stays
 //! in force, or, if it never had one, it isolates the pods it selects and
@@ -32,7 +34,8 @@ pub struct Budgets {
     pub policy_entries: u64,
     /// ipBlock CIDRs plus excepts, one policy.
     pub policy_cidrs: u64,
-    /// Estimated entries, summed over a namespace's policies.
+    /// Estimated entries times the local pods selected, summed over a
+    /// namespace's policies.
     pub namespace_entries: u64,
     /// CIDRs plus excepts, summed over a namespace's policies.
     pub namespace_cidrs: u64,
@@ -97,6 +100,14 @@ impl Cost {
             }
         }
         cost
+    }
+
+    /// What it takes of a node where it selects `pods` pods.
+    fn on(self, pods: u64) -> Cost {
+        Cost {
+            entries: self.entries.saturating_mul(pods),
+            cidrs: self.cidrs,
+        }
     }
 
     fn plus(self, other: Cost) -> Cost {
@@ -174,7 +185,7 @@ impl std::fmt::Display for Rejection {
             Reason::PolicyEntries => "estimated policy entries (peers x port prefixes)",
             Reason::PolicyCidrs => "ipBlock CIDRs and excepts",
             Reason::NamespaceEntries => {
-                "estimated policy entries of the namespace's admitted policies with this one"
+                "estimated policy entries (times the pods each selects on this node) of the namespace's admitted policies with this one"
             }
             Reason::NamespaceCidrs => {
                 "ipBlock CIDRs and excepts of the namespace's admitted policies with this one"
@@ -230,11 +241,12 @@ impl Admission {
         self.budgets
     }
 
-    /// The first limit `cost` breaks on top of `total` (the namespace's
-    /// admitted cost so far), as (reason, value, limit).
-    fn check(&self, total: Cost, cost: Cost) -> Option<(Reason, u64, u64)> {
+    /// The first limit `cost` (for `selected` local pods) breaks on top of
+    /// `total` (the namespace's admitted cost so far, entries weighted by
+    /// the pods selected), as (reason, value, limit).
+    fn check(&self, total: Cost, cost: Cost, selected: u64) -> Option<(Reason, u64, u64)> {
         let b = &self.budgets;
-        let sum = total.plus(cost);
+        let sum = total.plus(cost.on(selected));
         [
             (Reason::PolicyEntries, cost.entries, b.policy_entries),
             (Reason::PolicyCidrs, cost.cidrs, b.policy_cidrs),
@@ -246,78 +258,95 @@ impl Admission {
     }
 
     /// Decides, for every NetworkPolicy, what is compiled: it as written,
-    /// its last admitted version, or isolation only.
-    pub fn admit(&mut self, policies: &BTreeMap<ObjectRef, Policy>) -> Admitted {
+    /// its last admitted version, or isolation only. `selected` counts the
+    /// local pods a policy (version) selects.
+    pub fn admit(
+        &mut self,
+        policies: &BTreeMap<ObjectRef, Policy>,
+        selected: impl Fn(&Policy) -> u64,
+    ) -> Admitted {
         let mut out = Admitted::default();
-        let mut next: BTreeMap<ObjectRef, (Policy, Cost)> = BTreeMap::new();
+        let mut prev = std::mem::take(&mut self.admitted);
         // Policies are keyed namespace first: one run per namespace.
-        let mut start = 0;
         let all: Vec<(&ObjectRef, &Policy)> = policies.iter().collect();
+        let mut start = 0;
         while start < all.len() {
             let ns = &all[start].0.namespace;
             let end = all[start..]
                 .iter()
                 .position(|(k, _)| &k.namespace != ns)
                 .map_or(all.len(), |n| start + n);
-            self.admit_namespace(&all[start..end], &mut next, &mut out);
+            self.admit_namespace(&all[start..end], &selected, &mut prev, &mut out);
             start = end;
         }
-        self.admitted = next;
         out
     }
 
+    /// Moves what stays admitted from `prev` into `self.admitted` (no
+    /// policy is copied unless it changed).
     fn admit_namespace(
-        &self,
+        &mut self,
         policies: &[(&ObjectRef, &Policy)],
-        next: &mut BTreeMap<ObjectRef, (Policy, Cost)>,
+        selected: &impl Fn(&Policy) -> u64,
+        prev: &mut BTreeMap<ObjectRef, (Policy, Cost)>,
         out: &mut Admitted,
     ) {
-        let mut total = Cost::default();
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        enum Seen {
+            Unchanged,
+            Edited,
+            New,
+        }
         // Unchanged admitted policies first, then edited ones, then new ones,
-        // each group by name: what is enforced keeps its place.
-        let unchanged =
-            |k: &ObjectRef, p: &Policy| self.admitted.get(k).is_some_and(|(old, _)| old == p);
-        let edited = |k: &ObjectRef, p: &Policy| self.admitted.contains_key(k) && !unchanged(k, p);
-        let groups: [Vec<&(&ObjectRef, &Policy)>; 3] = [
-            policies.iter().filter(|(k, p)| unchanged(k, p)).collect(),
-            policies.iter().filter(|(k, p)| edited(k, p)).collect(),
-            policies
-                .iter()
-                .filter(|(k, _)| !self.admitted.contains_key(k))
-                .collect(),
-        ];
-        for (key, policy) in groups.into_iter().flatten() {
-            let cost = match self.admitted.get(*key) {
-                Some((old, c)) if old == *policy => *c,
+        // each group by name (stable sort): what is enforced keeps its place.
+        let mut order: Vec<(Seen, &ObjectRef, &Policy)> = policies
+            .iter()
+            .map(|(k, p)| {
+                let seen = match prev.get(*k) {
+                    Some((old, _)) if old == *p => Seen::Unchanged,
+                    Some(_) => Seen::Edited,
+                    None => Seen::New,
+                };
+                (seen, *k, *p)
+            })
+            .collect();
+        order.sort_by_key(|(seen, _, _)| *seen);
+        let mut total = Cost::default();
+        for (seen, key, policy) in order {
+            let cost = match (seen, prev.get(key)) {
+                (Seen::Unchanged, Some((_, c))) => *c,
                 _ => Cost::of(policy),
             };
-            let Some((reason, value, limit)) = self.check(total, cost) else {
-                total = total.plus(cost);
-                next.insert((*key).clone(), ((*policy).clone(), cost));
+            let pods = selected(policy);
+            let Some((reason, value, limit)) = self.check(total, cost, pods) else {
+                total = total.plus(cost.on(pods));
+                let kept = match (seen, prev.remove(key)) {
+                    (Seen::Unchanged, Some(entry)) => entry,
+                    _ => (policy.clone(), cost),
+                };
+                self.admitted.insert(key.clone(), kept);
                 continue;
             };
             // Rejected: the last admitted version if it still fits, else isolation.
-            let last = self
-                .admitted
-                .get(*key)
-                .filter(|(_, c)| self.check(total, *c).is_none());
+            let last = prev
+                .remove(key)
+                .filter(|(old, c)| self.check(total, *c, selected(old)).is_none());
             let in_force = match last {
                 Some((old, c)) => {
-                    total = total.plus(*c);
-                    next.insert((*key).clone(), (old.clone(), *c));
-                    out.substitutes.insert((*key).clone(), old.clone());
+                    total = total.plus(c.on(selected(&old)));
+                    out.substitutes.insert(key.clone(), old.clone());
+                    self.admitted.insert(key.clone(), (old, c));
                     InForce::LastAdmitted
                 }
                 None => {
-                    out.substitutes
-                        .insert((*key).clone(), isolation_only(policy));
+                    out.substitutes.insert(key.clone(), isolation_only(policy));
                     InForce::IsolationOnly
                 }
             };
             out.rejected.insert(
-                (*key).clone(),
+                key.clone(),
                 Rejection {
-                    policy: (*key).clone(),
+                    policy: key.clone(),
                     reason,
                     cost: value,
                     limit,
@@ -380,6 +409,13 @@ mod tests {
         }
     }
 
+    impl Admission {
+        /// Every policy selecting one pod.
+        fn admit_all(&mut self, ps: &BTreeMap<ObjectRef, Policy>) -> Admitted {
+            self.admit(ps, |_| 1)
+        }
+    }
+
     fn map(ps: &[Policy]) -> BTreeMap<ObjectRef, Policy> {
         ps.iter()
             .map(|p| {
@@ -419,11 +455,11 @@ mod tests {
             ..Budgets::unlimited()
         });
         let z = policy("a", "z", 10, 8);
-        let out = adm.admit(&map(std::slice::from_ref(&z)));
+        let out = adm.admit_all(&map(std::slice::from_ref(&z)));
         assert!(out.rejected.is_empty());
         // "b" sorts first but comes second: it is the one rejected.
         let b = policy("a", "b", 10, 3);
-        let out = adm.admit(&map(&[b.clone(), z.clone()]));
+        let out = adm.admit_all(&map(&[b.clone(), z.clone()]));
         let r = &out.rejected[&ObjectRef::new("a", "b")];
         assert_eq!(
             (r.reason, r.cost, r.limit, r.in_force),
@@ -432,7 +468,7 @@ mod tests {
         assert!(!out.rejected.contains_key(&ObjectRef::new("a", "z")));
         // Another namespace has its own budget.
         let other = policy("c", "b", 10, 3);
-        let out = adm.admit(&map(&[b, z, other]));
+        let out = adm.admit_all(&map(&[b, z, other]));
         assert_eq!(out.rejected.len(), 1);
     }
 
@@ -444,12 +480,12 @@ mod tests {
         });
         let small = policy("a", "p", 2, 2);
         assert!(
-            adm.admit(&map(std::slice::from_ref(&small)))
+            adm.admit_all(&map(std::slice::from_ref(&small)))
                 .rejected
                 .is_empty()
         );
         let big = policy("a", "p", 20, 20);
-        let out = adm.admit(&map(std::slice::from_ref(&big)));
+        let out = adm.admit_all(&map(std::slice::from_ref(&big)));
         let r = &out.rejected[&ObjectRef::new("a", "p")];
         assert_eq!(r.in_force, InForce::LastAdmitted);
         assert_eq!(out.substitutes[&ObjectRef::new("a", "p")], small);
@@ -459,10 +495,10 @@ mod tests {
             "{text}"
         );
         // Still rejected on the next pass, still the old version.
-        let out = adm.admit(&map(std::slice::from_ref(&big)));
+        let out = adm.admit_all(&map(std::slice::from_ref(&big)));
         assert_eq!(out.substitutes[&ObjectRef::new("a", "p")], small);
         // A fresh admission (a restart) knows no last version.
-        let out = Admission::new(adm.budgets()).admit(&map(&[big]));
+        let out = Admission::new(adm.budgets()).admit_all(&map(&[big]));
         let p = &out.substitutes[&ObjectRef::new("a", "p")];
         assert_eq!(p.ingress, Some(Vec::new()), "isolation only");
     }

@@ -205,7 +205,21 @@ impl Compiler {
             .collect();
         // Budgets are judged before anything is compiled: a policy over one
         // is compiled as its substitute (last admitted version or isolation).
-        let admitted = self.admission.admit(&model.policies);
+        let mut local_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for pod in &local {
+            local_by_namespace
+                .entry(pod.namespace.as_str())
+                .or_default()
+                .push(pod);
+        }
+        let admitted = self.admission.admit(&model.policies, |p| {
+            local_by_namespace
+                .get(p.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|pod| p.pod_selector.matches(&pod.labels))
+                .count() as u64
+        });
         let mut by_namespace: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
         for p in model
             .policies
