@@ -2,7 +2,10 @@
 //! Generic over the writer so the whole loop runs against the in-memory
 //! maps in tests.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use tracing::{debug, info, warn};
 
@@ -109,6 +112,8 @@ impl<W: MapWriter> Syncer<W> {
         }
         let mut failed = 0;
         let mut first_error = None;
+        // Whose policy entries did not fit: the namespaces of their pods.
+        let mut short: BTreeSet<&str> = BTreeSet::new();
         for op in retry {
             match self.writer.apply(op) {
                 Ok(()) => {
@@ -117,13 +122,28 @@ impl<W: MapWriter> Syncer<W> {
                 Err(e) => {
                     failed += 1;
                     first_error.get_or_insert_with(|| e.to_string());
+                    if let MapOp::UpsertPolicy(k, _) = op
+                        && let Some(pod) = desired
+                            .endpoint_info
+                            .get(&k.endpoint)
+                            .and_then(|i| i.pod.as_ref())
+                    {
+                        short.insert(&pod.namespace);
+                    }
                 }
             }
         }
         // One line per sync, however many writes failed: a map that is full
         // must not turn into a log flood.
         if let Some(error) = first_error {
-            warn!(failed, first = %error, "map writes failed; retried with backoff");
+            let namespaces: Vec<&str> = short.iter().take(10).copied().collect();
+            warn!(
+                failed,
+                first = %error,
+                ?namespaces,
+                more_namespaces = short.len().saturating_sub(namespaces.len()),
+                "map writes failed; retried with backoff"
+            );
         }
         self.state = desired;
         self.revision += 1;

@@ -1,6 +1,9 @@
 //! `compile(model, node, profile) -> DesiredState`: NetworkPolicy semantics
 //! turned into map contents.
 //!
+//! NetworkPolicies are first admitted against their budgets
+//! ([`super::budget`]): one over a budget is compiled as its last admitted
+//! version or as isolation only, before any of its rules is looked at.
 //! Remote addresses become identities ([`super::identity`]); each rule's
 //! peers become a set of identities ([`super::matching`]); each local
 //! endpoint gets, per rule that selects it, one policy entry per matched
