@@ -473,6 +473,27 @@ mod tests {
     }
 
     #[test]
+    fn a_namespaces_own_new_pods_count_against_it() {
+        let mut adm = Admission::new(Budgets {
+            namespace_entries: 100,
+            ..Budgets::unlimited()
+        });
+        let p = policy("a", "p", 2, 5);
+        let ps = map(std::slice::from_ref(&p));
+        assert!(adm.admit(&ps, |_| 10).rejected.is_empty(), "10 x 10 fits");
+        let out = adm.admit(&ps, |_| 11);
+        let r = &out.rejected[&ObjectRef::new("a", "p")];
+        assert_eq!(
+            (r.reason, r.cost, r.in_force),
+            (Reason::NamespaceEntries, 110, InForce::IsolationOnly)
+        );
+        assert!(
+            adm.admit(&ps, |_| 10).rejected.is_empty(),
+            "back when it fits"
+        );
+    }
+
+    #[test]
     fn an_edit_over_budget_keeps_the_last_admitted_version() {
         let mut adm = Admission::new(Budgets {
             policy_entries: 50,
