@@ -21,6 +21,8 @@ pub struct FileConfig {
     /// second, with a deny record `revoked`); `false` lets established
     /// flows run until they end.
     pub revoke_on_policy_change: bool,
+    /// What one policy and one namespace may cost (README, "Budgets").
+    pub budgets: crate::policy::Budgets,
 }
 
 impl Default for FileConfig {
@@ -30,6 +32,7 @@ impl Default for FileConfig {
             interface_prefixes: Vec::new(),
             unknown_pod_traffic: crate::dataplane::UnknownEndpoint::default(),
             revoke_on_policy_change: true,
+            budgets: crate::policy::Budgets::default(),
         }
     }
 }
@@ -93,5 +96,14 @@ mod tests {
         assert!(cfg.profile.default_deny_exempt.contains("kube-system"));
         assert!(cfg.revoke_on_policy_change, "revocation is on by default");
         assert!(serde_yaml::from_str::<FileConfig>("defaultDenny: true\n").is_err());
+        let cfg: FileConfig =
+            serde_yaml::from_str("budgets: {policyEntries: 10}\n").expect("valid");
+        assert_eq!(cfg.budgets.policy_entries, 10);
+        assert_eq!(
+            cfg.budgets.namespace_entries,
+            crate::policy::Budgets::default().namespace_entries,
+            "unset budgets keep their defaults"
+        );
+        assert!(serde_yaml::from_str::<FileConfig>("budgets: {policyEntrie: 1}\n").is_err());
     }
 }

@@ -68,6 +68,8 @@ pub struct Options {
     pub listen: Option<std::net::SocketAddr>,
     /// Cut established flows that a policy change denies (with a deny record).
     pub revoke_on_policy_change: bool,
+    /// What one policy and one namespace may cost.
+    pub budgets: crate::policy::Budgets,
 }
 
 fn emit(records: Vec<Record>, format: LogFormat, shared: &Shared, file: &mut Option<RotatingFile>) {
@@ -276,7 +278,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         Arc::default()
     });
 
-    let mut syncer = Syncer::new(dp.kernel_maps()?, observed);
+    let mut syncer = Syncer::new(dp.kernel_maps()?, observed).with_budgets(opts.budgets);
     let (source_tx, mut source_rx) = tokio::sync::mpsc::channel::<Batch>(64);
     match &opts.source {
         SourceConfig::Dir(dir) => {
@@ -464,6 +466,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .collect();
             shared.metrics.forget_policies(|p| live.contains(p));
             shared.metrics.revision.set(report.revision as i64);
+            shared.metrics.observe_rejections(syncer.state());
             if let Some(t) = changed_at.take() {
                 shared
                     .metrics
@@ -541,6 +544,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .rejected()
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
+                .collect(),
+            over_budget: syncer
+                .state()
+                .rejected
+                .values()
+                .map(ToString::to_string)
                 .collect(),
         };
         if let Some(path) = &opts.status_file

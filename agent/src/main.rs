@@ -12,7 +12,7 @@ use palisade_agent::{
     flows::log::LogSettings,
     index::Index,
     model::Node,
-    policy::{compile, dump},
+    policy::dump,
     source::dir::DirSource,
 };
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
@@ -148,6 +148,19 @@ struct AgentArgs {
     /// of 4x; 0: no budget); the packets are denied and counted regardless.
     #[arg(long, default_value = "500")]
     deny_event_rate: u32,
+    /// Budget: estimated policy entries (peers x port prefixes) per policy
+    /// (overrides the config's budgets.policyEntries; 0: no limit).
+    #[arg(long)]
+    max_policy_entries: Option<u64>,
+    /// Budget: ipBlock CIDRs plus excepts per policy (budgets.policyCidrs).
+    #[arg(long)]
+    max_policy_cidrs: Option<u64>,
+    /// Budget: estimated policy entries per namespace (budgets.namespaceEntries).
+    #[arg(long)]
+    max_namespace_entries: Option<u64>,
+    /// Budget: ipBlock CIDRs plus excepts per namespace (budgets.namespaceCidrs).
+    #[arg(long)]
+    max_namespace_cidrs: Option<u64>,
     /// On a graceful stop: keep the programs enforcing the last state
     /// (fail closed, default) or remove them (fail open).
     #[arg(long, value_enum, default_value = "keep")]
@@ -209,6 +222,17 @@ async fn cli_main() -> anyhow::Result<()> {
             if let Some(v) = a.block_metadata {
                 cfg.profile.block_metadata = v;
             }
+            let mut budgets = cfg.budgets;
+            for (flag, value) in [
+                (a.max_policy_entries, &mut budgets.policy_entries),
+                (a.max_policy_cidrs, &mut budgets.policy_cidrs),
+                (a.max_namespace_entries, &mut budgets.namespace_entries),
+                (a.max_namespace_cidrs, &mut budgets.namespace_cidrs),
+            ] {
+                if let Some(v) = flag {
+                    *value = v;
+                }
+            }
             let mut prefixes = cfg.interface_prefixes.clone();
             prefixes.extend(a.interface_prefixes);
             let source = match a.source {
@@ -256,6 +280,7 @@ async fn cli_main() -> anyhow::Result<()> {
                 revoke_on_policy_change: a
                     .revoke_on_policy_change
                     .unwrap_or(cfg.revoke_on_policy_change),
+                budgets,
                 listen: if a.listen == "off" {
                     None
                 } else {
@@ -290,7 +315,12 @@ async fn cli_main() -> anyhow::Result<()> {
                 addresses: node_addresses,
                 ..Node::default()
             };
-            let state = compile(index.model(), &node, &cfg.profile);
+            let state = palisade_agent::policy::Compiler::default()
+                .with_budgets(cfg.budgets)
+                .compile(index.model(), &node, &cfg.profile);
+            for r in state.rejected.values() {
+                eprintln!("over budget: {r}");
+            }
             print!("{}", dump::render(&state));
             Ok(())
         }

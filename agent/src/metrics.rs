@@ -24,6 +24,11 @@ pub struct DenyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
     pub map: String,
 }
@@ -44,6 +49,8 @@ pub struct Metrics {
     pub programming_seconds: Histogram,
     pub sync_errors: Counter,
     pub rejected_objects: Gauge,
+    /// By budget reason: a closed set of four label values.
+    pub policies_rejected: Family<ReasonLabels, Gauge>,
     pub revision: Gauge,
 }
 
@@ -112,6 +119,12 @@ impl Metrics {
             "Objects rejected by validation (their last good version stays)",
             rejected_objects.clone(),
         );
+        let policies_rejected = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "policies_rejected",
+            "NetworkPolicies over a budget, by the limit they exceed (last admitted version or isolation in force)",
+            policies_rejected.clone(),
+        );
         let revision = Gauge::default();
         registry.register(
             "programmed_revision",
@@ -131,7 +144,24 @@ impl Metrics {
             programming_seconds,
             sync_errors,
             rejected_objects,
+            policies_rejected,
             revision,
+        }
+    }
+
+    /// Sets `palisade_policies_rejected` for every reason (zeros included).
+    pub fn observe_rejections(&self, state: &crate::policy::DesiredState) {
+        for reason in crate::policy::budget::Reason::ALL {
+            let n = state
+                .rejected
+                .values()
+                .filter(|r| r.reason == reason)
+                .count();
+            self.policies_rejected
+                .get_or_create(&ReasonLabels {
+                    reason: reason.label().into(),
+                })
+                .set(n as i64);
         }
     }
 

@@ -25,6 +25,9 @@ pub struct Status {
     pub map_entries: usize,
     /// Objects rejected by validation, with why.
     pub rejected: Vec<String>,
+    /// NetworkPolicies over a budget: which limit, and what is in force instead.
+    #[serde(default)]
+    pub over_budget: Vec<String>,
 }
 
 impl Status {

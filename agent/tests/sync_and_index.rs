@@ -135,3 +135,65 @@ fn a_restarted_agent_rewrites_nothing_for_an_unchanged_model() {
     let r = second.sync(&m2, &node(), &Profile::default());
     assert!(r.ops > 0 && r.ops <= 6, "{} ops", r.ops);
 }
+
+/// A policy map that holds at most `capacity` entries, as a kernel map does:
+/// a write into a full map fails and displaces nothing.
+struct Bounded {
+    maps: Maps,
+    capacity: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("policy map full")]
+struct Full;
+
+impl MapWriter for Bounded {
+    type Error = Full;
+    fn apply(&mut self, op: &MapOp) -> Result<(), Full> {
+        if let MapOp::UpsertPolicy(k, _) = op
+            && !self.maps.policy.contains_key(k)
+            && self.maps.policy.len() >= self.capacity
+        {
+            return Err(Full);
+        }
+        let _ = self.maps.apply(op);
+        Ok(())
+    }
+}
+
+const VICTIM_80: &str = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: y}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]\n";
+
+#[test]
+fn on_a_full_map_a_newcomer_never_takes_the_room_of_an_edit() {
+    let profile = Profile::default();
+    let mut syncer = Syncer::new(
+        Bounded {
+            maps: Maps::default(),
+            capacity: usize::MAX,
+        },
+        Maps::default(),
+    );
+    let m1 = model(&(xyz() + VICTIM_80));
+    assert_eq!(syncer.sync(&m1, &node(), &profile).failed, 0);
+    // The map is now exactly full.
+    let programmed = syncer.writer().maps.policy.len();
+    syncer.writer_mut().capacity = programmed;
+
+    // Namespace x (whose endpoints sort first) adds a policy of many
+    // entries while y edits its port: y's edit frees one entry and needs one.
+    let tenant = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: big, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 1, endPort: 1000}]}]\n";
+    let m2 = model(&(xyz() + &VICTIM_80.replace("port: 80", "port: 8080") + tenant));
+    let r = syncer.sync(&m2, &node(), &profile);
+    assert!(r.failed > 0, "the newcomer did not fit");
+    let maps = &syncer.writer().maps;
+    assert_eq!(maps.policy.len(), programmed, "nothing was displaced");
+    let (b, a) = (xyz_ip("y/b"), xyz_ip("y/a"));
+    assert!(
+        palisade_agent::policy::sim::connection_allowed(maps, b, a, 6, 8080),
+        "the edit got the room it freed"
+    );
+    assert!(!palisade_agent::policy::sim::connection_allowed(
+        maps, b, a, 6, 80
+    ));
+    assert_eq!(syncer.mirror(), maps, "the mirror holds what the map holds");
+}

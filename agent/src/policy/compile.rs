@@ -1,6 +1,9 @@
 //! `compile(model, node, profile) -> DesiredState`: NetworkPolicy semantics
 //! turned into map contents.
 //!
+//! NetworkPolicies are first admitted against their budgets
+//! ([`super::budget`]): one over a budget is compiled as its last admitted
+//! version or as isolation only, before any of its rules is looked at.
 //! Remote addresses become identities ([`super::identity`]); each rule's
 //! peers become a set of identities ([`super::matching`]); each local
 //! endpoint gets, per rule that selects it, one policy entry per matched
@@ -37,6 +40,7 @@ use palisade_common::{IDENTITY_ANY, IDENTITY_FIRST, IDENTITY_WORLD, PROTO_ANY, e
 use super::{
     addr::{IPV4_ROOT, canonical_ip},
     alloc::Allocator,
+    budget::{Admission, Budgets},
     identity::{Blocks, IdentityLayer, Kind, Signature},
     matching::{MatchCache, PeerMatch},
     profile::Profile,
@@ -58,6 +62,9 @@ pub struct Compiler {
     rules: Allocator<RuleRef>,
     identity_layer: IdentityLayer,
     matches: MatchCache,
+    /// Which policies fit their budgets, remembered so that what is
+    /// enforced keeps its place.
+    admission: Admission,
     stats: CompileStats,
 }
 
@@ -83,8 +90,17 @@ impl Default for Compiler {
             rules: Allocator::starting_at(1),
             identity_layer: IdentityLayer::default(),
             matches: MatchCache::default(),
+            admission: Admission::new(Budgets::default()),
             stats: CompileStats::default(),
         }
+    }
+}
+
+impl Compiler {
+    /// A compiler that admits policies within `budgets`.
+    pub fn with_budgets(mut self, budgets: Budgets) -> Self {
+        self.admission = Admission::new(budgets);
+        self
     }
 }
 
@@ -190,10 +206,28 @@ impl Compiler {
             .iter()
             .flat_map(|ns| profile.policies_for(ns))
             .collect();
+        // Budgets are judged before anything is compiled: a policy over one
+        // is compiled as its substitute (last admitted version or isolation).
+        let mut local_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for pod in &local {
+            local_by_namespace
+                .entry(pod.namespace.as_str())
+                .or_default()
+                .push(pod);
+        }
+        let admitted = self.admission.admit(&model.policies, |p| {
+            local_by_namespace
+                .get(p.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|pod| p.pod_selector.matches(&pod.labels))
+                .count() as u64
+        });
         let mut by_namespace: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
         for p in model
             .policies
-            .values()
+            .iter()
+            .map(|(k, p)| admitted.substitutes.get(k).unwrap_or(p))
             .filter(|p| local_namespaces.contains(p.namespace.as_str()))
             .chain(synthetic.iter())
         {
@@ -401,6 +435,7 @@ impl Compiler {
             }
         }
 
+        state.rejected = admitted.rejected;
         self.identities.release_unused();
         self.endpoints.release_unused();
         self.rules.release_unused();

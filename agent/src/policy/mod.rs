@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod alloc;
+pub mod budget;
 pub mod compile;
 pub mod dump;
 pub mod identity;
@@ -15,6 +16,7 @@ pub mod sim;
 pub mod state;
 pub mod types;
 
+pub use budget::{Budgets, Rejection};
 pub use compile::{CompileStats, Compiler, compile};
 pub use profile::Profile;
 pub use state::{DesiredState, Direction, MapOp, MapWriter, Maps, diff};

@@ -151,6 +151,8 @@ pub struct DesiredState {
     pub endpoint_info: BTreeMap<u32, EndpointInfo>,
     pub rules: BTreeMap<u32, RuleRef>,
     pub identities: BTreeMap<u32, IdentityInfo>,
+    /// NetworkPolicies over a budget, and what is enforced instead.
+    pub rejected: BTreeMap<ObjectRef, super::budget::Rejection>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -234,7 +234,9 @@ fn engine(quick: bool) -> Value {
         ops.push(r.ops as f64);
         stats = Some(syncer.compile_stats());
     }
+    let largest = largest_admitted(&mut model, &mut syncer, &node, &profile, reps);
     let result = json!({
+        "largest_admitted_policy": largest,
         "pods": 10_000, "policies": 1_000, "namespaces": 100, "local_pods": 110,
         "model_build_ms": build_ms,
         "full_compile_ms_median": median(full),
@@ -252,6 +254,102 @@ fn engine(quick: bool) -> Value {
     });
     println!("engine: {result}");
     result
+}
+
+/// Adds, to the agent-sized model and syncer, the largest policies the
+/// default budgets admit in one namespace: one of 50 peers (each a pod of
+/// its own) x 1,000 ports on one local pod (estimate 50,000 entries, all
+/// real), and one ipBlock with 999 excepts (1,000 CIDRs). Then times another
+/// namespace's edit beside them.
+fn largest_admitted(
+    model: &mut Model,
+    syncer: &mut Syncer<Maps>,
+    node: &Node,
+    profile: &Profile,
+    reps: usize,
+) -> Value {
+    let entries_before = syncer.state().maps.policy.len();
+    let ipcache_before = syncer.state().maps.ipcache.len();
+    let pod = |name: &str, labels: Value, ip: String| -> Object {
+        Object::Pod(Box::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "tenant", "labels": labels},
+                "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "i"}]},
+                "status": {"podIP": ip}
+            }))
+            .expect("pod"),
+        ))
+    };
+    let mut objects = vec![pod("t0", json!({"app": "t"}), "10.200.0.1".into())];
+    for i in 0..50 {
+        objects.push(pod(
+            &format!("peer{i}"),
+            json!({"peer": format!("p{i}")}),
+            format!("10.200.1.{}", i + 1),
+        ));
+    }
+    let peers: Vec<Value> = (0..50)
+        .map(|i| json!({"podSelector": {"matchLabels": {"peer": format!("p{i}")}}}))
+        .collect();
+    let ports: Vec<Value> = (1..=1000).map(|p| json!({"port": p})).collect();
+    let excepts: Vec<String> = (0..999)
+        .map(|e| format!("10.201.{}.{}/32", e / 256, e % 256))
+        .collect();
+    for (name, rule) in [
+        ("largest-entries", json!({"from": peers, "ports": ports})),
+        (
+            "largest-cidrs",
+            json!({"from": [{"ipBlock": {"cidr": "10.201.0.0/16", "except": excepts}}]}),
+        ),
+    ] {
+        let np: ApiPolicy = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "tenant"},
+            "spec": {"podSelector": {"matchLabels": {"app": "t"}}, "ingress": [rule]}
+        }))
+        .expect("policy");
+        objects.push(Object::NetworkPolicy(Box::new(np)));
+    }
+    let mut index = Index::default();
+    for o in &objects {
+        index.apply(o).expect("valid");
+    }
+    let added = index.model().clone();
+    let estimate: Vec<Value> = added
+        .policies
+        .values()
+        .map(|p| json!(palisade_agent::policy::budget::Cost::of(p)))
+        .collect();
+    model.pods.extend(added.pods);
+    model.policies.extend(added.policies);
+    let r = syncer.sync(model, node, profile);
+    assert!(
+        syncer.state().rejected.is_empty(),
+        "within the default budgets"
+    );
+    let compile_ms = r.compile.as_secs_f64() * 1e3;
+    let sync_ms = (r.compile + r.apply).as_secs_f64() * 1e3;
+    let entries = syncer.state().maps.policy.len() - entries_before;
+    let ipcache = syncer.state().maps.ipcache.len() - ipcache_before;
+    let rss_mib = rss_kib() as f64 / 1024.0;
+    // Another namespace's edit beside them (one pod relabelled, as above).
+    let mut edit = Vec::new();
+    for i in 0..reps {
+        let key = model.pods.keys().nth(i).cloned().expect("pod");
+        let pod = model.pods.get_mut(&key).expect("pod");
+        pod.labels.insert("app".into(), format!("app{}", 150 + i));
+        let r = syncer.sync(model, node, profile);
+        edit.push(r.compile.as_secs_f64() * 1e3);
+    }
+    json!({
+        "estimate": estimate,
+        "policy_entries": entries,
+        "ipcache_entries": ipcache,
+        "admit_compile_ms": compile_ms,
+        "admit_sync_ms": sync_ms,
+        "rss_mib_after": rss_mib,
+        "other_namespace_edit_compile_ms_median": median(edit),
+        "other_namespace_edit_work": syncer.compile_stats(),
+    })
 }
 
 // --------------------------------------------------------------- program
@@ -954,6 +1052,17 @@ fn markdown(r: &Value) -> String {
         e["rss_mib"].as_f64().unwrap_or(0.0),
         e["map_entries"],
         e["kernel_map_bytes_estimate"].as_f64().unwrap_or(0.0) / 1024.0
+    ));
+    let l = &e["largest_admitted_policy"];
+    s.push_str(&format!(
+        "- largest policies the default budgets admit, added to that model (50 peers x 1,000 ports on one pod; 999 excepts): {} policy entries, {} ipcache entries; compile {:.1} ms, compile + apply {:.1} ms; RSS after {:.1} MiB; another namespace's edit beside them (median compile): {:.1} ms, work {}\n",
+        l["policy_entries"],
+        l["ipcache_entries"],
+        l["admit_compile_ms"].as_f64().unwrap_or(0.0),
+        l["admit_sync_ms"].as_f64().unwrap_or(0.0),
+        l["rss_mib_after"].as_f64().unwrap_or(0.0),
+        l["other_namespace_edit_compile_ms_median"].as_f64().unwrap_or(0.0),
+        l["other_namespace_edit_work"],
     ));
     let p = &r["program"];
     s.push_str(&format!(
