@@ -318,6 +318,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let mut pods = flows::pods_by_ip(index.model());
+    // The isolating policies' names per endpoint, shared by deny records.
+    let mut names = flows::PolicyCache::default();
 
     let cgroup_root = opts.cgroup_root.clone().or_else(cgroups::cgroup2_root);
     // Pods whose cgroup carries the metadata block: pod -> cgroup inode.
@@ -333,7 +335,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = tick.tick() => {}
             () = netlink_changed.notified() => {}
             Some(ev) = revoked_rx.recv() => {
-                if let Some(d) = flows::attribute(&ev, syncer.state(), &pods) {
+                if let Some(d) = flows::attribute(&ev, syncer.state(), &mut names, &pods) {
                     deny_log.observe(d, SystemTime::now());
                 }
                 continue;
@@ -348,7 +350,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 while drained < EVENTS_PER_WAKE {
                     let Some(item) = ring.next() else { break };
                     if let Some(d) = DenyEvent::decode(&item)
-                        .and_then(|ev| flows::attribute(&ev, syncer.state(), &pods))
+                        .and_then(|ev| flows::attribute(&ev, syncer.state(), &mut names, &pods))
                     {
                         deny_log.observe(d, now);
                     }
@@ -426,6 +428,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let retry_due = retry_at.is_none_or(|t| Instant::now() >= t);
         if dirty && listed.len() == KINDS.len() && retry_due {
             let report = syncer.sync(index.model(), &node, &opts.profile);
+            names.clear();
             info!(
                 revision = report.revision,
                 ops = report.ops,

@@ -253,7 +253,7 @@ mod tests {
                     pod: None,
                 },
                 reason: "policy".into(),
-                policies: vec![policy.into()],
+                policies: vec![policy.to_string()].into(),
             },
             count: 3,
             first: SystemTime::UNIX_EPOCH,

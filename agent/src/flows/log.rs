@@ -290,7 +290,7 @@ mod tests {
                 pod: Some("x/b".into()),
             },
             reason: "policy".into(),
-            policies: vec!["x/deny".into()],
+            policies: vec!["x/deny".to_string()].into(),
         }
     }
 

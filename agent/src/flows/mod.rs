@@ -5,7 +5,11 @@ pub mod client;
 pub mod file;
 pub mod log;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use palisade_common::{DenyEvent, Reason, endpoint_flags};
 use serde::Serialize;
@@ -36,8 +40,97 @@ pub struct Denial {
     pub dst: Side,
     /// `default-deny`, `metadata-block`, or `policy` (isolated by `policies`).
     pub reason: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub policies: Vec<String>,
+    #[serde(skip_serializing_if = "Policies::is_empty")]
+    pub policies: Policies,
+}
+
+/// The policies a denied flow is blamed on: one shared list per endpoint
+/// and direction (see [`PolicyCache`]), so that every open flow and record
+/// refers to it instead of holding its own copy of every name (under a
+/// flood at a pod isolated by 200 long-named policies, copies took the
+/// agent past its memory limit).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(transparent)]
+pub struct Policies(Arc<[String]>);
+
+impl Policies {
+    pub fn new(names: impl IntoIterator<Item = String>) -> Self {
+        Self(names.into_iter().collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Deref for Policies {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<Vec<String>> for Policies {
+    fn from(v: Vec<String>) -> Self {
+        Self(v.into())
+    }
+}
+
+impl PartialEq for Policies {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Policies {}
+
+/// By the names, as equality compares them when the lists are not shared.
+impl std::hash::Hash for Policies {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Ord for Policies {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        self.0.cmp(&other.0)
+    }
+}
+
+impl PartialOrd for Policies {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The isolating policies of each endpoint and direction, named once per
+/// programmed state: [`clear`](Self::clear) it whenever the state changes.
+#[derive(Debug, Default)]
+pub struct PolicyCache(HashMap<(u32, Direction), Policies>);
+
+impl PolicyCache {
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn isolated_by(&mut self, state: &DesiredState, endpoint: u32, dir: Direction) -> Policies {
+        self.0
+            .entry((endpoint, dir))
+            .or_insert_with(|| {
+                Policies::new(
+                    state
+                        .endpoint_info
+                        .get(&endpoint)
+                        .map(|i| i.isolated_by(dir).iter().map(ToString::to_string))
+                        .into_iter()
+                        .flatten(),
+                )
+            })
+            .clone()
+    }
 }
 
 fn protocol_name(p: u8) -> String {
@@ -61,11 +154,13 @@ pub fn pods_by_ip(model: &Model) -> BTreeMap<IpAddr, ObjectRef> {
         .collect()
 }
 
-/// Attributes an event using the state that was programmed when it fired;
-/// `None` for a record with a direction the kernel never writes.
+/// Attributes an event using the state that was programmed when it fired
+/// (`cache` holding that state's names); `None` for a record with a
+/// direction the kernel never writes.
 pub fn attribute(
     ev: &DenyEvent,
     state: &DesiredState,
+    cache: &mut PolicyCache,
     pods: &BTreeMap<IpAddr, ObjectRef>,
 ) -> Option<Denial> {
     let dir = Direction::from_wire(ev.dir)?;
@@ -87,22 +182,14 @@ pub fn attribute(
         src.pod = Some(format!("cgroup:{}", ev.cgroup));
     }
     let (reason, policies) = match Reason::from_u8(ev.reason) {
-        Some(Reason::MetadataBlock) => (profile::METADATA_BLOCK.to_string(), Vec::new()),
+        Some(Reason::MetadataBlock) => (profile::METADATA_BLOCK.to_string(), Policies::default()),
         // Cut by the agent: the policies that now isolate the endpoint.
         Some(Reason::Revoked) => (
             "revoked".to_string(),
-            state
-                .endpoint_info
-                .get(&ev.endpoint)
-                .map(|i| i.isolated_by(dir).iter().map(ToString::to_string).collect())
-                .unwrap_or_default(),
+            cache.isolated_by(state, ev.endpoint, dir),
         ),
         _ => {
-            let isolated_by: Vec<String> = state
-                .endpoint_info
-                .get(&ev.endpoint)
-                .map(|i| i.isolated_by(dir).iter().map(ToString::to_string).collect())
-                .unwrap_or_default();
+            let isolated_by = cache.isolated_by(state, ev.endpoint, dir);
             let default_bit = match dir {
                 Direction::Ingress => endpoint_flags::INGRESS_DEFAULT_DENY,
                 Direction::Egress => endpoint_flags::EGRESS_DEFAULT_DENY,
@@ -113,7 +200,7 @@ pub fn attribute(
                 .values()
                 .any(|e| e.id == ev.endpoint && e.flags & default_bit != 0);
             if only_default {
-                (profile::DEFAULT_DENY.to_string(), Vec::new())
+                (profile::DEFAULT_DENY.to_string(), Policies::default())
             } else {
                 ("policy".to_string(), isolated_by)
             }
