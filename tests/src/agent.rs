@@ -156,6 +156,19 @@ impl AgentProcess {
         bail!("the agent did not program the source within {timeout:?} (last status: {last:?})")
     }
 
+    /// The agent's process id while it runs (`nsenter` execs it, so this
+    /// is the agent itself).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the agent has exited (crashed, or killed by the OOM killer).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.spec.stderr).unwrap_or_default()
     }

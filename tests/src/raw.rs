@@ -117,6 +117,65 @@ pub fn send4(netns: &str, packets: Vec<Vec<u8>>) -> anyhow::Result<()> {
     })
 }
 
+/// Sends the packets `next` makes (IPv4, headers included), one after
+/// another as fast as a raw socket takes them, from inside `netns` until
+/// `until`; returns how many were sent. A full socket buffer (ENOBUFS) is
+/// retried, not an error: the flood is meant to outrun the receiver.
+pub fn flood4(
+    netns: &str,
+    until: Instant,
+    mut next: impl FnMut(u64) -> Vec<u8> + Send + 'static,
+) -> anyhow::Result<u64> {
+    netns::in_netns(netns, move || {
+        // SAFETY: plain socket(2); the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("raw socket (CAP_NET_RAW)");
+        }
+        let mut sent = 0u64;
+        let mut result = Ok(());
+        while Instant::now() < until {
+            for _ in 0..256 {
+                let p = next(sent);
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes([p[16], p[17], p[18], p[19]]),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: buffer and address are valid for the call.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        p.as_ptr().cast(),
+                        p.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                if n >= 0 {
+                    sent += 1;
+                    continue;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENOBUFS) {
+                    result = Err(e).context("sendto");
+                    break;
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        result.map(|()| sent)
+    })
+}
+
 /// A capture of IPv4 packets arriving on `eth0` of a namespace, opened
 /// before the attack so nothing is missed.
 pub struct Capture {
