@@ -215,3 +215,68 @@ pub fn attribute(
         policies,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{state::EndpointInfo, types::PolicyOrigin};
+
+    fn event(sport: u16) -> DenyEvent {
+        let mut daddr = [0u8; 16];
+        daddr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
+        DenyEvent {
+            ts_ns: 0,
+            cgroup: 0,
+            saddr: [0; 16],
+            daddr,
+            sport_be: sport.to_be_bytes(),
+            dport_be: 80u16.to_be_bytes(),
+            endpoint: 7,
+            identity: 1,
+            proto: palisade_common::PROTO_TCP,
+            dir: palisade_common::DIR_INGRESS,
+            reason: Reason::Isolated as u8,
+            from_cgroup: 0,
+        }
+    }
+
+    fn isolated_by(names: &[&str]) -> DesiredState {
+        let mut state = DesiredState::default();
+        state.endpoint_info.insert(
+            7,
+            EndpointInfo {
+                ingress_isolated_by: names
+                    .iter()
+                    .map(|n| {
+                        PolicyOrigin::NetworkPolicy(ObjectRef {
+                            namespace: "x".into(),
+                            name: (*n).into(),
+                        })
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn flows_at_one_endpoint_share_one_list_of_policy_names() {
+        let state = isolated_by(&["a", "b"]);
+        let mut cache = PolicyCache::default();
+        let pods = BTreeMap::new();
+        let one = attribute(&event(1000), &state, &mut cache, &pods).expect("attributed");
+        let two = attribute(&event(1001), &state, &mut cache, &pods).expect("attributed");
+        assert_ne!(one, two, "two flows");
+        assert_eq!(&*one.policies, ["x/a".to_string(), "x/b".to_string()]);
+        assert!(
+            std::ptr::eq(one.policies.as_ptr(), two.policies.as_ptr()),
+            "one copy of the names, however many flows"
+        );
+        // A new state is named afresh once the cache is cleared.
+        cache.clear();
+        let state = isolated_by(&["c"]);
+        let three = attribute(&event(1002), &state, &mut cache, &pods).expect("attributed");
+        assert_eq!(&*three.policies, ["x/c".to_string()]);
+    }
+}
