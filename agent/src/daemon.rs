@@ -19,7 +19,7 @@ use crate::{
     dataplane::{
         Datapath, PinPaths, cgroups,
         conntrack::{self, PinnedMaps, Sweep},
-        counters, interfaces, link_events,
+        counters, interfaces, link_events, support,
     },
     flows::{
         self,
@@ -65,6 +65,8 @@ pub struct Options {
     pub on_exit: OnExit,
     /// The local HTTP endpoint (metrics, health, flows); `None`: off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Metrics and health only (for Prometheus and probes); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Cut established flows that a policy change denies (with a deny record).
     pub revoke_on_policy_change: bool,
 }
@@ -244,25 +246,74 @@ fn local_pod_ips(model: &crate::model::Model, node: &str) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// A kernel that cannot enforce: say why once, stay up and not ready (so a
+/// rollout stops here and the reason is on /readyz and in the status)
+/// until stopped, touching nothing in the kernel.
+async fn unsupported(
+    problems: &[support::Unsupported],
+    shared: &Shared,
+    status_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let why = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    error!(reason = %why, "this node cannot enforce NetworkPolicy; staying not ready");
+    let status = Status {
+        unsupported: Some(why),
+        ..Status::default()
+    };
+    if let Some(path) = status_file
+        && let Err(e) = status.write(path)
+    {
+        warn!(error = %e, path = %path.display(), "writing status");
+    }
+    if let Ok(mut s) = shared.status.write() {
+        *s = status;
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
+    Ok(())
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let span = info_span!("agent", node = %opts.node_name);
     let _enter = span.enter();
     opts.profile.validate()?;
 
+    let shared = Arc::new(Shared::new());
+    for (addr, router, what) in [
+        (
+            opts.listen,
+            api::router(shared.clone()),
+            "/metrics, /healthz, /readyz, /status, /flows",
+        ),
+        (
+            opts.metrics_listen,
+            api::public_router(shared.clone()),
+            "/metrics, /healthz, /readyz",
+        ),
+    ] {
+        let Some(addr) = addr else { continue };
+        tokio::spawn(async move {
+            if let Err(e) = api::serve(addr, router).await {
+                error!(%addr, error = %e, "HTTP endpoint failed");
+            }
+        });
+        info!(%addr, "serving {what}");
+    }
+    let problems = support::assess(&support::probe(opts.pins.root()));
+    if !problems.is_empty() {
+        return unsupported(&problems, &shared, opts.status_file.as_deref()).await;
+    }
     let mut dp = Datapath::open_sized(opts.pins.clone(), opts.unknown_endpoint, opts.map_sizes)
         .context("loading the datapath")?;
     let observed = dp.read_maps();
     info!(entries = observed.len(), "adopted pinned maps");
-    let shared = Arc::new(Shared::new());
-    if let Some(addr) = opts.listen {
-        let s = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = api::serve(addr, s).await {
-                error!(%addr, error = %e, "HTTP endpoint failed");
-            }
-        });
-        info!(%addr, "serving /metrics, /healthz, /readyz, /status, /flows");
-    }
     let counters = dp.take_counters()?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
     // the fd cannot be closed while registered.
@@ -549,6 +600,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect(),
+            unsupported: None,
         };
         if let Some(path) = &opts.status_file
             && shared.status.read().map(|s| *s != status).unwrap_or(true)

@@ -25,6 +25,9 @@ pub struct Status {
     pub map_entries: usize,
     /// Objects rejected by validation, with why.
     pub rejected: Vec<String>,
+    /// Why the agent cannot enforce on this node (it then stays not ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 impl Status {
