@@ -1,8 +1,9 @@
-//! Which interfaces carry pod traffic: every veth in the agent's network
-//! namespace (the host side of a pod's pair, as point-to-point CNIs make
-//! them), optionally narrowed by name prefixes. The programs judge only
-//! addresses that are local endpoints, so a veth that is not a pod's costs a
-//! lookup and passes everything.
+//! Which interfaces carry pod traffic: the veths of this network namespace,
+//! listed here; the daemon keeps those a local pod's host route points at
+//! (point-to-point CNIs), or, with name prefixes (bridge CNIs), those the
+//! prefixes name. The node's uplink (a veth on kind) and other software's
+//! veths are no pod's: attached under `unknownPodTraffic: deny` they would
+//! lose all their traffic (tests/tests/interface_selection.rs).
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
