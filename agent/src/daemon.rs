@@ -19,7 +19,7 @@ use crate::{
     dataplane::{
         Datapath, PinPaths, cgroups,
         conntrack::{self, PinnedMaps, Sweep},
-        counters, interfaces, link_events, support,
+        counters, interfaces, kernel, link_events, support,
     },
     flows::{
         self,
@@ -314,6 +314,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .context("loading the datapath")?;
     let observed = dp.read_maps();
     info!(entries = observed.len(), "adopted pinned maps");
+    // As the kernel holds them: --*-map-size, or the run that pinned them.
+    for (name, cap) in kernel::capacities(&opts.pins) {
+        shared
+            .metrics
+            .map_capacity
+            .get_or_create(&MapLabels { map: name.into() })
+            .set(i64::from(cap));
+    }
     let counters = dp.take_counters()?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
     // the fd cannot be closed while registered.
@@ -612,22 +620,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             last_metrics = Instant::now();
             shared.metrics.observe_datapath(&counters::read(&counters));
             let maps = syncer.mirror();
-            for (name, n, cap) in [
-                (
-                    "endpoints",
-                    maps.endpoints.len(),
-                    palisade_common::MAX_ENDPOINTS,
-                ),
-                ("ipcache", maps.ipcache.len(), palisade_common::MAX_IPCACHE),
-                ("policy", maps.policy.len(), palisade_common::MAX_POLICY),
+            for (name, n) in [
+                ("endpoints", maps.endpoints.len()),
+                ("ipcache", maps.ipcache.len()),
+                ("policy", maps.policy.len()),
             ] {
                 let l = MapLabels { map: name.into() };
                 shared.metrics.map_entries.get_or_create(&l).set(n as i64);
-                shared
-                    .metrics
-                    .map_capacity
-                    .get_or_create(&l)
-                    .set(i64::from(cap));
             }
             shared
                 .metrics
