@@ -492,6 +492,7 @@ fn datapath(quick: bool) -> anyhow::Result<Value> {
             extra: vec!["--listen".into(), "off".into()],
             node_name: palisade_tests::topology::NODE_NAME.into(),
             interface_prefixes: vec![palisade_tests::topology::IF_PREFIX.into()],
+            wrapper: Vec::new(),
         });
         let agent = agent?;
         agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
@@ -592,6 +593,7 @@ fn enforce(quick: bool) -> anyhow::Result<Value> {
             .to_vec(),
         node_name: palisade_tests::topology::NODE_NAME.into(),
         interface_prefixes: vec![palisade_tests::topology::IF_PREFIX.into()],
+        wrapper: Vec::new(),
     })?;
     agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
     let client_ns = bed.client_ns.clone();
