@@ -177,3 +177,81 @@ fn the_daemonsets_capabilities_suffice_and_each_is_needed() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// A node without bpffs (a kind node, before the init container mounts
+/// it): the agent, which may not mount one itself, stays up, not ready,
+/// and says why on /readyz and in its status, instead of crash-looping.
+#[test]
+fn without_bpffs_the_agent_stays_up_not_ready_and_says_why() -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (cargo xtask test)"
+    );
+    let bin = agent_bin()?;
+    let caps = daemonset_capabilities();
+    let cluster = Cluster::new(
+        &format!("u{}", std::process::id() % 100_000),
+        palisade_tests::scenario::Family::Ipv4,
+    )?;
+    let dir = std::env::temp_dir().join(format!("palisade-caps-{}-nobpffs", cluster.run));
+    std::fs::create_dir_all(dir.join("source"))?;
+    fixtures::write_source(&dir.join("source"), SOURCE)?;
+    // A mount namespace of its own with /sys/fs/bpf unmounted, then the
+    // DaemonSet's capabilities (no SYS_ADMIN, so no mount).
+    let mut wrapper: Vec<String> = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "while mountpoint -q /sys/fs/bpf; do umount -l /sys/fs/bpf || exit 1; done; exec \"$@\"",
+        "sh",
+    ]
+    .map(String::from)
+    .to_vec();
+    wrapper.extend(under(&caps));
+    let pin_root = PathBuf::from("/sys/fs/bpf/palisade-caps-nobpffs");
+    let mut agent = AgentProcess::start(AgentSpec {
+        wrapper,
+        ..AgentSpec::in_dir(bin, &cluster.node_netns, &dir, pin_root)
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut status = None;
+    while std::time::Instant::now() < deadline {
+        if let Ok(s) = palisade_agent::status::Status::read(&agent.spec.status_file)
+            && s.unsupported.is_some()
+        {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = status.unwrap_or_else(|| panic!("no unsupported status; log: {}", agent.log()));
+    let why = status.unsupported.clone().unwrap_or_default();
+    assert!(!status.ready);
+    assert!(why.contains("no bpffs"), "{why}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!agent.exited(), "the agent stays up: {}", agent.log());
+    let readyz = palisade_tests::netns::in_netns(&cluster.node_netns, || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9965")?;
+        write!(s, "GET /readyz HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })?;
+    assert!(
+        readyz.starts_with("HTTP/1.0 503") && readyz.contains("no bpffs"),
+        "{readyz}"
+    );
+    assert!(
+        !agent.log().contains("attach failed"),
+        "nothing is attempted in the kernel"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

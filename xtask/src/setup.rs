@@ -31,7 +31,7 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     (
         "util-linux",
         "nsenter",
-        "running the agent inside the test node's namespace",
+        "running the agent inside the test node's namespace (nsenter), under the DaemonSet's capabilities (setpriv), in a mount namespace without bpffs (unshare)",
     ),
     ("socat", "socat", "manual probes and the demo"),
     ("iperf3", "iperf3", "throughput benchmarks"),
