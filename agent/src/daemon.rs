@@ -395,6 +395,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupted = false;
     let mut stale_removed = false;
+    // Interfaces that host routes point at.
+    let mut routed: BTreeSet<u32> = BTreeSet::new();
 
     loop {
         tokio::select! {
@@ -476,14 +478,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
 
-        // Which veth each local pod address is routed to (its binding).
+        // Which veth each local pod address is routed to (its binding); the
+        // veths of host routes the API has not told of yet are a new pod's.
         let local_ips = local_pod_ips(index.model(), &node.name);
-        match interfaces::host_routes(&handle, &local_ips).await {
-            Ok(bound) if bound != node.interfaces => {
-                node.interfaces = bound;
-                dirty = true;
+        match interfaces::host_routes(&handle).await {
+            Ok(routes) => {
+                routed = routes.values().copied().collect();
+                let bound: BTreeMap<IpAddr, u32> = routes
+                    .into_iter()
+                    .filter(|(ip, _)| local_ips.contains(ip))
+                    .collect();
+                if bound != node.interfaces {
+                    node.interfaces = bound;
+                    dirty = true;
+                }
             }
-            Ok(_) => {}
             Err(e) => warn!(error = %e, "listing routes"),
         }
 
@@ -546,12 +555,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
                 dp.forget_missing(&present);
                 links.retain(|l| interfaces::has_prefix(&l.name, &opts.interface_prefixes));
-                // Without prefixes, only the veths that carry a pod's
-                // address: the node's uplink and other software's veths
-                // are none of ours.
+                // Without prefixes, only the veths that carry a host route:
+                // known pods' and new ones' (judged from their first packet,
+                // by unknownPodTraffic, until their policy is programmed).
+                // The node's uplink and other software's veths are none of
+                // ours.
                 if opts.interface_prefixes.is_empty() {
-                    let pod_ifs: BTreeSet<u32> = node.interfaces.values().copied().collect();
-                    links.retain(|l| pod_ifs.contains(&l.index));
+                    links.retain(|l| routed.contains(&l.index));
                 }
                 let mut failed = false;
                 for l in links {

@@ -3,7 +3,8 @@
 //! non-pod veth (as Docker's containers or a VM's tap make) keeps their
 //! traffic with the agent running on `deploy/base/config.yaml` exactly
 //! (read here, so the test follows the file), while its pods stay
-//! enforced, also for traffic that comes in over the uplink. Then the same
+//! enforced, also for traffic that comes in over the uplink, and a pod the
+//! API has not named yet is judged from its first packet. Then the same
 //! node with an agent told to attach to every veth loses the uplink, which
 //! is what the shipped file must never do (and shows this test can fail).
 //! Privileged: root, netns, eBPF.
@@ -26,6 +27,10 @@ use palisade_tests::{
 
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 11);
+/// A pod the CNI has wired but the API has not told the agent of yet.
+const NEWCOMER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 12);
+/// Another node's pod, routed over the uplink (as the harness's nodes do).
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 9, 9, 9);
 /// The node's uplink (kind: the node container's eth0 on Docker's bridge).
 const UPLINK_NODE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -102,6 +107,8 @@ fn shipped_config_leaves_the_uplink_and_other_veths_alone_and_enforces_pods() ->
         web.netns.unwrap_or_default(),
         client.netns.unwrap_or_default(),
     );
+    let newcomer = cluster.add_wired("x/newcomer", Some(NEWCOMER), None, Vec::new())?;
+    let newcomer_ns = newcomer.netns.unwrap_or_default();
 
     // The uplink: eth0, the node's default route, with routes back to the
     // pods and the docker subnet through it.
@@ -143,6 +150,16 @@ fn shipped_config_leaves_the_uplink_and_other_veths_alone_and_enforces_pods() ->
             &UPLINK_NODE.to_string(),
         ])?;
     }
+    // A host route, but via a gateway: another node's pod, not one of ours.
+    ip(&[
+        "-n",
+        &node,
+        "route",
+        "add",
+        &format!("{REMOTE_POD}/32"),
+        "via",
+        &UPSTREAM.to_string(),
+    ])?;
     // A Docker container behind a veth: a subnet route, no host route.
     let docker = Netns::new(format!("pal{run_id}-dk"))?;
     let dk = docker.0.as_str();
@@ -179,7 +196,7 @@ fn shipped_config_leaves_the_uplink_and_other_veths_alone_and_enforces_pods() ->
         "via",
         &DOCKER_GW.to_string(),
     ])?;
-    for ns in [up, dk, web_ns.as_str(), client_ns.as_str()] {
+    for ns in [up, dk, &web_ns, &client_ns, &newcomer_ns] {
         fixtures::tcp_echo(ns, 80)?;
     }
 
@@ -252,6 +269,15 @@ fn shipped_config_leaves_the_uplink_and_other_veths_alone_and_enforces_pods() ->
     assert!(
         fixtures::pinned_counter(&pins, Counter::Denied) > denied,
         "the denials are the agent's"
+    );
+    // The start-up race stays closed: a veth with a pod's host route is
+    // judged before the API names its pod (unknownPodTraffic: deny).
+    let unknown = fixtures::pinned_counter(&pins, Counter::NotEndpoint);
+    assert!(!fixtures::connects(&newcomer_ns, to(UPSTREAM), t));
+    assert!(!fixtures::connects(up, to(NEWCOMER), t));
+    assert!(
+        fixtures::pinned_counter(&pins, Counter::NotEndpoint) > unknown,
+        "the unknown pod's packets are dropped and counted"
     );
 
     // The configuration the issue measured: every veth attached, unknown
