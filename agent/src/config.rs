@@ -13,8 +13,9 @@ pub struct FileConfig {
     #[serde(flatten)]
     pub profile: Profile,
     /// Attach to every veth whose name starts with one of these (bridge
-    /// CNIs). Empty: only the veths a local pod's host route points at, so
-    /// the node's uplink and other software's veths are never touched.
+    /// CNIs). Empty: only the veths a directly connected host route points
+    /// at (pods', also before the API names them), so the node's uplink and
+    /// other software's veths are never touched.
     pub interface_prefixes: Vec<String>,
     /// Traffic of addresses on attached veths that are not known pods:
     /// `deny` (default: a new pod is enforced before it can send) or `allow`.
