@@ -7,6 +7,11 @@
 //! * `GET /flows[?follow=true][&namespace=NS][&pod=NS/POD][&limit=N]`: deny
 //!   records as JSON lines, the recent ones, then (follow) new ones as they come.
 //!   `palisade flows` reads this.
+//!
+//! `--metrics-listen` serves only `/metrics`, `/healthz` and `/readyz`
+//! ([`public_router`]): flows and status name pods and addresses, so they
+//! stay on the loopback endpoint while Prometheus and the kubelet scrape
+//! the node's address.
 
 use std::{
     collections::VecDeque,
@@ -114,7 +119,14 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.status.read().map(|st| st.ready).unwrap_or(false) {
+    let st = s.status.read().map(|st| st.clone()).unwrap_or_default();
+    if let Some(why) = st.unsupported {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: cannot enforce: {why}\n"),
+        )
+            .into_response()
+    } else if st.ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -154,18 +166,83 @@ async fn flows(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Resp
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+/// Everything: the loopback endpoint.
 pub fn router(shared: Arc<Shared>) -> Router {
+    public_router(shared.clone()).merge(
+        Router::new()
+            .route("/status", get(status))
+            .route("/flows", get(flows))
+            .with_state(shared),
+    )
+}
+
+/// Metrics and health only: the endpoint other hosts may reach.
+pub fn public_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/status", get(status))
-        .route("/flows", get(flows))
         .with_state(shared)
 }
 
-/// Serves until the process ends.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
+/// Serves `router` on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(shared)).await
+    axum::serve(listener, router).await
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// The status line of `GET path` on a router served on an ephemeral port.
+    async fn status_of(router: Router, path: &str) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(axum::serve(l, router).into_future());
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out.lines().next().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn the_public_endpoint_serves_metrics_and_health_but_no_flows_or_status() {
+        let shared = Arc::new(Shared::new());
+        for path in ["/metrics", "/healthz"] {
+            assert!(
+                status_of(public_router(shared.clone()), path)
+                    .await
+                    .contains("200"),
+                "{path}"
+            );
+        }
+        assert!(
+            status_of(public_router(shared.clone()), "/readyz")
+                .await
+                .contains("503"),
+            "not ready before the first sync"
+        );
+        for path in ["/flows", "/status"] {
+            assert!(
+                status_of(public_router(shared.clone()), path)
+                    .await
+                    .contains("404"),
+                "{path} must not be served beyond loopback"
+            );
+            assert!(
+                status_of(router(shared.clone()), path)
+                    .await
+                    .contains("200"),
+                "{path} on the loopback endpoint"
+            );
+        }
+    }
 }

@@ -12,7 +12,10 @@ use crate::policy::Profile;
 pub struct FileConfig {
     #[serde(flatten)]
     pub profile: Profile,
-    /// Attach only to veths whose names start with one of these (empty: all veths).
+    /// Attach to every veth whose name starts with one of these (bridge
+    /// CNIs). Empty: only the veths a directly connected host route points
+    /// at (pods', also before the API names them), so the node's uplink and
+    /// other software's veths are never touched.
     pub interface_prefixes: Vec<String>,
     /// Traffic of addresses on attached veths that are not known pods:
     /// `deny` (default: a new pod is enforced before it can send) or `allow`.

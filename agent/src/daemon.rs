@@ -19,7 +19,7 @@ use crate::{
     dataplane::{
         Datapath, PinPaths, cgroups,
         conntrack::{self, PinnedMaps, Sweep},
-        counters, interfaces, link_events,
+        counters, interfaces, kernel, link_events, support,
     },
     error_chain::chain,
     flows::{
@@ -66,6 +66,8 @@ pub struct Options {
     pub on_exit: OnExit,
     /// The local HTTP endpoint (metrics, health, flows); `None`: off.
     pub listen: Option<std::net::SocketAddr>,
+    /// Metrics and health only (for Prometheus and probes); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Cut established flows that a policy change denies (with a deny record).
     pub revoke_on_policy_change: bool,
     /// What one policy and one namespace may cost.
@@ -235,24 +237,81 @@ fn local_pod_ips(model: &crate::model::Model, node: &str) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// A kernel that cannot enforce: say why once, stay up and not ready (so a
+/// rollout stops here and the reason is on /readyz and in the status)
+/// until stopped, touching nothing in the kernel.
+async fn unsupported(
+    problems: &[support::Unsupported],
+    shared: &Shared,
+    status_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let why = problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    error!(reason = %why, "this node cannot enforce NetworkPolicy; staying not ready");
+    let status = Status {
+        unsupported: Some(why),
+        ..Status::default()
+    };
+    if let Some(path) = status_file
+        && let Err(e) = status.write(path)
+    {
+        warn!(error = %e, path = %path.display(), "writing status");
+    }
+    if let Ok(mut s) = shared.status.write() {
+        *s = status;
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm.recv() => {}
+    }
+    Ok(())
+}
+
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let span = info_span!("agent", node = %opts.node_name);
     let _enter = span.enter();
     opts.profile.validate()?;
 
+    let shared = Arc::new(Shared::new());
+    for (addr, router, what) in [
+        (
+            opts.listen,
+            api::router(shared.clone()),
+            "/metrics, /healthz, /readyz, /status, /flows",
+        ),
+        (
+            opts.metrics_listen,
+            api::public_router(shared.clone()),
+            "/metrics, /healthz, /readyz",
+        ),
+    ] {
+        let Some(addr) = addr else { continue };
+        tokio::spawn(async move {
+            if let Err(e) = api::serve(addr, router).await {
+                error!(%addr, error = %e, "HTTP endpoint failed");
+            }
+        });
+        info!(%addr, "serving {what}");
+    }
+    let problems = support::assess(&support::probe(opts.pins.root()));
+    if !problems.is_empty() {
+        return unsupported(&problems, &shared, opts.status_file.as_deref()).await;
+    }
     let mut dp = Datapath::open_sized(opts.pins.clone(), opts.unknown_endpoint, opts.map_sizes)
         .context("loading the datapath")?;
     let observed = dp.read_maps();
     info!(entries = observed.len(), "adopted pinned maps");
-    let shared = Arc::new(Shared::new());
-    if let Some(addr) = opts.listen {
-        let s = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = api::serve(addr, s).await {
-                error!(%addr, error = %e, "HTTP endpoint failed");
-            }
-        });
-        info!(%addr, "serving /metrics, /healthz, /readyz, /status, /flows");
+    // As the kernel holds them: --*-map-size, or the run that pinned them.
+    for (name, cap) in kernel::capacities(&opts.pins) {
+        shared
+            .metrics
+            .map_capacity
+            .get_or_create(&MapLabels { map: name.into() })
+            .set(i64::from(cap));
     }
     let counters = dp.take_counters()?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd, so
@@ -329,6 +388,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupted = false;
     let mut stale_removed = false;
+    // Interfaces that host routes point at.
+    let mut routed: BTreeSet<u32> = BTreeSet::new();
 
     loop {
         tokio::select! {
@@ -414,14 +475,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
 
-        // Which veth each local pod address is routed to (its binding).
+        // Which veth each local pod address is routed to (its binding); the
+        // veths of host routes the API has not told of yet are a new pod's.
         let local_ips = local_pod_ips(index.model(), &node.name);
-        match interfaces::host_routes(&handle, &local_ips).await {
-            Ok(bound) if bound != node.interfaces => {
-                node.interfaces = bound;
-                dirty = true;
+        match interfaces::host_routes(&handle).await {
+            Ok(routes) => {
+                routed = routes.values().copied().collect();
+                let bound: BTreeMap<IpAddr, u32> = routes
+                    .into_iter()
+                    .filter(|(ip, _)| local_ips.contains(ip))
+                    .collect();
+                if bound != node.interfaces {
+                    node.interfaces = bound;
+                    dirty = true;
+                }
             }
-            Ok(_) => {}
             Err(e) => warn!(error = %e, "listing routes"),
         }
 
@@ -486,12 +554,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 let present: BTreeSet<u32> = links.iter().map(|l| l.index).collect();
                 dp.forget_missing(&present);
                 links.retain(|l| interfaces::has_prefix(&l.name, &opts.interface_prefixes));
-                // Without prefixes, only the veths that carry a pod's
-                // address: the node's uplink and other software's veths
-                // are none of ours.
+                // Without prefixes, only the veths that carry a host route:
+                // known pods' and new ones' (judged from their first packet,
+                // by unknownPodTraffic, until their policy is programmed).
+                // The node's uplink and other software's veths are none of
+                // ours.
                 if opts.interface_prefixes.is_empty() {
-                    let pod_ifs: BTreeSet<u32> = node.interfaces.values().copied().collect();
-                    links.retain(|l| pod_ifs.contains(&l.index));
+                    links.retain(|l| routed.contains(&l.index));
                 }
                 let mut failed = false;
                 for l in links {
@@ -554,6 +623,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .values()
                 .map(ToString::to_string)
                 .collect(),
+            unsupported: None,
         };
         if let Some(path) = &opts.status_file
             && shared.status.read().map(|s| *s != status).unwrap_or(true)
@@ -565,22 +635,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             last_metrics = Instant::now();
             shared.metrics.observe_datapath(&counters::read(&counters));
             let maps = syncer.mirror();
-            for (name, n, cap) in [
-                (
-                    "endpoints",
-                    maps.endpoints.len(),
-                    palisade_common::MAX_ENDPOINTS,
-                ),
-                ("ipcache", maps.ipcache.len(), palisade_common::MAX_IPCACHE),
-                ("policy", maps.policy.len(), palisade_common::MAX_POLICY),
+            for (name, n) in [
+                ("endpoints", maps.endpoints.len()),
+                ("ipcache", maps.ipcache.len()),
+                ("policy", maps.policy.len()),
             ] {
                 let l = MapLabels { map: name.into() };
                 shared.metrics.map_entries.get_or_create(&l).set(n as i64);
-                shared
-                    .metrics
-                    .map_capacity
-                    .get_or_create(&l)
-                    .set(i64::from(cap));
             }
             shared
                 .metrics

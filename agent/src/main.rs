@@ -100,7 +100,8 @@ struct AgentArgs {
     /// Write the programmed revision and attachments here (JSON).
     #[arg(long)]
     status_file: Option<PathBuf>,
-    /// Attach only to veths with these name prefixes (default: every veth).
+    /// Attach to every veth with one of these name prefixes (default: only
+    /// the veths that carry a local pod's host route).
     #[arg(long = "interface-prefix")]
     interface_prefixes: Vec<String>,
     #[arg(long)]
@@ -129,6 +130,10 @@ struct AgentArgs {
     /// Local HTTP endpoint: /metrics, /healthz, /readyz, /status, /flows ("off" to disable).
     #[arg(long, default_value = palisade_agent::api::DEFAULT_LISTEN)]
     listen: String,
+    /// Metrics and health only (/metrics, /healthz, /readyz), e.g.
+    /// `[::]:9974` for Prometheus and the kubelet's probes (default: off).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Capacity of the policy map (default 1,048,576 entries).
     #[arg(long)]
     policy_map_size: Option<u32>,
@@ -281,6 +286,7 @@ async fn cli_main() -> anyhow::Result<()> {
                     .revoke_on_policy_change
                     .unwrap_or(cfg.revoke_on_policy_change),
                 budgets,
+                metrics_listen: a.metrics_listen,
                 listen: if a.listen == "off" {
                     None
                 } else {

@@ -28,6 +28,9 @@ pub struct Status {
     /// NetworkPolicies over a budget: which limit, and what is in force instead.
     #[serde(default)]
     pub over_budget: Vec<String>,
+    /// Why the agent cannot enforce on this node (it then stays not ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported: Option<String>,
 }
 
 impl Status {

@@ -1,12 +1,13 @@
 //! The deploy/ manifests validate against the Kubernetes API types (the
-//! k8s-openapi schema, strictly: no unknown fields), the ConfigMap holds a
-//! valid agent config, and the DaemonSet's arguments are flags the agent has.
+//! k8s-openapi schema, strictly: no unknown fields), the ConfigMap's file is
+//! a valid agent config, and the DaemonSet's arguments are flags the agent
+//! has. (`tests/tests/deploy.rs` checks what `kubectl kustomize` renders.)
 
 use std::path::PathBuf;
 
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Namespace, ServiceAccount},
+    core::v1::{Namespace, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use palisade_agent::{config::FileConfig, index::unknown_fields};
@@ -29,13 +30,28 @@ fn strict<T: DeserializeOwned + Serialize>(v: &Value) -> T {
 #[test]
 fn manifests_validate_and_agree_with_the_agent() {
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base");
-    let kustomization =
-        std::fs::read_to_string(base.join("kustomization.yaml")).expect("kustomization");
+    let kustomization: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(base.join("kustomization.yaml")).expect("kustomization"),
+    )
+    .expect("kustomization YAML");
+    // The ConfigMap is generated from files: each must be a valid config.
+    let generated = kustomization["configMapGenerator"]
+        .as_sequence()
+        .expect("configMapGenerator");
+    for file in generated
+        .iter()
+        .flat_map(|g| g["files"].as_sequence().cloned().unwrap_or_default())
+    {
+        let file = file.as_str().expect("file name");
+        FileConfig::load(&base.join(file)).expect("the ConfigMap's file is a valid agent config");
+    }
     let mut kinds = Vec::new();
     let mut daemonset = None;
-    for line in kustomization
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- "))
+    for line in kustomization["resources"]
+        .as_sequence()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r.as_str())
     {
         let text =
             std::fs::read_to_string(base.join(line)).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -67,21 +83,7 @@ fn manifests_validate_and_agree_with_the_agent() {
                     }
                 }
                 "ClusterRoleBinding" => drop(strict::<ClusterRoleBinding>(&v)),
-                "ConfigMap" => {
-                    let cm: ConfigMap = strict(&v);
-                    let text = cm
-                        .data
-                        .unwrap_or_default()
-                        .remove("config.yaml")
-                        .expect("config.yaml");
-                    let dir =
-                        std::env::temp_dir().join(format!("palisade-cm-{}", std::process::id()));
-                    std::fs::create_dir_all(&dir).expect("dir");
-                    std::fs::write(dir.join("config.yaml"), text).expect("write");
-                    FileConfig::load(&dir.join("config.yaml"))
-                        .expect("the ConfigMap is a valid agent config");
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                "Service" => drop(strict::<Service>(&v)),
                 "DaemonSet" => daemonset = Some(strict::<DaemonSet>(&v)),
                 other => panic!("unexpected kind {other}"),
             }

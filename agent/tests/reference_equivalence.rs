@@ -25,14 +25,16 @@ use serde_json::{Value, json};
 use support::{NODE, canonical, node};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const EXTERNALS: [&str; 5] = [
+const EXTERNALS: [&str; 6] = [
     "203.0.113.10",
     "169.254.169.254",
     "10.0.9.9",
     "2001:db8::5",
     "fd00:ec2::254",
+    "100.100.100.200",
 ];
-const PORTS: [(Protocol, u16); 5] = [
+const PORTS: [(Protocol, u16); 6] = [
+    (Protocol::Tcp, 53),
     (Protocol::Tcp, 80),
     (Protocol::Tcp, 81),
     (Protocol::Udp, 53),
@@ -88,6 +90,7 @@ fn cidr() -> impl Strategy<Value = Value> {
         Just(json!({"cidr": "0.0.0.0/0"})),
         Just(json!({"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]})),
         Just(json!({"cidr": "169.254.169.254/32"})),
+        Just(json!({"cidr": "100.64.0.0/10"})),
         Just(json!({"cidr": "203.0.113.0/24"})),
         (1u8..4).prop_map(
             |n| json!({"cidr": format!("10.0.{n}.0/24"), "except": [format!("10.0.{n}.11/32")]})
@@ -254,8 +257,9 @@ fn case() -> impl Strategy<Value = Case> {
         prop::bool::ANY,
         prop::bool::ANY,
         prop::bool::ANY,
+        prop::bool::ANY,
     )
-        .prop_map(|(teams, pods, policies, services, default_deny, block_metadata, dns_exempt)| {
+        .prop_map(|(teams, pods, policies, services, default_deny, block_metadata, dns_exempt, metadata_dns)| {
             let mut objects = Vec::new();
             for (n, team) in NAMESPACES.iter().zip(&teams) {
                 objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {"team": team}}}));
@@ -274,7 +278,7 @@ fn case() -> impl Strategy<Value = Case> {
             }
             objects.extend(policies);
             objects.extend(services.into_iter().flatten());
-            let mut profile = Profile { default_deny, block_metadata, ..Profile::default() };
+            let mut profile = Profile { default_deny, block_metadata, metadata_dns, ..Profile::default() };
             if dns_exempt {
                 profile.default_deny_exempt.insert("z".into());
             }
@@ -293,6 +297,7 @@ enum Edit {
     DeletePolicy(usize),
     ToggleDefaultDeny,
     ToggleMetadataBlock,
+    ToggleMetadataDns,
     /// Service `s<i>` and its slices, replaced.
     PutService(usize, Vec<Value>),
     DeleteSlices(usize),
@@ -310,6 +315,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         1 => (0usize..5).prop_map(Edit::DeletePolicy),
         1 => Just(Edit::ToggleDefaultDeny),
         1 => Just(Edit::ToggleMetadataBlock),
+        1 => Just(Edit::ToggleMetadataDns),
         2 => (0usize..FRONTENDS.len())
             .prop_flat_map(|i| service(i).prop_map(move |s| Edit::PutService(i, s))),
         1 => (0usize..FRONTENDS.len()).prop_map(Edit::DeleteSlices),
@@ -352,6 +358,7 @@ fn apply_edit(objects: &mut Vec<Value>, profile: &mut Profile, e: &Edit) {
         }),
         Edit::ToggleDefaultDeny => profile.default_deny = !profile.default_deny,
         Edit::ToggleMetadataBlock => profile.block_metadata = !profile.block_metadata,
+        Edit::ToggleMetadataDns => profile.metadata_dns = !profile.metadata_dns,
         Edit::PutService(i, svc) => {
             let name = format!("s{i}");
             objects.retain(|o| !owned_by_service(o, &name));

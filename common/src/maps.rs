@@ -75,6 +75,24 @@ pub mod ipcache_flags {
     /// identity, which the agent derives from the Service's backends; rules
     /// for any peer never open it.
     pub const SERVICE: u32 = 1 << 2;
+    /// On a metadata address: DNS (UDP and TCP port 53) to it is not
+    /// blocked but judged like any destination (GKE's metadata server is
+    /// the pods' resolver).
+    pub const METADATA_DNS: u32 = 1 << 3;
+}
+
+/// The one port the metadata block leaves open where the agent says so.
+pub const DNS_PORT: u16 = 53;
+
+/// Whether the metadata block holds a packet to a peer with ipcache `flags`
+/// (`port`: the destination port, 0 when unknown). Shared by the tc and
+/// cgroup programs and the agent's simulator, so they cannot disagree.
+#[inline(always)]
+pub fn metadata_blocks(flags: u32, proto: u8, port: u16) -> bool {
+    flags & ipcache_flags::METADATA != 0
+        && !(flags & ipcache_flags::METADATA_DNS != 0
+            && (proto == PROTO_TCP || proto == PROTO_UDP)
+            && port == DNS_PORT)
 }
 
 /// Protocol numbers as used in keys; 0 means "any protocol, any port".

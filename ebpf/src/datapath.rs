@@ -12,7 +12,7 @@ use palisade_common::{
     EVENTS_BYTES, EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue,
     MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IFACES, MAX_IPCACHE, MAX_POLICY,
     POLICY_PREFIX_FULL, PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags,
-    endpoint_flags, ipcache_flags,
+    endpoint_flags, ipcache_flags, metadata_blocks,
 };
 
 use crate::parse::{self, Flow, Icmp, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -391,7 +391,7 @@ fn related(outer: &Flow, inner: &Flow, dir: u8, ep: &EndpointValue) -> bool {
 }
 
 #[inline(always)]
-fn identity_of(addr: &Addr) -> IpcacheValue {
+pub(crate) fn identity_of(addr: &Addr) -> IpcacheValue {
     IPCACHE
         .get(Key::new(128, *addr))
         .copied()
@@ -458,10 +458,11 @@ fn verdict(
     } else {
         endpoint_flags::EGRESS_ISOLATED
     };
-    // The metadata address opens only to a rule naming it exactly.
+    // The metadata address opens only to a rule naming it exactly (DNS to
+    // it, where left open, is judged below like any destination).
     if dir == DIR_EGRESS
-        && peer.flags & ipcache_flags::METADATA != 0
         && ep.flags & endpoint_flags::BLOCK_METADATA != 0
+        && metadata_blocks(peer.flags, proto, if ports_known { port } else { 0 })
     {
         return rule_for(ep.id, dir, proto, identity, port, ports_known, false)
             .ok_or(Reason::MetadataBlock);

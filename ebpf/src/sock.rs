@@ -1,23 +1,17 @@
 //! cgroup sock_addr hooks: the metadata block for processes whose packets no
 //! pod veth sees (hostNetwork pods). The agent attaches these to the cgroup
-//! of each such pod; attachment is the policy, so the programs only compare
-//! the destination.
+//! of each such pod; attachment is the policy, so the programs only look the
+//! destination up in the ipcache, where the agent marks the metadata
+//! addresses of its settings (one source of truth with the tc programs).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use palisade_common::{Counter, DIR_EGRESS, DenyEvent, Reason};
+use palisade_common::{Counter, DIR_EGRESS, DenyEvent, Reason, metadata_blocks};
 
-use crate::datapath::{EVENTS, count};
-
-/// 169.254.169.254 as `user_ip4` holds it (network order in a u32).
-const METADATA_V4: [u8; 4] = [169, 254, 169, 254];
-/// fd00:ec2::254
-const METADATA_V6: [u8; 16] = [
-    0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
-];
+use crate::datapath::{EVENTS, count, identity_of};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -48,14 +42,11 @@ fn check4(ctx: &SockAddrContext) -> i32 {
         let sa = &*ctx.sock_addr;
         (sa.user_ip4.to_ne_bytes(), sa.user_port, sa.protocol)
     };
-    if ip != METADATA_V4 {
-        return ALLOW;
-    }
     let mut daddr = [0u8; 16];
     daddr[10] = 0xff;
     daddr[11] = 0xff;
     daddr[12..].copy_from_slice(&ip);
-    reject(daddr, port, proto)
+    judge(daddr, port, proto)
 }
 
 fn check6(ctx: &SockAddrContext) -> i32 {
@@ -68,12 +59,18 @@ fn check6(ctx: &SockAddrContext) -> i32 {
     for (i, w) in words.iter().enumerate() {
         ip[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    let mapped_v4 =
-        ip[..10] == [0; 10] && ip[10] == 0xff && ip[11] == 0xff && ip[12..] == METADATA_V4;
-    if ip != METADATA_V6 && !mapped_v4 {
-        return ALLOW;
+    // A v4-mapped destination is keyed as the IPv4 address it is.
+    judge(ip, port, proto)
+}
+
+fn judge(daddr: [u8; 16], port_be_u32: u32, proto: u32) -> i32 {
+    // user_port holds the port in network order in its low 16 bits.
+    let port = u16::from_be(port_be_u32 as u16);
+    if metadata_blocks(identity_of(&daddr).flags, proto as u8, port) {
+        reject(daddr, port_be_u32, proto)
+    } else {
+        ALLOW
     }
-    reject(ip, port, proto)
 }
 
 fn reject(daddr: [u8; 16], port_be_u32: u32, proto: u32) -> i32 {

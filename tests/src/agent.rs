@@ -39,6 +39,9 @@ pub struct AgentSpec {
     pub node_name: String,
     /// `--interface-prefix` values (empty: the agent picks veths itself).
     pub interface_prefixes: Vec<String>,
+    /// A command the agent runs under, inside the node's namespace (e.g.
+    /// `setpriv` with a capability set); empty: none.
+    pub wrapper: Vec<String>,
 }
 
 impl AgentSpec {
@@ -57,6 +60,7 @@ impl AgentSpec {
             extra: Vec::new(),
             node_name: crate::topology::NODE_NAME.into(),
             interface_prefixes: vec![crate::topology::IF_PREFIX.into()],
+            wrapper: Vec::new(),
         }
     }
 }
@@ -84,6 +88,7 @@ impl AgentProcess {
         };
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", s.node_netns))
+            .args(&s.wrapper)
             .arg(&s.bin)
             .args(["agent", "--node-name", &s.node_name])
             .args(

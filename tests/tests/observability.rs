@@ -38,9 +38,13 @@ spec:
 
 /// `GET path` on the agent's endpoint, from inside the node's namespace.
 fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
-    let path = path.to_string();
+    http_get_at(node, "127.0.0.1:9965", path)
+}
+
+fn http_get_at(node: &str, addr: &str, path: &str) -> anyhow::Result<String> {
+    let (addr, path) = (addr.to_string(), path.to_string());
     netns::in_netns(node, move || {
-        let mut s = TcpStream::connect("127.0.0.1:9965")?;
+        let mut s = TcpStream::connect(addr)?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n")?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
@@ -122,6 +126,10 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
             "1.5",
             "--deny-rate",
             "2",
+            "--policy-map-size",
+            "4096",
+            "--metrics-listen",
+            "[::]:9974",
         ]
         .map(String::from)
         .to_vec(),
@@ -268,6 +276,29 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
         metrics.contains("palisade_policy_programming_seconds_count 1"),
         "{metrics}"
     );
+    // Capacities as the kernel holds them, --policy-map-size included.
+    assert_eq!(
+        value("palisade_map_capacity{map=\"policy\"}"),
+        4096.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value("palisade_map_capacity{map=\"ipcache\"}"),
+        f64::from(palisade_common::MAX_IPCACHE),
+        "{metrics}"
+    );
+
+    // The metrics port serves metrics and health, over IPv4 and IPv6, and
+    // never flows or status.
+    for addr in ["127.0.0.1:9974", "[::1]:9974"] {
+        let m = http_get_at(&node, addr, "/metrics")?;
+        assert!(m.contains("palisade_map_capacity"), "{addr}: {m}");
+        assert!(http_get_at(&node, addr, "/readyz")?.starts_with("HTTP/1.0 200"));
+        for path in ["/flows", "/status"] {
+            let r = http_get_at(&node, addr, path)?;
+            assert!(r.starts_with("HTTP/1.0 404"), "{addr}{path}: {r}");
+        }
+    }
 
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);

@@ -18,7 +18,43 @@ use crate::{
 /// (kube-network-policies, fail-open); this one only routes.
 const KINDNETD_NO_POLICY: &str = "docker.io/kindest/kindnetd:v20230809-80a64d96";
 const CLUSTER: &str = "palisade";
-const IMAGE: &str = "palisade:dev";
+/// The image name in deploy/ (its tag is set per load, below).
+const IMAGE: &str = "palisade";
+
+/// A tag of its own for every `kind load`: with `IfNotPresent` a reused tag
+/// would keep the image the nodes already have.
+fn new_tag() -> anyhow::Result<String> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let rev =
+        output(
+            Command::new("git")
+                .args(["-C"])
+                .arg(root())
+                .args(["rev-parse", "--short", "HEAD"]),
+        )
+        .map(|r| r.trim().to_string())
+        .unwrap_or_else(|_| "nogit".into());
+    Ok(format!("dev-{rev}-{secs}"))
+}
+
+/// Where `kind load` leaves the tag it loaded and `kind deploy` an overlay
+/// of deploy/ that uses it.
+fn kind_dir() -> PathBuf {
+    root().join("target/kind")
+}
+
+/// The overlay `kind deploy` applies: deploy/ with the loaded tag.
+fn overlay(tag: &str) -> String {
+    format!(
+        "# Written by cargo xtask kind deploy.\n\
+         apiVersion: kustomize.config.k8s.io/v1beta1\n\
+         kind: Kustomization\n\
+         resources: [../../deploy]\n\
+         images:\n  - name: {IMAGE}\n    newTag: \"{tag}\"\n"
+    )
+}
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -30,9 +66,9 @@ pub struct Options {
 pub enum Action {
     /// Create the cluster and neutralise kindnet's own policy enforcement.
     Up,
-    /// Build the image and load it into the cluster's nodes.
+    /// Build the image under a new tag and load it into the cluster's nodes.
     Load,
-    /// Apply deploy/base and wait for the DaemonSet.
+    /// Apply deploy/ with the image `load` tagged, and wait for the DaemonSet.
     Deploy,
     /// Run the scenario files against the cluster (objects through the API
     /// server, probes with kubectl exec); with --netpol-suite, the upstream
@@ -105,21 +141,26 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         Action::Load => {
             need("docker")?;
             need("kind")?;
+            let image = format!("{IMAGE}:{}", new_tag()?);
             exec(
                 Command::new("docker")
-                    .args(["build", "-t", IMAGE])
+                    .args(["build", "-t", &image])
                     .arg(root()),
             )?;
-            exec(Command::new("kind").args(["load", "docker-image", IMAGE, "--name", CLUSTER]))
+            exec(Command::new("kind").args(["load", "docker-image", &image, "--name", CLUSTER]))?;
+            std::fs::create_dir_all(kind_dir())?;
+            std::fs::write(
+                kind_dir().join("image-tag"),
+                image.trim_start_matches(&format!("{IMAGE}:")),
+            )?;
+            Ok(())
         }
         Action::Deploy => {
             need("kubectl")?;
-            exec(
-                kubectl()
-                    .arg("apply")
-                    .arg("-k")
-                    .arg(root().join("deploy/base")),
-            )?;
+            let tag = std::fs::read_to_string(kind_dir().join("image-tag"))
+                .context("no image loaded yet: cargo xtask kind load first")?;
+            std::fs::write(kind_dir().join("kustomization.yaml"), overlay(tag.trim()))?;
+            exec(kubectl().arg("apply").arg("-k").arg(kind_dir()))?;
             exec(kubectl().args([
                 "-n",
                 "palisade-system",
@@ -160,8 +201,8 @@ fn e2e(o: &E2eOptions) -> anyhow::Result<()> {
     for via_service in [false, true] {
         let mut cmd = Command::new(root().join("target/debug/palisade-scenario"));
         cmd.args(["--kube-context", &format!("kind-{CLUSTER}")])
-            .arg("--config-map")
-            .arg(root().join("deploy/base/configmap.yaml"))
+            .arg("--agent-config")
+            .arg(root().join("deploy/base/config.yaml"))
             .args(&files)
             .current_dir(root());
         if via_service {
@@ -244,4 +285,39 @@ fn download_e2e_test(dir: &Path) -> anyhow::Result<PathBuf> {
         ]))?;
     }
     Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overlay_renders_deploy_with_the_loaded_tag() {
+        let dir =
+            std::env::temp_dir().join(format!("palisade-kind-overlay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let overlay_dir = dir.join("target/kind");
+        std::fs::create_dir_all(&overlay_dir).expect("dir");
+        // The overlay names ../../deploy: lay it out as in the repository.
+        std::os::unix::fs::symlink(root().join("deploy"), dir.join("deploy")).expect("symlink");
+        std::fs::write(overlay_dir.join("kustomization.yaml"), overlay("dev-abc-1"))
+            .expect("write");
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&overlay_dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = out.expect("kubectl kustomize (kubectl is on the machine image)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.matches("image: palisade:dev-abc-1").count(),
+            2,
+            "{text}"
+        );
+    }
 }

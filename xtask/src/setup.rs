@@ -14,7 +14,12 @@ use anyhow::{Context as _, bail};
 use crate::exec::{exec, output};
 
 #[derive(clap::Args, Default)]
-pub struct Options {}
+pub struct Options {
+    /// Only what building the agent needs (rust-src, bpf-linker), not the
+    /// test tools: the image build (Dockerfile) uses this.
+    #[arg(long)]
+    pub toolchain_only: bool,
+}
 
 /// Debian packages: (package, a command it provides, why).
 const PACKAGES: &[(&str, &str, &str)] = &[
@@ -26,7 +31,7 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     (
         "util-linux",
         "nsenter",
-        "running the agent inside the test node's namespace",
+        "running the agent inside the test node's namespace (nsenter), under the DaemonSet's capabilities (setpriv), in a mount namespace without bpffs (unshare)",
     ),
     ("socat", "socat", "manual probes and the demo"),
     ("iperf3", "iperf3", "throughput benchmarks"),
@@ -58,10 +63,12 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-pub fn run(_: &Options) -> anyhow::Result<()> {
+pub fn run(o: &Options) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
-    debian_packages()?;
+    if !o.toolchain_only {
+        debian_packages()?;
+    }
     println!("setup: done");
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! Which interfaces carry pod traffic: every veth in the agent's network
-//! namespace (the host side of a pod's pair, as point-to-point CNIs make
-//! them), optionally narrowed by name prefixes. The programs judge only
-//! addresses that are local endpoints, so a veth that is not a pod's costs a
-//! lookup and passes everything.
+//! Which interfaces carry pod traffic: the veths of this network namespace,
+//! listed here; the daemon keeps those a local pod's host route points at
+//! (point-to-point CNIs), or, with name prefixes (bridge CNIs), those the
+//! prefixes name. The node's uplink (a veth on kind) and other software's
+//! veths are no pod's: attached under `unknownPodTraffic: deny` they would
+//! lose all their traffic (tests/tests/interface_selection.rs).
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
@@ -75,20 +76,17 @@ pub async fn local_addresses(
     Ok(out)
 }
 
-/// The interface each of `ips` is routed to by a host route (`ip/32` or
-/// `ip/128 dev vethX`), which is how point-to-point CNIs (kindnet's ptp,
-/// Calico, Cilium) wire a pod: the pod's veth is the one its address is
-/// routed to. Addresses without such a route are left out.
+/// Every directly connected host route (`ip/32` or `ip/128 dev vethX`, no
+/// gateway) with its interface, which is how point-to-point CNIs (kindnet's
+/// ptp, Calico, Cilium) wire a pod: the pod's veth is the one its address
+/// is routed to. A node's uplink carries subnet routes and routes via a
+/// gateway (other nodes' pods), Docker's veths none: never these.
 pub async fn host_routes(
     handle: &rtnetlink::Handle,
-    ips: &std::collections::BTreeSet<std::net::IpAddr>,
 ) -> Result<std::collections::BTreeMap<std::net::IpAddr, u32>, rtnetlink::Error> {
     use netlink_packet_route::route::{RouteAddress, RouteAttribute};
     use rtnetlink::RouteMessageBuilder;
     let mut out = std::collections::BTreeMap::new();
-    if ips.is_empty() {
-        return Ok(out);
-    }
     for request in [
         RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
         RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
@@ -99,22 +97,28 @@ pub async fn host_routes(
                 netlink_packet_route::AddressFamily::Inet => 32,
                 _ => 128,
             };
-            if msg.header.destination_prefix_length != full {
+            // Unicast only: the local table's /32 entries for the node's own
+            // addresses (a Docker bridge's gateway, say) are no pods'.
+            if msg.header.destination_prefix_length != full
+                || msg.header.kind != netlink_packet_route::route::RouteType::Unicast
+            {
                 continue;
             }
             let mut dst = None;
             let mut oif = None;
             for attr in &msg.attributes {
                 match attr {
+                    RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => {
+                        oif = None;
+                        break;
+                    }
                     RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some((*a).into()),
                     RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some((*a).into()),
                     RouteAttribute::Oif(i) => oif = Some(*i),
                     _ => {}
                 }
             }
-            if let (Some(dst), Some(oif)) = (dst, oif)
-                && ips.contains(&dst)
-            {
+            if let (Some(dst), Some(oif)) = (dst, oif) {
                 out.insert(dst, oif);
             }
         }

@@ -320,6 +320,25 @@ fn ensure_dir(path: &Path) -> Result<(), DatapathError> {
     })
 }
 
+/// The capacities the kernel holds for the pinned endpoint, ipcache,
+/// policy and conntrack maps (what `--*-map-size` made them, or an earlier
+/// run that created them), by metric label; a map that cannot be read is
+/// left out.
+pub fn capacities(pins: &PinPaths) -> Vec<(&'static str, u32)> {
+    [
+        ("endpoints", MAP_ENDPOINTS),
+        ("ipcache", MAP_IPCACHE),
+        ("policy", MAP_POLICY),
+        ("conntrack", MAP_CONNTRACK),
+    ]
+    .into_iter()
+    .filter_map(|(label, name)| {
+        let map = aya::maps::MapData::from_pin(pins.maps().join(name)).ok()?;
+        Some((label, map.info().ok()?.max_entries()))
+    })
+    .collect()
+}
+
 fn take_map<T>(
     ebpf: &mut Ebpf,
     name: &'static str,

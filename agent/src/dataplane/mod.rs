@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod link_events;
 pub mod paths;
 pub mod pinned;
+pub mod support;
 pub mod wire;
 
 pub use kernel::{Budgets, Datapath, DatapathError, KernelMaps, MapSizes, UnknownEndpoint};

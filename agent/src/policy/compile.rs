@@ -35,7 +35,9 @@ use std::{
 };
 
 use ipnet::IpNet;
-use palisade_common::{IDENTITY_ANY, IDENTITY_FIRST, IDENTITY_WORLD, PROTO_ANY, endpoint_flags};
+use palisade_common::{
+    DNS_PORT, IDENTITY_ANY, IDENTITY_FIRST, IDENTITY_WORLD, PROTO_ANY, endpoint_flags,
+};
 
 use super::{
     addr::{IPV4_ROOT, canonical_ip},
@@ -321,6 +323,7 @@ impl Compiler {
                                 rule_id,
                                 pod,
                                 block_metadata,
+                                metadata_dns: profile.metadata_dns,
                             },
                             rule,
                             peers,
@@ -502,6 +505,8 @@ struct Emit<'a> {
     rule_id: u32,
     pod: &'a Pod,
     block_metadata: bool,
+    /// DNS to the metadata addresses is judged like any destination.
+    metadata_dns: bool,
 }
 
 /// Inclusive port range as (value, prefix bits) pairs covering it exactly.
@@ -552,6 +557,27 @@ fn emit_ports(
     }
 }
 
+/// The protocols of TCP and UDP on which `rule` allows port 53.
+fn dns_protocols(rule: &Rule) -> Vec<Protocol> {
+    let dns = [Protocol::Udp, Protocol::Tcp];
+    if rule.ports.is_empty() {
+        return dns.to_vec();
+    }
+    dns.into_iter()
+        .filter(|p| {
+            rule.ports.iter().any(|s| {
+                s.protocol == *p
+                    && match &s.port {
+                        None => true,
+                        Some(PortRef::Range { start, end }) => (*start..=*end).contains(&DNS_PORT),
+                        // Named egress ports are pods' ports; no metadata address has one.
+                        Some(PortRef::Named(_)) => false,
+                    }
+            })
+        })
+        .collect()
+}
+
 fn emit_rule(
     map: &mut BTreeMap<PolicyKey, u32>,
     e: Emit<'_>,
@@ -581,6 +607,15 @@ fn emit_rule(
         port_bits: 0,
     };
 
+    // Where the block leaves DNS open, a looser block (0.0.0.0/0) holding a
+    // metadata address opens DNS to it, as it would any destination.
+    if e.block_metadata && e.metadata_dns && e.dir == Direction::Egress && !peers.any {
+        for protocol in dns_protocols(rule) {
+            for identity in &peers.metadata_loose {
+                emit_ports(map, &e, *identity, protocol, DNS_PORT, DNS_PORT);
+            }
+        }
+    }
     if rule.ports.is_empty() {
         for identity in peer_ids {
             insert(map, key(PROTO_ANY, *identity), e.rule_id);

@@ -24,7 +24,7 @@ use palisade_common::ipcache_flags;
 use super::{
     addr::canonical_ip,
     alloc::Allocator,
-    profile::{Profile, metadata_prefixes},
+    profile::Profile,
     services::{self, Frontend},
     state::IpcacheEntry,
 };
@@ -280,8 +280,14 @@ impl IdentityLayer {
             });
         }
         if profile.block_metadata {
-            for m in metadata_prefixes() {
-                slots.push(other(Kind::Metadata(m), m, ipcache_flags::METADATA));
+            let flags = ipcache_flags::METADATA
+                | if profile.metadata_dns {
+                    ipcache_flags::METADATA_DNS
+                } else {
+                    0
+                };
+            for m in profile.metadata_prefixes() {
+                slots.push(other(Kind::Metadata(m), m, flags));
             }
         }
         for ip in &node.addresses {

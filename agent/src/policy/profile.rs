@@ -17,12 +17,14 @@ pub const DEFAULT_DENY: &str = "default-deny";
 pub const ALLOW_DNS: &str = "allow-dns";
 pub const METADATA_BLOCK: &str = "metadata-block";
 
-/// The cloud metadata addresses (AWS, GCP, Azure, OpenStack use the IPv4 one;
-/// AWS's IPv6 one is fd00:ec2::254).
-pub fn metadata_prefixes() -> [IpNet; 2] {
-    [
-        IpNet::new(IpAddr::from([169, 254, 169, 254]), 32).expect("valid prefix"),
-        IpNet::new(IpAddr::from([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]), 128).expect("valid prefix"),
+/// The default cloud metadata addresses: AWS, GCP, Azure, OpenStack and
+/// others use 169.254.169.254, AWS's IPv6 one is fd00:ec2::254, Alibaba
+/// Cloud's 100.100.100.200.
+pub fn default_metadata_addresses() -> Vec<IpAddr> {
+    vec![
+        IpAddr::from([169, 254, 169, 254]),
+        IpAddr::from([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254]),
+        IpAddr::from([100, 100, 100, 200]),
     ]
 }
 
@@ -45,6 +47,13 @@ pub struct Profile {
     /// Label (on the pod or its namespace) that exempts it from the metadata
     /// block, with the value "true".
     pub metadata_opt_out_label: String,
+    /// The addresses the metadata block covers.
+    pub metadata_addresses: Vec<IpAddr>,
+    /// DNS (UDP and TCP 53) to a metadata address is not blocked but judged
+    /// like any destination, and under default deny with `allowDNS` it
+    /// counts as cluster DNS (GKE's metadata server is the pods' resolver).
+    #[serde(rename = "metadataDNS")]
+    pub metadata_dns: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +109,8 @@ impl Default for Profile {
             dns: DnsSettings::default(),
             block_metadata: true,
             metadata_opt_out_label: "palisade.dev/allow-metadata".into(),
+            metadata_addresses: default_metadata_addresses(),
+            metadata_dns: true,
         }
     }
 }
@@ -108,11 +119,33 @@ impl Default for Profile {
 pub enum ProfileError {
     #[error("dns.ports[{index}]: unknown protocol {value:?}")]
     DnsProtocol { index: usize, value: String },
+    #[error("metadataAddresses[{index}]: {value} is an IPv4-mapped IPv6 address; write it as IPv4")]
+    MetadataAddress { index: usize, value: IpAddr },
 }
 
 impl Profile {
     pub fn validate(&self) -> Result<(), ProfileError> {
+        for (index, ip) in self.metadata_addresses.iter().enumerate() {
+            if canonical_ip(*ip) != *ip {
+                return Err(ProfileError::MetadataAddress { index, value: *ip });
+            }
+        }
         self.dns_ports().map(|_| ())
+    }
+
+    /// The metadata addresses as the prefixes the ipcache holds.
+    pub fn metadata_prefixes(&self) -> Vec<IpNet> {
+        self.metadata_addresses
+            .iter()
+            .map(|ip| IpNet::from(canonical_ip(*ip)))
+            .collect()
+    }
+
+    /// Whether the metadata block holds `port` of `protocol` (DNS may be open).
+    pub fn metadata_blocks_port(&self, protocol: Protocol, port: u16) -> bool {
+        !(self.metadata_dns
+            && matches!(protocol, Protocol::Tcp | Protocol::Udp)
+            && port == palisade_common::DNS_PORT)
     }
 
     fn dns_ports(&self) -> Result<Vec<PortSpec>, ProfileError> {
@@ -171,6 +204,17 @@ impl Profile {
                 cidr: IpNet::from(canonical_ip(*ip)),
                 except: Vec::new(),
             }));
+            // Where the metadata server resolves (GKE), it is cluster DNS.
+            if self.metadata_dns {
+                peers.extend(
+                    self.metadata_prefixes()
+                        .into_iter()
+                        .map(|cidr| Peer::IpBlock {
+                            cidr,
+                            except: Vec::new(),
+                        }),
+                );
+            }
             out.push(Policy {
                 origin: PolicyOrigin::Profile(ALLOW_DNS),
                 namespace: ns.to_string(),

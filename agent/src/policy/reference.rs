@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::{
-    profile::{Profile, metadata_prefixes},
+    profile::Profile,
     types::{NamespaceScope, Peer, Policy, PortRef, Rule, in_block},
 };
 use crate::model::{Model, Pod, Protocol};
@@ -121,7 +121,7 @@ pub fn service_egress_allowed(
         && !profile.metadata_opted_out(&pod.labels, &ns_labels)
         && backends
             .iter()
-            .any(|(_, _, b, _)| metadata_prefixes().iter().any(|m| m.contains(b)));
+            .any(|(_, _, b, _)| profile.metadata_prefixes().iter().any(|m| m.contains(b)));
     let isolated = all_policies(model, profile, &pod.namespace)
         .iter()
         .any(|p| p.egress.is_some() && p.pod_selector.matches(&pod.labels));
@@ -200,17 +200,20 @@ fn egress_allows(
         .into_iter()
         .filter(|p| p.pod_selector.matches(&pod.labels))
         .collect();
-    // The metadata block: only an ipBlock naming the address exactly opens it.
+    // The metadata block: only an ipBlock naming the address exactly opens
+    // it; DNS to it, where left open, is judged like any destination.
     let ns_labels = model.namespace_labels(&pod.namespace);
+    let metadata = profile.metadata_prefixes();
     if profile.block_metadata
         && !profile.metadata_opted_out(&pod.labels, &ns_labels)
-        && metadata_prefixes().iter().any(|m| m.contains(&dst.ip()))
+        && metadata.iter().any(|m| m.contains(&dst.ip()))
+        && profile.metadata_blocks_port(protocol, port)
     {
         return selecting.iter().any(|p| {
             p.egress.iter().flatten().any(|r| {
                 r.peers.iter().any(|peer| {
                     matches!(peer, Peer::IpBlock { cidr, except }
-                        if metadata_prefixes().contains(cidr) && in_block(dst.ip(), cidr, except))
+                        if metadata.contains(cidr) && in_block(dst.ip(), cidr, except))
                 }) && rule_matches(
                     model,
                     p,

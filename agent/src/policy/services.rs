@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use palisade_common::{endpoint_flags, ipcache_flags};
 
 use super::{
-    profile::{Profile, metadata_prefixes},
+    profile::Profile,
     sim::{self, Verdict},
     state::{Direction, EndpointEntry, IpcacheEntry, Maps, PolicyKey},
 };
@@ -59,7 +59,7 @@ pub fn frontends(model: &Model, profile: &Profile) -> BTreeMap<IpAddr, Frontend>
                 .push(s);
         }
     }
-    let metadata = metadata_prefixes();
+    let metadata = profile.metadata_prefixes();
     let mut out: BTreeMap<IpAddr, Frontend> = BTreeMap::new();
     for svc in model.services.values() {
         let svc_slices = slices

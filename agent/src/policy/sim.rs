@@ -174,8 +174,8 @@ pub fn judge_peer(
     port: u16,
 ) -> Verdict {
     if dir == Direction::Egress
-        && peer.flags & ipcache_flags::METADATA != 0
         && ep.flags & endpoint_flags::BLOCK_METADATA != 0
+        && palisade_common::metadata_blocks(peer.flags, proto, port)
     {
         return rule_for(maps, ep.id, dir, proto, peer.identity, port, false)
             .map_or(Verdict::DeniedMetadata, Verdict::Rule);

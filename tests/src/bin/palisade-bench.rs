@@ -849,6 +849,7 @@ fn enforce(quick: bool) -> anyhow::Result<Value> {
             .to_vec(),
         node_name: palisade_tests::topology::NODE_NAME.into(),
         interface_prefixes: vec![palisade_tests::topology::IF_PREFIX.into()],
+        wrapper: Vec::new(),
     })?;
     agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
     let client_ns = bed.client_ns.clone();

@@ -27,9 +27,10 @@ struct Cli {
     /// Run against this kubectl context instead of network namespaces.
     #[arg(long)]
     kube_context: Option<String>,
-    /// The deployed agent ConfigMap (scenario settings go on top of it).
-    #[arg(long, default_value = "deploy/base/configmap.yaml")]
-    config_map: PathBuf,
+    /// The deployed agent settings, the ConfigMap's `config.yaml`
+    /// (scenario settings go on top of them).
+    #[arg(long, default_value = "deploy/base/config.yaml")]
+    agent_config: PathBuf,
     /// On a cluster: seconds a check waits for enforcement to catch up.
     #[arg(long, default_value = "15")]
     settle: f64,
@@ -100,14 +101,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("no scenario files given");
     }
     if let Some(context) = &cli.kube_context {
-        let map: serde_yaml::Value = serde_yaml::from_str(
-            &std::fs::read_to_string(&cli.config_map)
-                .with_context(|| format!("reading {}", cli.config_map.display()))?,
-        )?;
-        let base_config = map["data"]["config.yaml"]
-            .as_str()
-            .context("the ConfigMap has no data.config.yaml")?
-            .to_string();
+        let base_config = std::fs::read_to_string(&cli.agent_config)
+            .with_context(|| format!("reading {}", cli.agent_config.display()))?;
         let opts = cluster::Options {
             context: context.clone(),
             probe_timeout: Duration::from_secs_f64(cli.probe_timeout),

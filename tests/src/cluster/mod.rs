@@ -237,13 +237,27 @@ impl Run<'_> {
     /// is restarted when they change (the agent reads them at start).
     fn configure_agent(&self) -> anyhow::Result<()> {
         let wanted = agent_config(&self.opts.base_config, self.scenario.agent.as_ref())?;
+        // kustomize's generator names the ConfigMap palisade-config-<hash>:
+        // the DaemonSet says which one its pods mount.
+        let name = self.run(&[
+            "-n",
+            "palisade-system",
+            "get",
+            "daemonset/palisade",
+            "-o",
+            "jsonpath={.spec.template.spec.volumes[?(@.name==\"config\")].configMap.name}",
+        ])?;
+        let name = name.trim();
+        if name.is_empty() {
+            bail!("daemonset/palisade mounts no ConfigMap volume named config");
+        }
         let current = self
             .run(&[
                 "-n",
                 "palisade-system",
                 "get",
                 "configmap",
-                "palisade-config",
+                name,
                 "-o",
                 "jsonpath={.data.config\\.yaml}",
             ])
@@ -253,7 +267,7 @@ impl Run<'_> {
         }
         self.apply(&[serde_json::json!({
             "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "palisade-config", "namespace": "palisade-system"},
+            "metadata": {"name": name, "namespace": "palisade-system"},
             "data": {"config.yaml": wanted},
         })])?;
         self.run(&[
