@@ -167,3 +167,10 @@ pub fn write_source(source: &std::path::Path, text: &str) -> anyhow::Result<()> 
     std::fs::rename(&tmp, source.join("cluster.yaml"))?;
     Ok(())
 }
+
+/// Privileged tests fail, never pass silently, when not run as root.
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "privileged test: run as root (cargo xtask test)");
+}

@@ -129,12 +129,7 @@ fn v4(lab: &Lab, name: &str) -> Ipv4Addr {
 
 #[test]
 fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let run = format!("k{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
     let mut pods = Vec::new();

@@ -65,12 +65,7 @@ fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
 #[test]
 fn an_abusive_policy_is_rejected_and_another_namespaces_new_pod_is_enforced() -> anyhow::Result<()>
 {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let run = format!("b{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run, Family::Ipv4)?;

@@ -143,12 +143,7 @@ fn client_ns(c: &Cluster) -> String {
 
 #[test]
 fn the_daemonsets_capabilities_suffice_and_each_is_needed() -> anyhow::Result<()> {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let caps = daemonset_capabilities();
     assert!(!caps.is_empty());
@@ -187,12 +182,7 @@ fn the_daemonsets_capabilities_suffice_and_each_is_needed() -> anyhow::Result<()
 #[test]
 fn without_bpffs_the_agent_stays_up_not_ready_and_says_why() -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let caps = daemonset_capabilities();
     let cluster = Cluster::new(

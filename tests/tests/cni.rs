@@ -42,12 +42,7 @@ spec:
 "#;
 
 fn require_root() {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
 }
 
 /// A pod's network namespace that the CNI chain wires; removed when dropped.

@@ -91,12 +91,7 @@ fn shipped_config() -> anyhow::Result<String> {
 #[test]
 fn shipped_config_leaves_the_uplink_and_other_veths_alone_and_enforces_pods() -> anyhow::Result<()>
 {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let run_id = format!("i{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run_id, palisade_tests::scenario::Family::Ipv4)?;

@@ -74,12 +74,7 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn require_root() {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
 }
 
 fn web() -> Vec<PortSpec> {

@@ -60,12 +60,7 @@ fn records(text: &str) -> Vec<Value> {
 
 #[test]
 fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let run = format!("o{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run, Family::Ipv4)?;

@@ -46,12 +46,7 @@ struct Counters {
 
 #[test]
 fn restarts_lose_nothing_and_open_nothing() -> anyhow::Result<()> {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let run = format!("r{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
@@ -223,12 +218,7 @@ fn restarts_lose_nothing_and_open_nothing() -> anyhow::Result<()> {
 
 #[test]
 fn on_exit_remove_fails_open_and_keep_fails_closed() -> anyhow::Result<()> {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let run = format!("e{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
@@ -289,12 +279,7 @@ fn on_exit_remove_fails_open_and_keep_fails_closed() -> anyhow::Result<()> {
 
 #[test]
 fn an_older_layout_is_replaced_without_a_gap() -> anyhow::Result<()> {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let bin = agent_bin()?;
     let run = format!("l{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;

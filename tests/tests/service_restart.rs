@@ -65,12 +65,7 @@ ports: [{name: http, port: 80, protocol: TCP}]
 #[test]
 fn a_connection_through_a_service_survives_restarts_and_a_denied_one_stays_denied()
 -> anyhow::Result<()> {
-    // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "privileged test: run as root (cargo xtask test)"
-    );
+    palisade_tests::fixtures::require_root();
     let run = format!("s{}", std::process::id() % 100_000);
     let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Ipv4)?;
     let (ipa, ipb, ipc) = (
