@@ -628,22 +628,11 @@ impl Run<'_> {
             ) else {
                 return Ok(None);
             };
-            let eps: Vec<_> = svc
-                .endpoints(&self.pod_views()?)
-                .into_iter()
-                .filter(|ep| ep.targets[i].is_some())
-                .collect();
-            let mut nodes: Vec<&str> = eps.iter().map(|ep| ep.node_name.as_str()).collect();
-            nodes.dedup();
-            // The node probes only when every backend is its own.
-            let node = match nodes.as_slice() {
-                [one] => self.cluster.nodes.iter().position(|n| n.name == *one),
-                _ => None,
-            };
+            let (backends, node) = svc.port_backends(i, &self.pod_views()?);
             return Ok(Some(Target {
                 to: SocketAddr::new(addr, e.port),
-                node,
-                backends: eps.into_iter().map(|ep| ep.pod).collect(),
+                node: node.and_then(|one| self.cluster.nodes.iter().position(|n| n.name == one)),
+                backends,
             }));
         }
         let host = self

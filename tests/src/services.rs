@@ -171,6 +171,29 @@ impl Service {
             .collect()
     }
 
+    /// The backends of Service port `i` (the pods with a target for it),
+    /// and the node they all run on when they share one: the source `node`
+    /// probes a Service only where every backend is its own.
+    pub fn port_backends(
+        &self,
+        i: usize,
+        pods: &BTreeMap<String, PodView>,
+    ) -> (Vec<String>, Option<String>) {
+        let eps: Vec<Endpoint> = self
+            .endpoints(pods)
+            .into_iter()
+            .filter(|ep| ep.targets[i].is_some())
+            .collect();
+        let mut nodes: Vec<&str> = eps.iter().map(|ep| ep.node_name.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let node = match nodes.as_slice() {
+            [one] => Some((*one).to_string()),
+            _ => None,
+        };
+        (eps.into_iter().map(|ep| ep.pod).collect(), node)
+    }
+
     /// What kube-proxy programs for this Service, both families.
     pub fn proxy_ports(&self, pods: &BTreeMap<String, PodView>) -> Vec<kubeproxy::ServicePort> {
         let eps = self.endpoints(pods);

@@ -196,6 +196,19 @@ pub fn cluster_ips(service: &Value) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The first address of each family.
+pub fn by_family(ips: &[IpAddr]) -> (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>) {
+    let v4 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(a) => Some(*a),
+        IpAddr::V4(_) => None,
+    });
+    (v4, v6)
+}
+
 /// The ready addresses of one family in a Service's EndpointSlices
 /// (`kubectl get endpointslices -l kubernetes.io/service-name=... -o json`).
 pub fn ready_addresses(slices: &Value, v6: bool) -> std::collections::BTreeSet<IpAddr> {

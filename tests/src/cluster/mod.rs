@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use manifests::{
-    NAMESPACE_NAME_LABEL, PROBER_NAMESPACE, Placed, Placement, RUN_LABEL, agent_config,
+    NAMESPACE_NAME_LABEL, PROBER_NAMESPACE, Placed, Placement, RUN_LABEL, agent_config, by_family,
     cluster_ips, container_name, label_args, node_order, node_prober, pairs, probe_command,
     prober_name, ready_addresses, service_objects,
 };
@@ -421,14 +421,7 @@ impl Run<'_> {
             .iter()
             .filter_map(|(key, p)| {
                 let (ns, name) = key.split_once('/')?;
-                let v4 = p.ips.iter().find_map(|ip| match ip {
-                    IpAddr::V4(a) => Some(*a),
-                    IpAddr::V6(_) => None,
-                });
-                let v6 = p.ips.iter().find_map(|ip| match ip {
-                    IpAddr::V6(a) => Some(*a),
-                    IpAddr::V4(_) => None,
-                });
+                let (v4, v6) = by_family(&p.ips);
                 Some((
                     key.clone(),
                     PodView {
@@ -480,15 +473,7 @@ impl Run<'_> {
             "-o",
             "json",
         ])?)?;
-        let ips = cluster_ips(&obj);
-        let v4 = ips.iter().find_map(|ip| match ip {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        });
-        let v6 = ips.iter().find_map(|ip| match ip {
-            IpAddr::V6(a) => Some(*a),
-            IpAddr::V4(_) => None,
-        });
+        let (v4, v6) = by_family(&cluster_ips(&obj));
         (svc.v4, svc.v6) = (
             v4.filter(|_| svc.v4.is_some()),
             v6.filter(|_| svc.v6.is_some()),
@@ -557,21 +542,11 @@ impl Run<'_> {
                 .ports
                 .iter()
                 .position(|p| p.port == e.port && p.protocol == e.protocol)?;
-            let eps: Vec<_> = svc
-                .endpoints(&self.pod_views())
-                .into_iter()
-                .filter(|ep| ep.targets[i].is_some())
-                .collect();
-            let mut nodes: Vec<&str> = eps.iter().map(|ep| ep.node_name.as_str()).collect();
-            nodes.sort();
-            nodes.dedup();
+            let (backends, node) = svc.port_backends(i, &self.pod_views());
             return Some(Target {
                 to: SocketAddr::new(svc.addr(v6)?, e.port),
-                node: match nodes.as_slice() {
-                    [one] => Some((*one).to_string()),
-                    _ => None,
-                },
-                backends: eps.into_iter().map(|ep| ep.pod).collect(),
+                node,
+                backends,
             });
         }
         let dst = self.placed.get(dest)?;
