@@ -185,7 +185,7 @@ impl Metrics {
             Record::Deny { flow, count, .. } => {
                 let labels = DenyLabels {
                     direction: flow.direction.to_string(),
-                    reason: flow.reason.clone(),
+                    reason: flow.reason.to_string(),
                     policy: flow.policies.join(","),
                 };
                 self.denied_flows.get_or_create(&labels).inc();
@@ -241,7 +241,7 @@ mod tests {
             node: "n1".into(),
             flow: Denial {
                 direction: Direction::Ingress,
-                protocol: "TCP".into(),
+                protocol: crate::flows::IpProtocol(palisade_common::PROTO_TCP),
                 src: Side {
                     ip: "10.0.0.1".parse().expect("ip"),
                     port: Some(1),
@@ -252,7 +252,7 @@ mod tests {
                     port: Some(80),
                     pod: None,
                 },
-                reason: "policy".into(),
+                reason: crate::flows::DenyReason::Policy,
                 policies: vec![policy.to_string()].into(),
             },
             count: 3,

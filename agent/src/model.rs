@@ -3,7 +3,10 @@
 
 use std::{borrow::Cow, collections::BTreeMap, fmt, net::IpAddr};
 
-use crate::policy::types::Policy;
+pub mod policy;
+pub mod selector;
+
+use policy::Policy;
 
 pub type Labels = BTreeMap<String, String>;
 

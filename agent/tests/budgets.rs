@@ -9,12 +9,11 @@ use std::collections::BTreeSet;
 
 use palisade_agent::{
     index::{Index, Kind, ObjectKey},
-    model::{Model, ObjectRef},
+    model::{Model, ObjectRef, policy::PolicyOrigin},
     policy::{
         Budgets, Compiler, DesiredState, Profile,
         budget::{InForce, Reason},
         compile, sim,
-        types::PolicyOrigin,
     },
 };
 use palisade_common::PROTO_TCP;

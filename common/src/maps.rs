@@ -103,12 +103,61 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
 
-/// Direction from the pod's point of view.
-pub const DIR_INGRESS: u8 = 0;
-pub const DIR_EGRESS: u8 = 1;
+/// Direction from the pod's point of view, as map keys and events carry it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    #[inline(always)]
+    pub const fn wire(self) -> u8 {
+        self as u8
+    }
+
+    /// `None` for a value the kernel never writes: a corrupt record is not
+    /// silently read as ingress.
+    pub const fn from_wire(v: u8) -> Option<Self> {
+        match v {
+            DIR_INGRESS => Some(Direction::Ingress),
+            DIR_EGRESS => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+}
+
+impl core::fmt::Display for Direction {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
+pub const DIR_INGRESS: u8 = Direction::Ingress as u8;
+pub const DIR_EGRESS: u8 = Direction::Egress as u8;
 
 /// An address as 16 bytes in network order; IPv4 is v4-mapped (`::ffff:a.b.c.d`).
 pub type Addr = [u8; 16];
+
+/// An IPv4 address as the kernel side keys it: `::ffff:a.b.c.d`.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// Whether a 16-byte address lies in `::ffff:0:0/96`, where IPv4 lives.
+#[inline(always)]
+pub fn is_v4_mapped(a: &Addr) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
 
 /// Bits of [`EndpointValue::flags`].
 pub mod endpoint_flags {

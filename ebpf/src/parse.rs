@@ -3,7 +3,9 @@
 //! each header is loaded whole in one call (helper calls are the cost here).
 
 use aya_ebpf::programs::TcContext;
-use palisade_common::{Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use palisade_common::{
+    Addr, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, is_v4_mapped, v4_mapped,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -67,12 +69,6 @@ pub enum Icmp {
     Other,
 }
 
-/// `::ffff:0:0/96` holds IPv4 in our keys, so an IPv6 packet may not use it:
-/// on the wire it is invalid, and here it would alias an IPv4 address.
-#[inline(always)]
-fn is_v4_mapped(a: &Addr) -> bool {
-    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
-}
 
 #[inline(always)]
 fn is_link_local(a: &Addr) -> bool {
@@ -84,11 +80,6 @@ fn is_multicast(a: &Addr) -> bool {
     a[0] == 0xff
 }
 
-fn v4_mapped(a: [u8; 4]) -> Addr {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
-    ]
-}
 
 /// The fixed IPv4 header (options follow; IHL says how many).
 #[repr(C)]
@@ -196,6 +187,8 @@ fn parse_v4(ctx: &TcContext, off: usize) -> Result<Flow, ()> {
 #[inline(always)]
 fn ipv6_header(ctx: &TcContext, off: usize) -> Result<(Flow, u8), ()> {
     let h: Ipv6Header = load(ctx, off)?;
+    // `::ffff:0:0/96` holds IPv4 in our keys, so an IPv6 packet may not use
+    // it: on the wire it is invalid, and here it would alias an IPv4 address.
     if h.ver_class_label[0] >> 4 != 6 || is_v4_mapped(&h.saddr) || is_v4_mapped(&h.daddr) {
         return Err(());
     }

@@ -42,11 +42,7 @@ fn check4(ctx: &SockAddrContext) -> i32 {
         let sa = &*ctx.sock_addr;
         (sa.user_ip4.to_ne_bytes(), sa.user_port, sa.protocol)
     };
-    let mut daddr = [0u8; 16];
-    daddr[10] = 0xff;
-    daddr[11] = 0xff;
-    daddr[12..].copy_from_slice(&ip);
-    judge(daddr, port, proto)
+    judge(palisade_common::v4_mapped(ip), port, proto)
 }
 
 fn check6(ctx: &SockAddrContext) -> i32 {

@@ -1,7 +1,5 @@
 //! Logical map entries (engine types) to and from the kernel's layouts.
 
-use std::net::IpAddr;
-
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use palisade_common::{
@@ -9,19 +7,11 @@ use palisade_common::{
 };
 
 use crate::policy::{
-    addr::{from_wire_addr, from_wire_prefix, wire_addr, wire_prefix},
+    addr::{from_wire_prefix, wire_prefix},
     state::{Direction, EndpointEntry, IpcacheEntry, PolicyKey},
 };
 
-/// IPv6 as is; IPv4 as `::ffff:a.b.c.d`.
-pub fn addr(ip: IpAddr) -> Addr {
-    wire_addr(ip)
-}
-
-/// A v4-mapped address comes back as IPv4.
-pub fn ip(a: &Addr) -> IpAddr {
-    from_wire_addr(a)
-}
+pub use crate::policy::addr::{from_wire_addr as ip, wire_addr as addr};
 
 pub fn ipcache_key(net: &IpNet) -> Key<Addr> {
     let (len, a) = wire_prefix(net);
@@ -99,7 +89,7 @@ mod tests {
         };
         assert_eq!(policy_key_back(&policy_key(&k)), Some(k));
         assert_eq!(policy_key(&k).prefix_len(), 93);
-        let a = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        let a = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(ip(&addr(a)), a);
     }
 }

@@ -89,7 +89,7 @@ impl Record {
                     }
                 };
                 let why = if flow.policies.is_empty() {
-                    flow.reason.clone()
+                    flow.reason.to_string()
                 } else {
                     format!("isolated-by: {}", flow.policies.join(", "))
                 };
@@ -278,7 +278,7 @@ mod tests {
     fn flow(sport: u16) -> Denial {
         Denial {
             direction: Direction::Ingress,
-            protocol: "TCP".into(),
+            protocol: crate::flows::IpProtocol(palisade_common::PROTO_TCP),
             src: Side {
                 ip: "10.0.0.1".parse().expect("ip"),
                 port: Some(sport),
@@ -289,7 +289,7 @@ mod tests {
                 port: Some(80),
                 pod: Some("x/b".into()),
             },
-            reason: "policy".into(),
+            reason: crate::flows::DenyReason::Policy,
             policies: vec!["x/deny".to_string()].into(),
         }
     }

@@ -7,6 +7,7 @@ pub mod log;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt,
     net::IpAddr,
     sync::Arc,
 };
@@ -34,12 +35,12 @@ pub struct Side {
 /// A denied flow, attributed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Denial {
+    #[serde(serialize_with = "as_display")]
     pub direction: Direction,
-    pub protocol: String,
+    pub protocol: IpProtocol,
     pub src: Side,
     pub dst: Side,
-    /// `default-deny`, `metadata-block`, or `policy` (isolated by `policies`).
-    pub reason: String,
+    pub reason: DenyReason,
     #[serde(skip_serializing_if = "Policies::is_empty")]
     pub policies: Policies,
 }
@@ -133,15 +134,65 @@ impl PolicyCache {
     }
 }
 
-fn protocol_name(p: u8) -> String {
-    match Protocol::from_number(p) {
-        Some(p) => p.to_string(),
-        None => match p {
-            palisade_common::PROTO_ICMP => "ICMP".into(),
-            palisade_common::PROTO_ICMPV6 => "ICMPv6".into(),
-            n => format!("proto-{n}"),
-        },
+/// Why a flow was denied: a record's `reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DenyReason {
+    /// The profile's cluster-wide default deny, and no policy.
+    DefaultDeny,
+    /// The cloud metadata address, which no policy opened.
+    MetadataBlock,
+    /// An established flow that a policy change now denies, cut by the agent.
+    Revoked,
+    /// Isolated by `policies`, and no rule of theirs allows it.
+    Policy,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::DefaultDeny => profile::DEFAULT_DENY,
+            DenyReason::MetadataBlock => profile::METADATA_BLOCK,
+            DenyReason::Revoked => "revoked",
+            DenyReason::Policy => "policy",
+        }
     }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An IP protocol number, shown (and serialized) by name where it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpProtocol(pub u8);
+
+impl fmt::Display for IpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match Protocol::from_number(self.0) {
+            Some(p) => write!(f, "{p}"),
+            None => match self.0 {
+                palisade_common::PROTO_ICMP => f.write_str("ICMP"),
+                palisade_common::PROTO_ICMPV6 => f.write_str("ICMPv6"),
+                n => write!(f, "proto-{n}"),
+            },
+        }
+    }
+}
+
+impl Serialize for IpProtocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+pub(crate) fn as_display<T: fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// Addresses of pods, for naming the sides of a flow.
@@ -182,10 +233,10 @@ pub fn attribute(
         src.pod = Some(format!("cgroup:{}", ev.cgroup));
     }
     let (reason, policies) = match Reason::from_u8(ev.reason) {
-        Some(Reason::MetadataBlock) => (profile::METADATA_BLOCK.to_string(), Policies::default()),
+        Some(Reason::MetadataBlock) => (DenyReason::MetadataBlock, Policies::default()),
         // Cut by the agent: the policies that now isolate the endpoint.
         Some(Reason::Revoked) => (
-            "revoked".to_string(),
+            DenyReason::Revoked,
             cache.isolated_by(state, ev.endpoint, dir),
         ),
         _ => {
@@ -200,15 +251,15 @@ pub fn attribute(
                 .values()
                 .any(|e| e.id == ev.endpoint && e.flags & default_bit != 0);
             if only_default {
-                (profile::DEFAULT_DENY.to_string(), Policies::default())
+                (DenyReason::DefaultDeny, Policies::default())
             } else {
-                ("policy".to_string(), isolated_by)
+                (DenyReason::Policy, isolated_by)
             }
         }
     };
     Some(Denial {
         direction: dir,
-        protocol: protocol_name(ev.proto),
+        protocol: IpProtocol(ev.proto),
         src,
         dst,
         reason,
@@ -219,7 +270,7 @@ pub fn attribute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{state::EndpointInfo, types::PolicyOrigin};
+    use crate::{model::policy::PolicyOrigin, policy::state::EndpointInfo};
 
     fn event(sport: u16) -> DenyEvent {
         let mut daddr = [0u8; 16];

@@ -2,6 +2,8 @@
 //! [`Model`] out. No I/O; every source (API server, directory) feeds it.
 
 mod convert;
+mod label_selector;
+mod network_policy;
 mod service;
 mod strict;
 
@@ -13,13 +15,12 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice as ApiEndpointSlice,
     networking::v1::NetworkPolicy,
 };
+pub use label_selector::selector_from_api;
+pub use network_policy::{PolicyError, policy_from_api};
 pub use service::{endpoint_slice_from_api, service_from_api};
 pub use strict::unknown_fields;
 
-use crate::{
-    model::{Model, ObjectRef},
-    policy::types::{Policy, PolicyError},
-};
+use crate::model::{Model, ObjectRef};
 
 /// An object the index understands.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,7 +152,7 @@ impl Index {
                 }
             }),
             Object::NetworkPolicy(np) => {
-                return match Policy::try_from(np.as_ref()) {
+                return match policy_from_api(np) {
                     Ok(p) => {
                         self.rejected.remove(&key);
                         self.model.policies.insert(key.object, p);

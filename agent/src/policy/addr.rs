@@ -20,7 +20,7 @@ const V4_PREFIX_BASE: u8 = 96;
 /// The kernel's 16 bytes for an address.
 pub fn wire_addr(ip: IpAddr) -> Addr {
     match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V4(v4) => palisade_common::v4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     }
 }

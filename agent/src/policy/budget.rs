@@ -20,11 +20,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    compile::port_prefixes,
-    types::{Peer, Policy, PortRef},
-};
+use super::compile::port_prefixes;
 use crate::model::ObjectRef;
+use crate::model::policy::{Peer, Policy, PortRef};
 
 /// Limits per policy and per namespace; 0 means no limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,12 +369,10 @@ fn isolation_only(policy: &Policy) -> Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        model::Protocol,
-        policy::{
-            selector::Selector,
-            types::{PolicyOrigin, PortSpec, Rule},
-        },
+    use crate::model::{
+        Protocol,
+        policy::{PolicyOrigin, PortSpec, Rule},
+        selector::Selector,
     };
 
     fn policy(ns: &str, name: &str, peers: usize, ranges: usize) -> Policy {

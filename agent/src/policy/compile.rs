@@ -51,8 +51,8 @@ use super::{
         DesiredState, Direction, EndpointEntry, EndpointInfo, HostNetworkBlock, IdentityInfo,
         IpcacheEntry, PolicyKey, RuleRef,
     },
-    types::{Peer, Policy, PolicyOrigin, PortRef, Rule},
 };
+use crate::model::policy::{Peer, Policy, PolicyOrigin, PortRef, Rule};
 use crate::model::{Model, Node, ObjectRef, Pod, Protocol};
 
 /// Compiles with ids and intermediate results that persist across calls,

@@ -12,11 +12,9 @@ use std::{
     sync::Arc,
 };
 
-use super::{
-    identity::{Delta, Kind, Signature},
-    types::{NamespaceScope, Peer, Rule},
-};
+use super::identity::{Delta, Kind, Signature};
 use crate::model::Model;
+use crate::model::policy::{NamespaceScope, Peer, Rule};
 
 /// A rule's peers as identities. Metadata identities are listed apart:
 /// whether they match depends on the endpoint's metadata block.

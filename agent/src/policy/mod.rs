@@ -10,11 +10,9 @@ pub mod identity;
 pub mod matching;
 pub mod profile;
 pub mod reference;
-pub mod selector;
 pub mod services;
 pub mod sim;
 pub mod state;
-pub mod types;
 
 pub use budget::{Budgets, Rejection};
 pub use compile::{CompileStats, Compiler, compile};

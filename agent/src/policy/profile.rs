@@ -6,11 +6,9 @@ use std::{collections::BTreeSet, net::IpAddr};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    addr::canonical_ip,
-    selector::Selector,
-    types::{NamespaceScope, Peer, Policy, PolicyOrigin, PortRef, PortSpec, Rule},
-};
+use super::addr::canonical_ip;
+use crate::model::policy::{NamespaceScope, Peer, Policy, PolicyOrigin, PortRef, PortSpec, Rule};
+use crate::model::selector::Selector;
 use crate::model::{Labels, Protocol};
 
 pub const DEFAULT_DENY: &str = "default-deny";

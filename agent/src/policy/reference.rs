@@ -4,10 +4,8 @@
 
 use std::net::IpAddr;
 
-use super::{
-    profile::Profile,
-    types::{NamespaceScope, Peer, Policy, PortRef, Rule, in_block},
-};
+use super::profile::Profile;
+use crate::model::policy::{NamespaceScope, Peer, Policy, PortRef, Rule, in_block};
 use crate::model::{Model, Pod, Protocol};
 
 /// One side of a connection.

@@ -4,50 +4,13 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use ipnet::IpNet;
-use palisade_common::{DIR_EGRESS, DIR_INGRESS};
 
-use super::{
-    addr::{canonical_ip, canonical_net},
-    types::PolicyOrigin,
-};
+use super::addr::{canonical_ip, canonical_net};
 use crate::model::ObjectRef;
+use crate::model::policy::PolicyOrigin;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    pub fn wire(self) -> u8 {
-        match self {
-            Direction::Ingress => DIR_INGRESS,
-            Direction::Egress => DIR_EGRESS,
-        }
-    }
-
-    /// `None` for a value the kernel never writes: a corrupt record is
-    /// not silently read as ingress.
-    pub fn from_wire(v: u8) -> Option<Self> {
-        match v {
-            DIR_INGRESS => Some(Direction::Ingress),
-            DIR_EGRESS => Some(Direction::Egress),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        })
-    }
-}
+/// Shared with the kernel side: one definition of the wire values.
+pub use palisade_common::Direction;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EndpointEntry {
@@ -91,6 +54,7 @@ impl PolicyKey {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct RuleRef {
     pub origin: PolicyOrigin,
+    #[serde(serialize_with = "crate::flows::as_display")]
     pub dir: Direction,
     pub index: usize,
 }

@@ -1,7 +1,6 @@
-//! NetworkPolicy (networking.k8s.io/v1) validated into the engine's types.
-//! Validation happens once, here; the compiler never sees an invalid policy.
-
-use std::net::IpAddr;
+//! NetworkPolicy (networking.k8s.io/v1) validated into the engine's
+//! [`Policy`]. Validation happens once, here; the compiler never sees an
+//! invalid policy.
 
 use ipnet::IpNet;
 use k8s_openapi::{
@@ -12,82 +11,15 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{
-    addr::{canonical_net, is_v4_mapped},
-    selector::{Selector, SelectorError},
+use super::label_selector::selector_from_api;
+use crate::{
+    model::{
+        ObjectRef, Protocol,
+        policy::{NamespaceScope, Peer, Policy, PolicyOrigin, PortRef, PortSpec, Rule},
+        selector::{Selector, SelectorError},
+    },
+    policy::addr::{canonical_net, is_v4_mapped},
 };
-use crate::model::{ObjectRef, Protocol};
-
-/// Who a policy came from: a NetworkPolicy object, or one of the agent's
-/// built-in profiles (default deny, DNS, metadata block).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub enum PolicyOrigin {
-    NetworkPolicy(ObjectRef),
-    Profile(&'static str),
-}
-
-impl std::fmt::Display for PolicyOrigin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PolicyOrigin::NetworkPolicy(r) => write!(f, "{r}"),
-            PolicyOrigin::Profile(name) => f.write_str(name),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Policy {
-    pub origin: PolicyOrigin,
-    pub namespace: String,
-    pub pod_selector: Selector,
-    /// `None`: the policy does not apply to ingress (policyTypes). `Some`,
-    /// even empty: selected pods are isolated for ingress and these rules allow.
-    pub ingress: Option<Vec<Rule>>,
-    pub egress: Option<Vec<Rule>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Rule {
-    /// Empty: every peer.
-    pub peers: Vec<Peer>,
-    /// Empty: every port of every protocol.
-    pub ports: Vec<PortSpec>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Peer {
-    /// Pods selected by `pods` in the namespaces of `namespaces`.
-    Pods {
-        namespaces: NamespaceScope,
-        pods: Selector,
-    },
-    IpBlock {
-        cidr: IpNet,
-        except: Vec<IpNet>,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum NamespaceScope {
-    /// The policy's own namespace (peer without namespaceSelector).
-    Own(String),
-    Selected(Selector),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PortSpec {
-    pub protocol: Protocol,
-    /// `None`: every port of the protocol.
-    pub port: Option<PortRef>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum PortRef {
-    /// An inclusive range; a single port is `start == end`.
-    Range { start: u16, end: u16 },
-    /// A named container port, resolved against the pod that serves it.
-    Named(String),
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
@@ -133,71 +65,68 @@ pub enum PolicyError {
     EmptyPeer { field: String },
 }
 
-impl TryFrom<&NetworkPolicy> for Policy {
-    type Error = PolicyError;
+/// Validates a NetworkPolicy into the engine's form; the error names the field.
+pub fn policy_from_api(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
+    let (Some(name), Some(namespace)) = (&np.metadata.name, &np.metadata.namespace) else {
+        return Err(PolicyError::MissingName);
+    };
+    let spec = np.spec.as_ref().ok_or(PolicyError::MissingSpec)?;
+    let pod_selector = selector("spec.podSelector", spec.pod_selector.as_ref())?;
 
-    fn try_from(np: &NetworkPolicy) -> Result<Self, PolicyError> {
-        let (Some(name), Some(namespace)) = (&np.metadata.name, &np.metadata.namespace) else {
-            return Err(PolicyError::MissingName);
-        };
-        let spec = np.spec.as_ref().ok_or(PolicyError::MissingSpec)?;
-        let pod_selector = selector("spec.podSelector", spec.pod_selector.as_ref())?;
-
-        // policyTypes: given, or Ingress plus Egress when egress rules exist.
-        let (has_ingress, has_egress) = match &spec.policy_types {
-            Some(types) if !types.is_empty() => {
-                let mut i = false;
-                let mut e = false;
-                for (n, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        "Ingress" => i = true,
-                        "Egress" => e = true,
-                        other => {
-                            return Err(PolicyError::PolicyType {
-                                field: format!("spec.policyTypes[{n}]"),
-                                value: other.to_string(),
-                            });
-                        }
+    // policyTypes: given, or Ingress plus Egress when egress rules exist.
+    let (has_ingress, has_egress) = match &spec.policy_types {
+        Some(types) if !types.is_empty() => {
+            let mut i = false;
+            let mut e = false;
+            for (n, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => i = true,
+                    "Egress" => e = true,
+                    other => {
+                        return Err(PolicyError::PolicyType {
+                            field: format!("spec.policyTypes[{n}]"),
+                            value: other.to_string(),
+                        });
                     }
                 }
-                (i, e)
             }
-            // Upstream defaulting tests the list's length: `egress: []` is no rule.
-            _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
-        };
+            (i, e)
+        }
+        // Upstream defaulting tests the list's length: `egress: []` is no rule.
+        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
+    };
 
-        let ingress = if has_ingress {
-            let rules = spec.ingress.as_deref().unwrap_or_default();
-            Some(
-                rules
-                    .iter()
-                    .enumerate()
-                    .map(|(n, r)| ingress_rule(namespace, n, r))
-                    .collect::<Result<_, _>>()?,
-            )
-        } else {
-            None
-        };
-        let egress = if has_egress {
-            let rules = spec.egress.as_deref().unwrap_or_default();
-            Some(
-                rules
-                    .iter()
-                    .enumerate()
-                    .map(|(n, r)| egress_rule(namespace, n, r))
-                    .collect::<Result<_, _>>()?,
-            )
-        } else {
-            None
-        };
-        Ok(Policy {
-            origin: PolicyOrigin::NetworkPolicy(ObjectRef::new(namespace, name)),
-            namespace: namespace.clone(),
-            pod_selector,
-            ingress,
-            egress,
-        })
-    }
+    let ingress = if has_ingress {
+        let rules = spec.ingress.as_deref().unwrap_or_default();
+        Some(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(n, r)| ingress_rule(namespace, n, r))
+                .collect::<Result<_, _>>()?,
+        )
+    } else {
+        None
+    };
+    let egress = if has_egress {
+        let rules = spec.egress.as_deref().unwrap_or_default();
+        Some(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(n, r)| egress_rule(namespace, n, r))
+                .collect::<Result<_, _>>()?,
+        )
+    } else {
+        None
+    };
+    Ok(Policy {
+        origin: PolicyOrigin::NetworkPolicy(ObjectRef::new(namespace, name)),
+        namespace: namespace.clone(),
+        pod_selector,
+        ingress,
+        egress,
+    })
 }
 
 fn selector(
@@ -206,7 +135,7 @@ fn selector(
 ) -> Result<Selector, PolicyError> {
     match sel {
         None => Ok(Selector::everything()),
-        Some(s) => Selector::from_api(s).map_err(|source| PolicyError::Selector {
+        Some(s) => selector_from_api(s).map_err(|source| PolicyError::Selector {
             field: field.to_string(),
             source,
         }),
@@ -392,9 +321,4 @@ fn valid_port_name(s: &str) -> bool {
         && !s.starts_with('-')
         && !s.ends_with('-')
         && !s.contains("--")
-}
-
-/// Whether an address lies in an ipBlock.
-pub fn in_block(ip: IpAddr, cidr: &IpNet, except: &[IpNet]) -> bool {
-    cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
 }
