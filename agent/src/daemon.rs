@@ -194,10 +194,10 @@ pub fn apply_batch(
                 }
             }
             SourceEvent::Delete(key) => index.delete(&key),
-            SourceEvent::Rejected(e) => warn!(error = %e, "source object rejected"),
+            SourceEvent::Rejected(e) => warn!(error = %chain(&*e), "source object rejected"),
             SourceEvent::Version(v) => *version = v,
             SourceEvent::Trouble(e) => {
-                warn!(error = %e, "source trouble; enforcement unchanged, retrying")
+                warn!(error = %chain(&e), "source trouble; enforcement unchanged, retrying")
             }
         }
     }

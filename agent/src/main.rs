@@ -308,7 +308,7 @@ async fn cli_main() -> anyhow::Result<()> {
             let cfg = load_config(config.as_ref())?;
             let snapshot = DirSource::new(&source).read().context("reading source")?;
             for e in &snapshot.errors {
-                eprintln!("rejected: {e}");
+                eprintln!("rejected: {}", palisade_agent::error_chain::chain(&**e));
             }
             let mut index = Index::default();
             for o in &snapshot.objects {

@@ -9,13 +9,13 @@ use crate::{
 };
 
 #[derive(clap::Args, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Under 5 minutes: shorter transfers, fewer repetitions.
     #[arg(long)]
     pub quick: bool,
 }
 
-pub fn run(o: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     setup::run(&setup::Options::default())?;
     let dir = build_binaries(true)?;
     let mut cmd = Command::new(dir.join("palisade-bench"));

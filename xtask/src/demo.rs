@@ -10,9 +10,9 @@ use crate::{
 };
 
 #[derive(clap::Args, Default)]
-pub struct Options {}
+pub(crate) struct Options {}
 
-pub fn run(_: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(_: &Options) -> anyhow::Result<()> {
     setup::run(&setup::Options::default())?;
     let bin = build_binaries(false)?;
     let (agent, harness) = (bin.join("palisade"), bin.join("palisade-scenario"));

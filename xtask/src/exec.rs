@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| a.to_string_lossy().into_owned())
@@ -16,7 +16,7 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Runs a command with inherited output; fails naming it on a non-zero exit.
-pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     let status = status(cmd)?;
     if !status.success() {
         bail!("`{}` failed: {status}", describe(cmd));
@@ -24,13 +24,13 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(cmd: &mut Command) -> anyhow::Result<ExitStatus> {
+pub(crate) fn status(cmd: &mut Command) -> anyhow::Result<ExitStatus> {
     cmd.status()
         .with_context(|| format!("running `{}`", describe(cmd)))
 }
 
 /// Runs a command and returns its stdout; fails naming it on a non-zero exit.
-pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("running `{}`", describe(cmd)))?;
@@ -46,14 +46,14 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// The workspace root (xtask lives one level below it).
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask has a parent")
         .to_path_buf()
 }
 
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
     c
@@ -61,7 +61,7 @@ pub fn cargo() -> Command {
 
 /// Builds the agent and the harness binaries; returns the directory that
 /// holds them (palisade, palisade-scenario, palisade-bench).
-pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
+pub(crate) fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "build",

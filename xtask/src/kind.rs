@@ -57,13 +57,13 @@ fn overlay(tag: &str) -> String {
 }
 
 #[derive(clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     #[command(subcommand)]
     pub action: Action,
 }
 
 #[derive(clap::Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// Create the cluster and neutralise kindnet's own policy enforcement.
     Up,
     /// Build the image under a new tag and load it into the cluster's nodes.
@@ -79,7 +79,7 @@ pub enum Action {
 }
 
 #[derive(clap::Args)]
-pub struct E2eOptions {
+pub(crate) struct E2eOptions {
     /// Scenario files (default: the shared seeds and tests/scenarios).
     pub files: Vec<PathBuf>,
     /// Also run the upstream [sig-network] Netpol tests (e2e.test).
@@ -111,7 +111,7 @@ fn kubectl() -> Command {
     c
 }
 
-pub fn run(o: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     match &o.action {
         Action::Up => {
             need("kind")?;

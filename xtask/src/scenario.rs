@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 use crate::exec::{build_binaries, status};
 
 #[derive(clap::Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Scenario files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
@@ -21,7 +21,7 @@ pub struct Options {
     pub via_service: bool,
 }
 
-pub fn run(o: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     let bin = build_binaries(false)?;
     let (agent, harness) = (bin.join("palisade"), bin.join("palisade-scenario"));
     let mut cmd = Command::new(harness);

@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use crate::exec::{exec, output};
 
 #[derive(clap::Args, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Only what building the agent needs (rust-src, bpf-linker), not the
     /// test tools: the image build (Dockerfile) uses this.
     #[arg(long)]
@@ -63,7 +63,7 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-pub fn run(o: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     if !o.toolchain_only {

@@ -17,7 +17,7 @@ use crate::{
 };
 
 #[derive(clap::Args, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Skip the end-to-end scenarios (for a quick local loop; CI runs them).
     #[arg(long)]
     pub no_scenarios: bool,
@@ -108,7 +108,7 @@ const SCENARIO_MODES: &[(&str, &[&str])] = &[
 ];
 
 /// The suite's scenario files: `SCENARIO_DIRS` in order, each in name order.
-pub fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for dir in SCENARIO_DIRS.iter().map(|d| root().join(d)) {
         let dir = &dir;
@@ -125,7 +125,7 @@ pub fn scenario_files() -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-pub fn run(o: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     setup::run(&setup::Options::default())?;
     let mut t = Tally::default();
 

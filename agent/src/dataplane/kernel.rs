@@ -161,9 +161,10 @@ pub struct KernelMaps {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{op}")]
+#[error("{op:?}")]
 pub struct ApplyError {
-    pub op: String,
+    /// The write that failed, for the log and a retry.
+    pub op: MapOp,
     #[source]
     pub source: MapError,
 }
@@ -192,7 +193,7 @@ impl MapWriter for KernelMaps {
             MapOp::DeleteIface(k) => self.ifaces.remove(k),
         };
         r.map_err(|source| ApplyError {
-            op: format!("{op:?}"),
+            op: op.clone(),
             source,
         })
     }

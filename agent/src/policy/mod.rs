@@ -9,6 +9,9 @@ pub mod dump;
 pub mod identity;
 pub mod matching;
 pub mod profile;
+/// The independent oracle that tests compare the compiled maps with; not
+/// part of the agent.
+#[cfg(any(test, feature = "test-support"))]
 pub mod reference;
 pub mod services;
 pub mod sim;

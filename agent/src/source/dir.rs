@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -33,7 +34,7 @@ pub struct Update {
     /// Objects that no file holds any more.
     pub deleted: Vec<ObjectKey>,
     /// Every file's errors (not only the changed files').
-    pub errors: Vec<String>,
+    pub errors: Vec<Arc<ParseError>>,
     pub digest: u64,
 }
 
@@ -41,7 +42,7 @@ pub struct Update {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub objects: Vec<Object>,
-    pub errors: Vec<String>,
+    pub errors: Vec<Arc<ParseError>>,
     /// FNV-1a over (relative path, contents) of every file, in name order:
     /// tells which version of the directory a programmed state came from.
     pub digest: u64,
@@ -131,7 +132,7 @@ struct CachedFile {
     rel: String,
     bytes: Vec<u8>,
     objects: Vec<(ObjectKey, Object)>,
-    errors: Vec<String>,
+    errors: Vec<Arc<ParseError>>,
 }
 
 impl DirSource {
@@ -186,9 +187,7 @@ impl DirSource {
             for r in parse_objects(&rel, &String::from_utf8_lossy(&bytes)) {
                 match r {
                     Ok(o) => objects.push((o.key(), o)),
-                    Err(e @ (ParseError::Yaml { .. } | ParseError::Object { .. })) => {
-                        errors.push(crate::error_chain::chain(&e))
-                    }
+                    Err(e) => errors.push(Arc::new(e)),
                 }
             }
             let previous: BTreeMap<&ObjectKey, &Object> = self
@@ -345,7 +344,7 @@ pub async fn run(
                 if std::mem::replace(&mut troubled, true) {
                     continue;
                 }
-                vec![SourceEvent::Trouble(crate::error_chain::chain(&e))]
+                vec![SourceEvent::Trouble(e.into())]
             }
         };
         if tx.send(batch).await.is_err() {

@@ -17,7 +17,7 @@ use kube::{
 use tokio::sync::mpsc::Sender;
 use tracing::{Instrument as _, info, info_span};
 
-use super::{Batch, SourceEvent};
+use super::{Batch, SourceEvent, Trouble};
 use crate::index::{Kind, Object};
 
 /// Watches every kind until the receiver is gone.
@@ -165,7 +165,7 @@ async fn watch<K>(
             }
             Ok(watcher::Event::Apply(o)) => vec![SourceEvent::Apply(wrap(o))],
             Ok(watcher::Event::Delete(o)) => vec![SourceEvent::Delete(wrap(o).key())],
-            Err(e) => vec![SourceEvent::Trouble(format!("{kind} watch: {e}"))],
+            Err(source) => vec![SourceEvent::Trouble(Trouble::Watch { kind, source })],
         };
         if tx.send(batch).await.is_err() {
             return;

@@ -8,7 +8,22 @@ pub mod kube;
 pub mod wake;
 pub mod yaml;
 
+use std::sync::Arc;
+
 use crate::index::{Kind, Object, ObjectKey};
+
+/// Why a source cannot deliver right now.
+#[derive(Debug, thiserror::Error)]
+pub enum Trouble {
+    #[error("{kind} watch")]
+    Watch {
+        kind: Kind,
+        #[source]
+        source: ::kube::runtime::watcher::Error,
+    },
+    #[error(transparent)]
+    Dir(#[from] dir::DirError),
+}
 
 #[derive(Debug)]
 pub enum SourceEvent {
@@ -20,12 +35,12 @@ pub enum SourceEvent {
     Apply(Object),
     Delete(ObjectKey),
     /// Input the source could not turn into an object, with why (named).
-    Rejected(String),
+    Rejected(Arc<yaml::ParseError>),
     /// The version of the source now delivered (directory digest).
     Version(String),
     /// The source is in trouble (API unreachable, directory unreadable);
     /// enforcement continues unchanged and the source retries.
-    Trouble(String),
+    Trouble(Trouble),
 }
 
 pub type Batch = Vec<SourceEvent>;

@@ -1,7 +1,7 @@
 //! Builders for engine tests: small models written as YAML, the way users
 //! write them.
 
-#![allow(dead_code, reason = "each test file uses a different subset")]
+#![expect(dead_code, reason = "each test file uses a different subset")]
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,7 +21,7 @@ use palisade_agent::{
 
 /// A model from YAML documents (Namespaces, Pods, NetworkPolicies); panics on
 /// any rejected object, since tests mean them to be valid.
-pub fn model(yaml: &str) -> Model {
+pub(crate) fn model(yaml: &str) -> Model {
     let mut index = Index::default();
     for o in objects(yaml) {
         index
@@ -31,16 +31,16 @@ pub fn model(yaml: &str) -> Model {
     index.model().clone()
 }
 
-pub fn objects(yaml: &str) -> Vec<Object> {
+pub(crate) fn objects(yaml: &str) -> Vec<Object> {
     parse_objects("test", yaml)
         .into_iter()
         .map(|r| r.unwrap_or_else(|e| panic!("test YAML: {e}")))
         .collect()
 }
 
-pub const NODE: &str = "n1";
+pub(crate) const NODE: &str = "n1";
 
-pub fn node() -> Node {
+pub(crate) fn node() -> Node {
     Node {
         name: NODE.into(),
         addresses: vec!["172.31.0.1".parse().expect("ip")],
@@ -49,7 +49,7 @@ pub fn node() -> Node {
 }
 
 /// A pod document on node n1.
-pub fn pod(ns: &str, name: &str, labels: &str, ip: &str) -> String {
+pub(crate) fn pod(ns: &str, name: &str, labels: &str, ip: &str) -> String {
     format!(
         "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
          spec: {{nodeName: {NODE}, containers: [{{name: c, image: i, ports: [{{name: http, containerPort: 80}}, {{name: dns, containerPort: 53, protocol: UDP}}]}}]}}\n\
@@ -57,7 +57,7 @@ pub fn pod(ns: &str, name: &str, labels: &str, ip: &str) -> String {
     )
 }
 
-pub fn ns(name: &str, labels: &str) -> String {
+pub(crate) fn ns(name: &str, labels: &str) -> String {
     format!(
         "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"
     )
@@ -65,7 +65,7 @@ pub fn ns(name: &str, labels: &str) -> String {
 
 /// The classic model: namespaces x, y, z (labelled ns: x|y|z), pods a, b, c
 /// in each (labelled pod: a|b|c), at 10.0.<1..3>.<10..12>.
-pub fn xyz() -> String {
+pub(crate) fn xyz() -> String {
     let mut s = String::new();
     for (i, n) in ["x", "y", "z"].iter().enumerate() {
         s.push_str(&ns(n, &format!("ns: {n}")));
@@ -81,12 +81,12 @@ pub fn xyz() -> String {
     s
 }
 
-pub fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
 /// Address of pod `ns/p` in the xyz model.
-pub fn xyz_ip(name: &str) -> IpAddr {
+pub(crate) fn xyz_ip(name: &str) -> IpAddr {
     let (n, p) = name.split_once('/').expect("ns/pod");
     let i = ["x", "y", "z"]
         .iter()
@@ -97,7 +97,7 @@ pub fn xyz_ip(name: &str) -> IpAddr {
     ip(&format!("10.0.{i}.{j}"))
 }
 
-pub const XYZ: [&str; 9] = [
+pub(crate) const XYZ: [&str; 9] = [
     "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
 ];
 
@@ -106,7 +106,7 @@ pub const XYZ: [&str; 9] = [
 /// id by the rule. Two compiles of one model are equivalent exactly when
 /// their canonical forms are equal, whatever ids they handed out.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Canonical {
+pub(crate) struct Canonical {
     pub ipcache: BTreeMap<IpNet, (u32, Vec<IpNet>)>,
     pub endpoints: BTreeMap<IpAddr, (Option<ObjectRef>, u32)>,
     pub policy: BTreeSet<CanonicalEntry>,
@@ -114,7 +114,7 @@ pub struct Canonical {
 }
 
 /// (endpoint's pod, direction, protocol, peer addresses or any, port, port bits, rule).
-pub type CanonicalEntry = (
+pub(crate) type CanonicalEntry = (
     Option<ObjectRef>,
     Direction,
     u8,
@@ -124,7 +124,7 @@ pub type CanonicalEntry = (
     Option<RuleRef>,
 );
 
-pub fn canonical(state: &DesiredState) -> Canonical {
+pub(crate) fn canonical(state: &DesiredState) -> Canonical {
     let mut classes: BTreeMap<u32, Vec<IpNet>> = BTreeMap::new();
     for (net, e) in &state.maps.ipcache {
         classes.entry(e.identity).or_default().push(*net);
