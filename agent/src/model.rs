@@ -206,3 +206,4 @@ impl Model {
         }
     }
 }
+pub mod calico_selector;
