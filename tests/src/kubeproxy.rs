@@ -26,7 +26,8 @@ pub struct ServicePort {
     /// `NS/NAME`, for chain names and comments.
     pub service: String,
     pub addr: IpAddr,
-    /// `tcp` or `udp`.
+    /// `tcp`, `udp` or `sctp` (nft's names; `th dport` reads the ports of
+    /// all three, and conntrack and NAT handle SCTP as they do the others).
     pub proto: &'static str,
     pub port: u16,
     /// Backend address and target port, in the order the harness listed them.
