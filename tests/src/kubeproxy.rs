@@ -182,6 +182,13 @@ mod tests {
                 backends: vec![],
             },
             ServicePort {
+                service: "x/assoc".into(),
+                addr: "10.96.0.12".parse().expect("addr"),
+                proto: "sctp",
+                port: 9000,
+                backends: vec!["10.244.1.12:80".parse().expect("addr")],
+            },
+            ServicePort {
                 service: "x/web".into(),
                 addr: "fd00:10:96::a".parse().expect("addr"),
                 proto: "tcp",
@@ -190,7 +197,8 @@ mod tests {
             },
         ];
         let v4 = ruleset(&ports, false);
-        assert!(v4.contains("elements = { 10.96.0.10 . tcp . 8080 : goto svc-x-web-tcp-8080 }"));
+        assert!(v4.contains("elements = { 10.96.0.10 . tcp . 8080 : goto svc-x-web-tcp-8080, 10.96.0.12 . sctp . 9000 : goto svc-x-assoc-sctp-9000 }"));
+        assert!(v4.contains("meta l4proto sctp dnat to 10.244.1.12:80"));
         assert!(v4.contains("elements = { 10.96.0.11 . udp . 53 : goto reject-chain }"));
         assert!(v4.contains("numgen random mod 2 vmap { 0 : goto svc-x-web-tcp-8080-ep0, 1 : goto svc-x-web-tcp-8080-ep1 }"));
         assert!(v4.contains("meta l4proto tcp dnat to 10.244.1.11:80"));

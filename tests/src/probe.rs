@@ -1,7 +1,7 @@
 //! Listeners (TCP accept, UDP echo, SCTP association setup) inside host
 //! namespaces, and probes: one connection attempt from a source namespace,
-//! bounded in time. SCTP is spoken by the harness itself over raw sockets
-//! (see [`crate::sctp`]).
+//! bounded in time. SCTP uses the kernel's sockets where it has them, else
+//! the harness speaks it itself over raw sockets (see [`crate::sctp`]).
 
 use std::{
     io::ErrorKind,
@@ -79,6 +79,7 @@ enum Sock {
     Tcp(TcpListener),
     Udp(UdpSocket),
     Sctp(sctp::Responder),
+    SctpKernel(std::os::fd::OwnedFd),
 }
 
 /// Binds every port on `[::]` (dual-stack) in `netns` (the caller's own
@@ -130,6 +131,11 @@ pub fn listen_at(
                             .with_context(|| format!("listening on UDP {}", p.port))?;
                         s.set_nonblocking(true)?;
                         socks.push(Sock::Udp(s));
+                    }
+                    Proto::Sctp if sctp::kernel_has_sctp() => {
+                        let l = sctp::kernel_listener(addr)
+                            .with_context(|| format!("listening on SCTP {}", p.port))?;
+                        socks.push(Sock::SctpKernel(l));
                     }
                     // One raw socket per address serves every SCTP port.
                     Proto::Sctp => {
@@ -183,6 +189,7 @@ fn serve(socks: &[Sock], stop: &AtomicBool) {
                 Sock::Tcp(l) => l.as_raw_fd(),
                 Sock::Udp(u) => u.as_raw_fd(),
                 Sock::Sctp(r) => r.fd(),
+                Sock::SctpKernel(l) => l.as_raw_fd(),
             },
             events: libc::POLLIN,
             revents: 0,
@@ -209,6 +216,7 @@ fn serve(socks: &[Sock], stop: &AtomicBool) {
                     }
                 }
                 Sock::Sctp(r) => r.serve(&mut buf),
+                Sock::SctpKernel(l) => sctp::kernel_accept_all(l.as_raw_fd()),
             }
         }
     }

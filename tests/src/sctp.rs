@@ -16,9 +16,12 @@
 //!   verification tags, so that conntrack (and the Service DNAT) take them
 //!   as the kernel's own would be taken. It ends with an ABORT.
 //!
-//! On a kernel that does have SCTP the stack also sees these packets and
-//! answers what it does not know with ABORT; the probe ignores ABORTs, so
-//! the outcome is the same.
+//! A kernel that does have SCTP would answer these hand-made packets
+//! itself (ABORT: no such association), and conntrack would close the flow
+//! under the harness. So where `socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP)`
+//! works, the harness uses the kernel's SCTP instead: one-to-one sockets,
+//! a listener per port that accepts and closes, and a non-blocking connect
+//! bounded like TCP's ([`kernel_has_sctp`] decides, once per process).
 
 use std::{
     collections::hash_map::RandomState,
@@ -27,7 +30,10 @@ use std::{
     mem::{size_of, zeroed},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -341,9 +347,161 @@ impl Responder {
 }
 
 /// Sets up an association with `to` from the calling thread's namespace
-/// within `timeout`: true when the COOKIE ACK came back.
+/// within `timeout`: with the kernel's SCTP where there is one, else by
+/// hand (true when the COOKIE ACK came back).
 pub fn attempt(to: SocketAddr, timeout: Duration) -> bool {
-    attempt_inner(to, timeout).unwrap_or(false)
+    if kernel_has_sctp() {
+        kernel_attempt(to, timeout).unwrap_or(false)
+    } else {
+        attempt_inner(to, timeout).unwrap_or(false)
+    }
+}
+
+/// Whether this kernel has SCTP sockets (`CONFIG_IP_SCTP`, the `sctp`
+/// module loaded). Asked once: it is the same in every namespace.
+pub fn kernel_has_sctp() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| stream_socket(false).is_ok())
+}
+
+/// A one-to-one (`SOCK_STREAM`) kernel SCTP socket.
+fn stream_socket(v6: bool) -> io::Result<OwnedFd> {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            IPPROTO_SCTP,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: value lives across the call and its size is given.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+}
+
+fn sockaddr_port(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let (mut ss, len) = sockaddr(addr.ip());
+    let port = addr.port().to_be();
+    if addr.is_ipv4() {
+        // SAFETY: sockaddr() filled a sockaddr_in.
+        unsafe { (*(&mut ss as *mut _ as *mut libc::sockaddr_in)).sin_port = port };
+    } else {
+        // SAFETY: sockaddr() filled a sockaddr_in6.
+        unsafe { (*(&mut ss as *mut _ as *mut libc::sockaddr_in6)).sin6_port = port };
+    }
+    (ss, len)
+}
+
+/// A kernel SCTP listener on `addr` (`[::]`: both families), non-blocking.
+pub fn kernel_listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = stream_socket(addr.is_ipv6())?;
+    let raw = fd.as_raw_fd();
+    set_int_opt(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        set_int_opt(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+    }
+    let (ss, len) = sockaddr_port(addr);
+    // SAFETY: ss is a valid sockaddr of len bytes.
+    check(unsafe { libc::bind(raw, &ss as *const _ as *const _, len) })?;
+    // SAFETY: plain listen(2) on our socket.
+    check(unsafe { libc::listen(raw, 128) })?;
+    Ok(fd)
+}
+
+/// Accepts (and so closes) every association waiting on a listener.
+pub fn kernel_accept_all(listener: RawFd) {
+    loop {
+        // SAFETY: accept4(2) without an address; the fd is owned below.
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: a fresh descriptor; dropping it closes the association.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
+/// A non-blocking connect, then a wait for it to finish, as
+/// `TcpStream::connect_timeout` does for TCP.
+fn kernel_attempt(to: SocketAddr, timeout: Duration) -> io::Result<bool> {
+    let fd = stream_socket(to.is_ipv6())?;
+    let raw = fd.as_raw_fd();
+    let (ss, len) = sockaddr_port(to);
+    // SAFETY: ss is a valid sockaddr of len bytes.
+    let rc = unsafe { libc::connect(raw, &ss as *const _ as *const _, len) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Ok(false);
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut p = libc::pollfd {
+            fd: raw,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe {
+            libc::poll(
+                &mut p,
+                1,
+                left.as_millis().clamp(1, i32::MAX as u128) as i32,
+            )
+        };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return Ok(false);
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: err and len are valid for getsockopt's output.
+        check(unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        })?;
+        return Ok(err == 0 && p.revents & (libc::POLLERR | libc::POLLHUP) == 0);
+    }
 }
 
 fn attempt_inner(to: SocketAddr, timeout: Duration) -> io::Result<bool> {

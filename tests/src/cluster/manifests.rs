@@ -409,6 +409,10 @@ mod tests {
             probe_command("fd00:10:244::7".parse().expect("ip"), 53, Proto::Udp, t)[2],
             "[fd00:10:244::7]:53"
         );
+        assert_eq!(
+            probe_command("10.244.1.7".parse().expect("ip"), 80, Proto::Sctp, t)[4],
+            "--protocol=sctp"
+        );
     }
 
     #[test]
