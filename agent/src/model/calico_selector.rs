@@ -711,6 +711,9 @@ mod tests {
         assert!(sel("all()").is_all());
         assert!(matches("role == \"ingress\"", &[("role", "ingress")]));
         assert!(!matches("app == \"wordpress\"", &[("app", "mysql")]));
+        let ns = sel("kubernetes.io/metadata.name == \"wordpress\"");
+        assert!(ns.matches(&labels(&[(NS, "wordpress")])));
+        assert!(!ns.matches(&labels(&[(NS, "default")])));
     }
 
     #[test]
