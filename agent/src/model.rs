@@ -209,3 +209,4 @@ impl Model {
         }
     }
 }
+pub mod calico_selector;

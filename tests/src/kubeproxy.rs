@@ -26,7 +26,8 @@ pub struct ServicePort {
     /// `NS/NAME`, for chain names and comments.
     pub service: String,
     pub addr: IpAddr,
-    /// `tcp` or `udp`.
+    /// `tcp`, `udp` or `sctp` (nft's names; `th dport` reads the ports of
+    /// all three, and conntrack and NAT handle SCTP as they do the others).
     pub proto: &'static str,
     pub port: u16,
     /// Backend address and target port, in the order the harness listed them.
@@ -181,6 +182,13 @@ mod tests {
                 backends: vec![],
             },
             ServicePort {
+                service: "x/assoc".into(),
+                addr: "10.96.0.12".parse().expect("addr"),
+                proto: "sctp",
+                port: 9000,
+                backends: vec!["10.244.1.12:80".parse().expect("addr")],
+            },
+            ServicePort {
                 service: "x/web".into(),
                 addr: "fd00:10:96::a".parse().expect("addr"),
                 proto: "tcp",
@@ -189,7 +197,8 @@ mod tests {
             },
         ];
         let v4 = ruleset(&ports, false);
-        assert!(v4.contains("elements = { 10.96.0.10 . tcp . 8080 : goto svc-x-web-tcp-8080 }"));
+        assert!(v4.contains("elements = { 10.96.0.10 . tcp . 8080 : goto svc-x-web-tcp-8080, 10.96.0.12 . sctp . 9000 : goto svc-x-assoc-sctp-9000 }"));
+        assert!(v4.contains("meta l4proto sctp dnat to 10.244.1.12:80"));
         assert!(v4.contains("elements = { 10.96.0.11 . udp . 53 : goto reject-chain }"));
         assert!(v4.contains("numgen random mod 2 vmap { 0 : goto svc-x-web-tcp-8080-ep0, 1 : goto svc-x-web-tcp-8080-ep1 }"));
         assert!(v4.contains("meta l4proto tcp dnat to 10.244.1.11:80"));

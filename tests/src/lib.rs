@@ -17,5 +17,6 @@ pub mod probe;
 pub mod raw;
 pub mod runner;
 pub mod scenario;
+pub mod sctp;
 pub mod services;
 pub mod topology;

@@ -1,5 +1,7 @@
-//! Listeners (TCP accept, UDP echo) inside host namespaces, and probes:
-//! one connection attempt from a source namespace, bounded in time.
+//! Listeners (TCP accept, UDP echo, SCTP association setup) inside host
+//! namespaces, and probes: one connection attempt from a source namespace,
+//! bounded in time. SCTP uses the kernel's sockets where it has them, else
+//! the harness speaks it itself over raw sockets (see [`crate::sctp`]).
 
 use std::{
     io::ErrorKind,
@@ -17,7 +19,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{netns, scenario::PortSpec};
+use crate::{netns, scenario::PortSpec, sctp};
 
 const PAYLOAD: &[u8] = b"palisade-probe";
 
@@ -25,14 +27,35 @@ const PAYLOAD: &[u8] = b"palisade-probe";
 pub enum Proto {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Proto {
+    /// The API spelling: `TCP`, `UDP`, `SCTP`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         match s {
             "TCP" => Ok(Proto::Tcp),
             "UDP" => Ok(Proto::Udp),
-            other => anyhow::bail!("the harness probes TCP and UDP only, not {other:?}"),
+            "SCTP" => Ok(Proto::Sctp),
+            other => anyhow::bail!("the harness probes TCP, UDP and SCTP only, not {other:?}"),
+        }
+    }
+
+    /// Lower case, as nft, agnhost and the `__probe` child take it.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+
+    pub fn from_lower(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "sctp" => Ok(Proto::Sctp),
+            other => anyhow::bail!("unknown protocol {other:?} (tcp, udp or sctp)"),
         }
     }
 }
@@ -55,6 +78,8 @@ impl Drop for Listeners {
 enum Sock {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    Sctp(sctp::Responder),
+    SctpKernel(std::os::fd::OwnedFd),
 }
 
 /// Binds every port on `[::]` (dual-stack) in `netns` (the caller's own
@@ -88,6 +113,7 @@ pub fn listen_at(
                 netns::enter(n)?;
             }
             let mut socks = Vec::new();
+            let mut sctp_ports: Vec<u16> = Vec::new();
             for (p, ip) in ports
                 .iter()
                 .flat_map(|p| addrs.iter().map(move |a| (p, *a)))
@@ -105,6 +131,32 @@ pub fn listen_at(
                             .with_context(|| format!("listening on UDP {}", p.port))?;
                         s.set_nonblocking(true)?;
                         socks.push(Sock::Udp(s));
+                    }
+                    Proto::Sctp if sctp::kernel_has_sctp() => {
+                        let l = sctp::kernel_listener(addr)
+                            .with_context(|| format!("listening on SCTP {}", p.port))?;
+                        socks.push(Sock::SctpKernel(l));
+                    }
+                    // One raw socket per address serves every SCTP port.
+                    Proto::Sctp => {
+                        if !sctp_ports.contains(&p.port) {
+                            sctp_ports.push(p.port);
+                        }
+                    }
+                }
+            }
+            if !sctp_ports.is_empty() {
+                for ip in &addrs {
+                    let bound = (!ip.is_unspecified()).then_some(*ip);
+                    // [::] stands for both families, as a dual-stack socket would.
+                    let families: &[bool] = match bound {
+                        Some(a) => &[a.is_ipv6()][..],
+                        None => &[false, true][..],
+                    };
+                    for &v6 in families {
+                        let r = sctp::Responder::new(v6, bound, sctp_ports.clone())
+                            .with_context(|| format!("listening on SCTP {sctp_ports:?}"))?;
+                        socks.push(Sock::Sctp(r));
                     }
                 }
             }
@@ -136,12 +188,14 @@ fn serve(socks: &[Sock], stop: &AtomicBool) {
             fd: match s {
                 Sock::Tcp(l) => l.as_raw_fd(),
                 Sock::Udp(u) => u.as_raw_fd(),
+                Sock::Sctp(r) => r.fd(),
+                Sock::SctpKernel(l) => l.as_raw_fd(),
             },
             events: libc::POLLIN,
             revents: 0,
         })
         .collect();
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: fds is a valid array of pollfd for its length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
@@ -161,6 +215,8 @@ fn serve(socks: &[Sock], stop: &AtomicBool) {
                         let _ = u.send_to(&buf[..len], from);
                     }
                 }
+                Sock::Sctp(r) => r.serve(&mut buf),
+                Sock::SctpKernel(l) => sctp::kernel_accept_all(l.as_raw_fd()),
             }
         }
     }
@@ -170,6 +226,7 @@ fn serve(socks: &[Sock], stop: &AtomicBool) {
 pub fn attempt(to: SocketAddr, proto: Proto, timeout: Duration) -> bool {
     match proto {
         Proto::Tcp => TcpStream::connect_timeout(&to, timeout).is_ok(),
+        Proto::Sctp => sctp::attempt(to, timeout),
         Proto::Udp => {
             let bind: SocketAddr = if to.is_ipv4() {
                 "0.0.0.0:0".parse().expect("addr")
@@ -248,10 +305,7 @@ fn probe_in_cgroup(p: &Probe, cgroup: &std::path::Path, timeout: Duration) -> an
             "--to",
             &p.to.to_string(),
             "--proto",
-            match p.proto {
-                Proto::Tcp => "tcp",
-                Proto::Udp => "udp",
-            },
+            p.proto.lower(),
             "--timeout-ms",
             &timeout.as_millis().to_string(),
         ])

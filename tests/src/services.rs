@@ -215,7 +215,11 @@ impl Service {
                 out.push(kubeproxy::ServicePort {
                     service: self.key(),
                     addr,
-                    proto: if sp.protocol == "UDP" { "udp" } else { "tcp" },
+                    proto: match sp.protocol.as_str() {
+                        "UDP" => "udp",
+                        "SCTP" => "sctp",
+                        _ => "tcp",
+                    },
                     port: sp.port,
                     backends,
                 });

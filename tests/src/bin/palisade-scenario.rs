@@ -83,11 +83,7 @@ fn main() -> anyhow::Result<()> {
         timeout_ms,
     }) = cli.hidden
     {
-        let proto = if proto == "udp" {
-            probe::Proto::Udp
-        } else {
-            probe::Proto::Tcp
-        };
+        let proto = probe::Proto::from_lower(&proto)?;
         let ok = probe::child_probe(
             &netns,
             &cgroup,

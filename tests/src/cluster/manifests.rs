@@ -242,13 +242,12 @@ pub fn prober_name(node: &str) -> String {
     format!("node-{node}")
 }
 
-/// agnhost's connect: exit 0 when a TCP connection is accepted, or a UDP
-/// datagram answered, within the timeout.
+/// agnhost's connect: exit 0 when a TCP connection is accepted, a UDP
+/// datagram answered, or an SCTP association set up, within the timeout.
+/// SCTP uses the kernel's stack in the pods, so the kind nodes' kernel must
+/// have SCTP (`modprobe sctp` on the host running kind).
 pub fn probe_command(to: IpAddr, port: u16, proto: Proto, timeout: Duration) -> Vec<String> {
-    let proto = match proto {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-    };
+    let proto = proto.lower();
     vec![
         "/agnhost".into(),
         "connect".into(),
@@ -409,6 +408,10 @@ mod tests {
         assert_eq!(
             probe_command("fd00:10:244::7".parse().expect("ip"), 53, Proto::Udp, t)[2],
             "[fd00:10:244::7]:53"
+        );
+        assert_eq!(
+            probe_command("10.244.1.7".parse().expect("ip"), 80, Proto::Sctp, t)[4],
+            "--protocol=sctp"
         );
     }
 
