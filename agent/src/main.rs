@@ -218,118 +218,13 @@ async fn cli_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match cli.command {
-        Command::Agent(a) => {
-            let a = *a;
-            let mut cfg = load_config(a.config.as_ref())?;
-            if let Some(v) = a.default_deny {
-                cfg.profile.default_deny = v;
-            }
-            if let Some(v) = a.block_metadata {
-                cfg.profile.block_metadata = v;
-            }
-            let mut budgets = cfg.budgets;
-            for (flag, value) in [
-                (a.max_policy_entries, &mut budgets.policy_entries),
-                (a.max_policy_cidrs, &mut budgets.policy_cidrs),
-                (a.max_namespace_entries, &mut budgets.namespace_entries),
-                (a.max_namespace_cidrs, &mut budgets.namespace_cidrs),
-            ] {
-                if let Some(v) = flag {
-                    *value = v;
-                }
-            }
-            let mut prefixes = cfg.interface_prefixes.clone();
-            prefixes.extend(a.interface_prefixes);
-            let source = match a.source {
-                Some(dir) => daemon::SourceConfig::Dir(dir),
-                None => daemon::SourceConfig::Kube(
-                    kube::Client::try_default()
-                        .await
-                        .context("connecting to the API server (in-cluster or KUBECONFIG); use --source DIR for standalone mode")?,
-                ),
-            };
-            daemon::run(daemon::Options {
-                source,
-                node_name: a.node_name,
-                node_addresses: a.node_addresses,
-                pins: PinPaths::new(a.pin_root),
-                status_file: a.status_file,
-                interface_prefixes: prefixes,
-                unknown_endpoint: a.unknown_pod_traffic.unwrap_or(cfg.unknown_pod_traffic),
-                map_sizes: palisade_agent::dataplane::MapSizes {
-                    policy: a.policy_map_size,
-                    ipcache: a.ipcache_map_size,
-                    conntrack: a.conntrack_map_size,
-                    budgets: palisade_agent::dataplane::Budgets {
-                        new_flows_per_sec: a.new_flow_rate,
-                        new_flow_burst: a.new_flow_rate.saturating_mul(2),
-                        deny_events_per_sec: a.deny_event_rate,
-                        deny_event_burst: a.deny_event_rate.saturating_mul(4),
-                    },
-                },
-                profile: cfg.profile,
-                deny_log: a.deny_log,
-                log_settings: LogSettings {
-                    idle: Duration::from_secs_f64(a.deny_idle_secs),
-                    rate: a.deny_rate,
-                    burst: a.deny_rate * 4.0,
-                    total_rate: a.deny_rate * 8.0,
-                    total_burst: a.deny_rate * 32.0,
-                    ..Default::default()
-                },
-                poll: Duration::from_millis(a.poll_ms),
-                cgroup_root: a.cgroup_root,
-                deny_log_file: a.deny_log_file,
-                on_exit: a.on_exit,
-                deny_log_file_max_bytes: a.deny_log_file_max_bytes,
-                revoke_on_policy_change: a
-                    .revoke_on_policy_change
-                    .unwrap_or(cfg.revoke_on_policy_change),
-                budgets,
-                metrics_listen: a.metrics_listen,
-                listen: if a.listen == "off" {
-                    None
-                } else {
-                    Some(
-                        a.listen
-                            .parse()
-                            .with_context(|| format!("--listen {}", a.listen))?,
-                    )
-                },
-            })
-            .await
-        }
+        Command::Agent(a) => run_agent(*a).await,
         Command::Compile {
             source,
             node_name,
             node_addresses,
             config,
-        } => {
-            let cfg = load_config(config.as_ref())?;
-            let snapshot = DirSource::new(&source).read().context("reading source")?;
-            for e in &snapshot.errors {
-                eprintln!("rejected: {}", palisade_agent::error_chain::chain(&**e));
-            }
-            let mut index = Index::default();
-            for o in &snapshot.objects {
-                if let Err(e) = index.apply(o) {
-                    eprintln!("rejected: {}", palisade_agent::error_chain::chain(&e));
-                }
-            }
-            let node = Node {
-                name: node_name,
-                addresses: node_addresses,
-                ..Node::default()
-            };
-            let state = palisade_agent::policy::Compiler::default()
-                .with_budgets(cfg.budgets)
-                .compile(index.model(), &node, &cfg.profile);
-            for r in state.rejected.values() {
-                eprintln!("over budget: {r}");
-            }
-            print!("{}", dump::render(&state));
-            Ok(())
-        }
+        } => compile(&source, node_name, node_addresses, config.as_ref()),
         Command::Flows {
             follow,
             namespace,
@@ -353,4 +248,126 @@ async fn cli_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_agent(mut a: AgentArgs) -> anyhow::Result<()> {
+    let cfg = load_config(a.config.as_ref())?;
+    let source = match a.source.take() {
+        Some(dir) => daemon::SourceConfig::Dir(dir),
+        None => daemon::SourceConfig::Kube(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the API server (in-cluster or KUBECONFIG); use --source DIR for standalone mode")?,
+        ),
+    };
+    daemon::run(agent_options(a, cfg, source)?).await
+}
+
+/// The flags over the config file.
+fn agent_options(
+    a: AgentArgs,
+    mut cfg: FileConfig,
+    source: daemon::SourceConfig,
+) -> anyhow::Result<daemon::Options> {
+    if let Some(v) = a.default_deny {
+        cfg.profile.default_deny = v;
+    }
+    if let Some(v) = a.block_metadata {
+        cfg.profile.block_metadata = v;
+    }
+    let mut budgets = cfg.budgets;
+    for (flag, value) in [
+        (a.max_policy_entries, &mut budgets.policy_entries),
+        (a.max_policy_cidrs, &mut budgets.policy_cidrs),
+        (a.max_namespace_entries, &mut budgets.namespace_entries),
+        (a.max_namespace_cidrs, &mut budgets.namespace_cidrs),
+    ] {
+        if let Some(v) = flag {
+            *value = v;
+        }
+    }
+    let mut prefixes = cfg.interface_prefixes.clone();
+    prefixes.extend(a.interface_prefixes);
+    Ok(daemon::Options {
+        source,
+        node_name: a.node_name,
+        node_addresses: a.node_addresses,
+        pins: PinPaths::new(a.pin_root),
+        status_file: a.status_file,
+        interface_prefixes: prefixes,
+        unknown_endpoint: a.unknown_pod_traffic.unwrap_or(cfg.unknown_pod_traffic),
+        map_sizes: palisade_agent::dataplane::MapSizes {
+            policy: a.policy_map_size,
+            ipcache: a.ipcache_map_size,
+            conntrack: a.conntrack_map_size,
+            budgets: palisade_agent::dataplane::Budgets {
+                new_flows_per_sec: a.new_flow_rate,
+                new_flow_burst: a.new_flow_rate.saturating_mul(2),
+                deny_events_per_sec: a.deny_event_rate,
+                deny_event_burst: a.deny_event_rate.saturating_mul(4),
+            },
+        },
+        profile: cfg.profile,
+        deny_log: a.deny_log,
+        log_settings: LogSettings {
+            idle: Duration::from_secs_f64(a.deny_idle_secs),
+            rate: a.deny_rate,
+            burst: a.deny_rate * 4.0,
+            total_rate: a.deny_rate * 8.0,
+            total_burst: a.deny_rate * 32.0,
+            ..Default::default()
+        },
+        poll: Duration::from_millis(a.poll_ms),
+        cgroup_root: a.cgroup_root,
+        deny_log_file: a.deny_log_file,
+        on_exit: a.on_exit,
+        deny_log_file_max_bytes: a.deny_log_file_max_bytes,
+        revoke_on_policy_change: a
+            .revoke_on_policy_change
+            .unwrap_or(cfg.revoke_on_policy_change),
+        budgets,
+        metrics_listen: a.metrics_listen,
+        listen: if a.listen == "off" {
+            None
+        } else {
+            Some(
+                a.listen
+                    .parse()
+                    .with_context(|| format!("--listen {}", a.listen))?,
+            )
+        },
+    })
+}
+
+/// `palisade compile`: what the agent would program, without a kernel.
+fn compile(
+    source: &std::path::Path,
+    node_name: String,
+    node_addresses: Vec<IpAddr>,
+    config: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let cfg = load_config(config)?;
+    let snapshot = DirSource::new(source).read().context("reading source")?;
+    for e in &snapshot.errors {
+        eprintln!("rejected: {}", palisade_agent::error_chain::chain(&**e));
+    }
+    let mut index = Index::default();
+    for o in &snapshot.objects {
+        if let Err(e) = index.apply(o) {
+            eprintln!("rejected: {}", palisade_agent::error_chain::chain(&e));
+        }
+    }
+    let node = Node {
+        name: node_name,
+        addresses: node_addresses,
+        ..Node::default()
+    };
+    let state = palisade_agent::policy::Compiler::default()
+        .with_budgets(cfg.budgets)
+        .compile(index.model(), &node, &cfg.profile);
+    for r in state.rejected.values() {
+        eprintln!("over budget: {r}");
+    }
+    print!("{}", dump::render(&state));
+    Ok(())
 }

@@ -1,7 +1,11 @@
 //! Prometheus metrics. Label values are bounded: counter names, directions,
 //! reasons and policy names, never addresses or pod names.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Mutex,
+    time::Instant,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -9,7 +13,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::flows::log::Record;
+use crate::{
+    flows::log::Record,
+    policy::{DesiredState, Maps},
+    sync::SyncReport,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CounterLabels {
@@ -61,6 +69,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    // Over 80 lines: one registration per metric, a flat list that reads
+    // best as it is.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("palisade");
         let datapath = Family::<CounterLabels, Counter>::default();
@@ -165,6 +175,49 @@ impl Metrics {
         }
     }
 
+    /// After a sync: its outcome, and the deny series of policies `state`
+    /// no longer holds dropped; `changed_at`: when the change it programmed
+    /// came in.
+    pub fn observe_sync(
+        &self,
+        state: &DesiredState,
+        report: &SyncReport,
+        changed_at: Option<Instant>,
+    ) {
+        self.sync_errors.inc_by(report.failed as u64);
+        let live = live_policies(state);
+        self.forget_policies(|p| live.contains(p));
+        self.revision.set(report.revision as i64);
+        self.observe_rejections(state);
+        if let Some(t) = changed_at {
+            self.programming_seconds.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The maps' capacities, as the kernel holds them.
+    pub fn observe_capacities(&self, capacities: &[(&'static str, u32)]) {
+        for (name, cap) in capacities {
+            self.map_capacity
+                .get_or_create(&MapLabels {
+                    map: (*name).into(),
+                })
+                .set(i64::from(*cap));
+        }
+    }
+
+    /// The programmed maps' sizes and the number of rejected objects.
+    pub fn observe_programmed(&self, maps: &Maps, rejected_objects: usize) {
+        for (name, n) in [
+            ("endpoints", maps.endpoints.len()),
+            ("ipcache", maps.ipcache.len()),
+            ("policy", maps.policy.len()),
+        ] {
+            let l = MapLabels { map: name.into() };
+            self.map_entries.get_or_create(&l).set(n as i64);
+        }
+        self.rejected_objects.set(rejected_objects as i64);
+    }
+
     /// Takes the kernel counters (cumulative, possibly from before this process).
     pub fn observe_datapath(&self, values: &[(palisade_common::Counter, u64)]) {
         let mut seen = self.datapath_seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,6 +274,22 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The policies that a programmed state draws on (rules' origins and
+/// isolating policies), by name.
+fn live_policies(state: &DesiredState) -> BTreeSet<String> {
+    state
+        .rules
+        .values()
+        .map(|r| r.origin.to_string())
+        .chain(state.endpoint_info.values().flat_map(|i| {
+            i.ingress_isolated_by
+                .iter()
+                .chain(&i.egress_isolated_by)
+                .map(ToString::to_string)
+        }))
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,8 +6,22 @@
 //! (guaranteed pods sit directly under kubepods). Both are searched for,
 //! a few levels below the cgroup v2 root, so that nested roots (kind nodes,
 //! the test harness) are found too.
+//!
+//! [`CgroupBlocks`] keeps the metadata block on the cgroups of the local
+//! hostNetwork pods that need it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use tracing::{error, info, warn};
+
+use crate::{
+    dataplane::Datapath,
+    error_chain::chain,
+    policy::{DesiredState, state::HostNetworkBlock},
+};
 
 /// How deep below the root a pod cgroup may sit.
 const MAX_DEPTH: usize = 5;
@@ -49,6 +63,78 @@ pub fn find_pod_cgroup(root: &Path, uid: &str) -> Option<PathBuf> {
         level = next;
     }
     None
+}
+
+/// The pods whose cgroup carries the metadata block.
+pub struct CgroupBlocks {
+    /// Where pod cgroups are looked for; `None`: no cgroup v2 mount.
+    root: Option<PathBuf>,
+    /// Pod -> its cgroup and the cgroup's inode.
+    attached: BTreeMap<HostNetworkBlock, (PathBuf, u64)>,
+}
+
+impl CgroupBlocks {
+    pub fn new(root: Option<PathBuf>) -> Self {
+        Self {
+            root,
+            attached: BTreeMap::new(),
+        }
+    }
+
+    /// The pods whose cgroup carries the block.
+    pub fn attached(&self) -> impl Iterator<Item = &HostNetworkBlock> {
+        self.attached.keys()
+    }
+
+    /// The pods `state` wants blocked whose cgroup does not carry it (yet).
+    pub fn pending<'a>(
+        &'a self,
+        state: &'a DesiredState,
+    ) -> impl Iterator<Item = &'a HostNetworkBlock> {
+        state
+            .host_network_blocks
+            .iter()
+            .filter(|b| !self.attached.contains_key(b))
+    }
+
+    /// Puts the metadata block on the cgroups of local hostNetwork pods that
+    /// need it and takes it off those that no longer do. A pod whose cgroup
+    /// does not exist yet is looked for again on the next pass.
+    pub fn reconcile(&mut self, dp: &mut Datapath, state: &DesiredState) {
+        let gone: Vec<HostNetworkBlock> = self
+            .attached
+            .keys()
+            .filter(|b| !state.host_network_blocks.contains(b))
+            .cloned()
+            .collect();
+        for b in gone {
+            if let Some((path, ino)) = self.attached.remove(&b) {
+                dp.detach_cgroup(ino);
+                info!(pod = %b.pod, cgroup = %path.display(), "metadata block removed");
+            }
+        }
+        let Some(root) = &self.root else {
+            if !state.host_network_blocks.is_empty() {
+                warn!("no cgroup v2 mount: hostNetwork pods are not covered by the metadata block");
+            }
+            return;
+        };
+        for b in &state.host_network_blocks {
+            if self.attached.contains_key(b) {
+                continue;
+            }
+            let Some(path) = find_pod_cgroup(root, &b.uid) else {
+                continue;
+            };
+            match dp.attach_cgroup(&path) {
+                Ok(ino) => {
+                    info!(pod = %b.pod, cgroup = %path.display(), "metadata block attached");
+                    self.attached.insert(b.clone(), (path, ino));
+                }
+                Err(e) => error!(pod = %b.pod, error = %chain(&e), "attaching the metadata block"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -340,6 +340,37 @@ pub fn capacities(pins: &PinPaths) -> Vec<(&'static str, u32)> {
     .collect()
 }
 
+/// bpffs mounted, the pin directories there.
+fn prepare_pins(pins: &PinPaths) -> Result<(), DatapathError> {
+    let mount = bpffs::mount_point_for(pins.root()).to_path_buf();
+    if bpffs::ensure_mounted(&mount).map_err(|source| DatapathError::Bpffs {
+        path: mount.clone(),
+        source,
+    })? {
+        info!(path = %mount.display(), "mounted bpffs");
+    }
+    for dir in [pins.maps(), pins.links(), pins.cgroups(), pins.programs()] {
+        ensure_dir(&dir)?;
+    }
+    Ok(())
+}
+
+/// Loads the programs into the kernel, pinning the interface ones.
+fn load_programs(ebpf: &mut Ebpf, pins: &PinPaths) -> Result<(), DatapathError> {
+    for name in [PROG_FROM_POD, PROG_TO_POD] {
+        let prog: &mut SchedClassifier = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        pin_program(prog, &pins.program(name))?;
+    }
+    for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| DatapathError::Program { name, source })?;
+    }
+    Ok(())
+}
+
 fn take_map<T>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -362,16 +393,7 @@ impl Datapath {
         unknown_endpoint: UnknownEndpoint,
         sizes: MapSizes,
     ) -> Result<Self, DatapathError> {
-        let mount = bpffs::mount_point_for(pins.root()).to_path_buf();
-        if bpffs::ensure_mounted(&mount).map_err(|source| DatapathError::Bpffs {
-            path: mount.clone(),
-            source,
-        })? {
-            info!(path = %mount.display(), "mounted bpffs");
-        }
-        for dir in [pins.maps(), pins.links(), pins.cgroups(), pins.programs()] {
-            ensure_dir(&dir)?;
-        }
+        prepare_pins(&pins)?;
         let drop_unknown: u8 = u8::from(unknown_endpoint == UnknownEndpoint::Deny);
         let mut loader = EbpfLoader::new();
         for (name, size) in [
@@ -420,17 +442,7 @@ impl Datapath {
             )
             .load(PROGRAMS)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for name in [PROG_FROM_POD, PROG_TO_POD] {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            pin_program(prog, &pins.program(name))?;
-        }
-        for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
-            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
-        }
+        load_programs(&mut ebpf, &pins)?;
         let maps = KernelMaps {
             endpoints: take_map(&mut ebpf, MAP_ENDPOINTS, HashMap::try_from)?,
             ifaces: take_map(&mut ebpf, MAP_IFACES, HashMap::try_from)?,

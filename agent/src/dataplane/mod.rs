@@ -2,6 +2,7 @@
 //! interfaces and cgroups, and write map operations. Everything here is an
 //! effect; the logic it serves lives in `policy`.
 
+pub mod attach;
 pub mod bpffs;
 pub mod cgroups;
 pub mod conntrack;

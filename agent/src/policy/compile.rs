@@ -31,6 +31,7 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -42,7 +43,7 @@ use palisade_common::{
 use super::{
     addr::{IPV4_ROOT, canonical_ip},
     alloc::Allocator,
-    budget::{Admission, Budgets},
+    budget::{Admission, Admitted, Budgets},
     identity::{Blocks, IdentityLayer, Kind, Signature},
     matching::{MatchCache, PeerMatch},
     profile::Profile,
@@ -208,50 +209,9 @@ impl Compiler {
             .iter()
             .flat_map(|ns| profile.policies_for(ns))
             .collect();
-        // Budgets are judged before anything is compiled: a policy over one
-        // is compiled as its substitute (last admitted version or isolation).
-        let mut local_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-        for pod in &local {
-            local_by_namespace
-                .entry(pod.namespace.as_str())
-                .or_default()
-                .push(pod);
-        }
-        let admitted = self.admission.admit(&model.policies, |p| {
-            local_by_namespace
-                .get(p.namespace.as_str())
-                .into_iter()
-                .flatten()
-                .filter(|pod| p.pod_selector.matches(&pod.labels))
-                .count() as u64
-        });
-        let mut by_namespace: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
-        for p in model
-            .policies
-            .iter()
-            .map(|(k, p)| admitted.substitutes.get(k).unwrap_or(p))
-            .filter(|p| local_namespaces.contains(p.namespace.as_str()))
-            .chain(synthetic.iter())
-        {
-            by_namespace
-                .entry(p.namespace.as_str())
-                .or_default()
-                .push(p);
-        }
+        let admitted = self.admit(model, &local);
+        let by_namespace = by_namespace(model, &admitted, &local_namespaces, &synthetic);
         let policies = || by_namespace.values().flatten().copied();
-
-        // The CIDRs policies name (peers of rules that can apply here).
-        let mut blocks: BTreeSet<IpNet> = BTreeSet::new();
-        for p in policies() {
-            for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
-                for peer in &rule.peers {
-                    if let Peer::IpBlock { cidr, except } = peer {
-                        blocks.insert(*cidr);
-                        blocks.extend(except.iter().copied());
-                    }
-                }
-            }
-        }
 
         let frontends = services::frontends(model, profile);
         let resolution = self.identity_layer.resolve(
@@ -259,7 +219,7 @@ impl Compiler {
             model,
             node,
             profile,
-            Blocks::new(blocks),
+            Blocks::new(named_blocks(policies())),
             &frontends,
         );
         state.maps.ipcache = resolution.ipcache;
@@ -276,167 +236,27 @@ impl Compiler {
             state.identities.insert(*id, identity_info(sig));
         }
 
+        let mut endpoints = Endpoints {
+            rules: &mut self.rules,
+            matches: &mut self.matches,
+            identities,
+            model,
+            profile,
+        };
         for pod in &local {
             let pod_ref = pod.key();
             let ep_id = self.endpoints.id(&pod_ref);
-            let pod_ns_labels = model.namespace_labels(&pod.namespace);
-            let block_metadata =
-                profile.block_metadata && !profile.metadata_opted_out(&pod.labels, &pod_ns_labels);
-            let mut flags = if block_metadata {
-                endpoint_flags::BLOCK_METADATA
-            } else {
-                0
-            };
-            let mut info = EndpointInfo {
-                pod: Some(pod_ref),
-                ..Default::default()
-            };
             let candidates = by_namespace.get(pod.namespace.as_str());
-
-            for dir in Direction::BOTH {
-                let mut isolated_by = Vec::new();
-                for policy in candidates.into_iter().flatten() {
-                    if !policy.pod_selector.matches(&pod.labels) {
-                        continue;
-                    }
-                    let Some(rules) = (match dir {
-                        Direction::Ingress => &policy.ingress,
-                        Direction::Egress => &policy.egress,
-                    }) else {
-                        continue;
-                    };
-                    if !isolated_by.contains(&policy.origin) {
-                        isolated_by.push(policy.origin.clone());
-                    }
-                    for (ri, rule) in rules.iter().enumerate() {
-                        let rule_id = self.rules.id(&RuleRef {
-                            origin: policy.origin.clone(),
-                            dir,
-                            index: ri,
-                        });
-                        let peers = self.matches.get(rule, identities, model);
-                        emit_rule(
-                            &mut state.maps.policy,
-                            Emit {
-                                endpoint: ep_id,
-                                dir,
-                                rule_id,
-                                pod,
-                                block_metadata,
-                                metadata_dns: profile.metadata_dns,
-                            },
-                            rule,
-                            peers,
-                            identities,
-                        );
-                    }
-                }
-                if !isolated_by.is_empty() {
-                    isolated_by.sort();
-                    // Isolated by the profile alone (default deny and its DNS
-                    // allowance): denials are the default deny's.
-                    let only_default = isolated_by
-                        .iter()
-                        .all(|o| matches!(o, PolicyOrigin::Profile(_)));
-                    flags |= match dir {
-                        Direction::Ingress => {
-                            endpoint_flags::INGRESS_ISOLATED
-                                | if only_default {
-                                    endpoint_flags::INGRESS_DEFAULT_DENY
-                                } else {
-                                    0
-                                }
-                        }
-                        Direction::Egress => {
-                            endpoint_flags::EGRESS_ISOLATED
-                                | if only_default {
-                                    endpoint_flags::EGRESS_DEFAULT_DENY
-                                } else {
-                                    0
-                                }
-                        }
-                    };
-                }
-                match dir {
-                    Direction::Ingress => info.ingress_isolated_by = isolated_by,
-                    Direction::Egress => info.egress_isolated_by = isolated_by,
-                }
-            }
-            for ip in &pod.ips {
-                let ifindex = node.interfaces.get(ip).copied().unwrap_or(0);
-                state.maps.endpoints.insert(
-                    canonical_ip(*ip),
-                    EndpointEntry {
-                        id: ep_id,
-                        flags,
-                        ifindex,
-                    },
-                );
-                if ifindex != 0 {
-                    state.maps.ifaces.insert(ifindex, ep_id);
-                }
-            }
-            state.endpoint_info.insert(ep_id, info);
+            endpoints.compile(&mut state, node, pod, pod_ref, ep_id, candidates);
         }
-
-        // Service frontends, from the verdicts of their backends over the
-        // maps as they stand (they hold no frontend entries yet).
-        let local_entries: Vec<EndpointEntry> = local
-            .iter()
-            .filter_map(|p| p.ips.iter().find_map(|ip| state.maps.endpoints.get(ip)))
-            .copied()
-            .collect();
-        let unisolated = RuleRef {
-            origin: PolicyOrigin::Profile(services::UNISOLATED),
-            dir: Direction::Egress,
-            index: 0,
-        };
-        let mut unisolated_id = None;
-        let frontend_entries =
-            services::entries(&state.maps, &frontends, &local_entries, &mut || {
-                *unisolated_id.get_or_insert_with(|| self.rules.id(&unisolated))
-            });
-        for (k, rule) in frontend_entries {
-            insert(&mut state.maps.policy, k, rule);
-        }
-        if let Some(id) = unisolated_id {
-            state.rules.insert(id, unisolated);
-        }
+        self.frontend_entries(&mut state, &frontends, &local);
 
         // hostNetwork pods of this node: the metadata block goes on their cgroup.
         if profile.block_metadata {
-            for pod in model
-                .pods
-                .values()
-                .filter(|p| p.node == node.name && p.host_network)
-            {
-                if !profile.metadata_opted_out(&pod.labels, &model.namespace_labels(&pod.namespace))
-                {
-                    state.host_network_blocks.insert(HostNetworkBlock {
-                        pod: pod.key(),
-                        uid: pod.uid.clone(),
-                    });
-                }
-            }
+            state.host_network_blocks = host_network_blocks(model, node, profile);
         }
 
-        // Rule names for every rule id in use.
-        for p in policies() {
-            for (dir, rules) in [
-                (Direction::Ingress, &p.ingress),
-                (Direction::Egress, &p.egress),
-            ] {
-                for ri in 0..rules.as_ref().map_or(0, Vec::len) {
-                    let r = RuleRef {
-                        origin: p.origin.clone(),
-                        dir,
-                        index: ri,
-                    };
-                    let id = self.rules.id(&r);
-                    state.rules.insert(id, r);
-                }
-            }
-        }
+        self.name_rules(&mut state, policies());
 
         state.rejected = admitted.rejected;
         self.identities.release_unused();
@@ -452,9 +272,282 @@ impl Compiler {
         state
     }
 
+    /// Rule names for every rule id in use.
+    fn name_rules<'a>(
+        &mut self,
+        state: &mut DesiredState,
+        policies: impl Iterator<Item = &'a Policy>,
+    ) {
+        for p in policies {
+            for (dir, rules) in [
+                (Direction::Ingress, &p.ingress),
+                (Direction::Egress, &p.egress),
+            ] {
+                for ri in 0..rules.as_ref().map_or(0, Vec::len) {
+                    let r = RuleRef {
+                        origin: p.origin.clone(),
+                        dir,
+                        index: ri,
+                    };
+                    let id = self.rules.id(&r);
+                    state.rules.insert(id, r);
+                }
+            }
+        }
+    }
+
+    /// Budgets are judged before anything is compiled: a policy over one
+    /// is compiled as its substitute (last admitted version or isolation).
+    fn admit(&mut self, model: &Model, local: &[&Pod]) -> Admitted {
+        let mut local_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for pod in local {
+            local_by_namespace
+                .entry(pod.namespace.as_str())
+                .or_default()
+                .push(pod);
+        }
+        self.admission.admit(&model.policies, |p| {
+            local_by_namespace
+                .get(p.namespace.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|pod| p.pod_selector.matches(&pod.labels))
+                .count() as u64
+        })
+    }
+
+    /// Service frontends, from the verdicts of their backends over the
+    /// maps as they stand (they hold no frontend entries yet).
+    fn frontend_entries(
+        &mut self,
+        state: &mut DesiredState,
+        frontends: &BTreeMap<IpAddr, services::Frontend>,
+        local: &[&Pod],
+    ) {
+        let local_entries: Vec<EndpointEntry> = local
+            .iter()
+            .filter_map(|p| p.ips.iter().find_map(|ip| state.maps.endpoints.get(ip)))
+            .copied()
+            .collect();
+        let unisolated = RuleRef {
+            origin: PolicyOrigin::Profile(services::UNISOLATED),
+            dir: Direction::Egress,
+            index: 0,
+        };
+        let mut unisolated_id = None;
+        let frontend_entries =
+            services::entries(&state.maps, frontends, &local_entries, &mut || {
+                *unisolated_id.get_or_insert_with(|| self.rules.id(&unisolated))
+            });
+        for (k, rule) in frontend_entries {
+            insert(&mut state.maps.policy, k, rule);
+        }
+        if let Some(id) = unisolated_id {
+            state.rules.insert(id, unisolated);
+        }
+    }
+
     /// The work the last [`Compiler::compile`] did.
     pub fn stats(&self) -> CompileStats {
         self.stats
+    }
+}
+
+/// The policies that can apply here, by namespace: the admitted versions
+/// of NetworkPolicies in `local_namespaces`, then the profile's.
+fn by_namespace<'a>(
+    model: &'a Model,
+    admitted: &'a Admitted,
+    local_namespaces: &BTreeSet<&str>,
+    synthetic: &'a [Policy],
+) -> BTreeMap<&'a str, Vec<&'a Policy>> {
+    let mut by_namespace: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
+    for p in model
+        .policies
+        .iter()
+        .map(|(k, p)| admitted.substitutes.get(k).unwrap_or(p))
+        .filter(|p| local_namespaces.contains(p.namespace.as_str()))
+        .chain(synthetic.iter())
+    {
+        by_namespace
+            .entry(p.namespace.as_str())
+            .or_default()
+            .push(p);
+    }
+    by_namespace
+}
+
+/// The CIDRs policies name (peers of rules that can apply here).
+fn named_blocks<'a>(policies: impl Iterator<Item = &'a Policy>) -> BTreeSet<IpNet> {
+    let mut blocks: BTreeSet<IpNet> = BTreeSet::new();
+    for p in policies {
+        for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
+            for peer in &rule.peers {
+                if let Peer::IpBlock { cidr, except } = peer {
+                    blocks.insert(*cidr);
+                    blocks.extend(except.iter().copied());
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// This node's hostNetwork pods that the metadata block covers.
+fn host_network_blocks(
+    model: &Model,
+    node: &Node,
+    profile: &Profile,
+) -> BTreeSet<HostNetworkBlock> {
+    let mut blocks = BTreeSet::new();
+    for pod in model
+        .pods
+        .values()
+        .filter(|p| p.node == node.name && p.host_network)
+    {
+        if !profile.metadata_opted_out(&pod.labels, &model.namespace_labels(&pod.namespace)) {
+            blocks.insert(HostNetworkBlock {
+                pod: pod.key(),
+                uid: pod.uid.clone(),
+            });
+        }
+    }
+    blocks
+}
+
+/// Compiles local endpoints: the parts of a [`Compiler`] that this needs,
+/// borrowed next to the identities it holds.
+struct Endpoints<'a> {
+    rules: &'a mut Allocator<RuleRef>,
+    matches: &'a mut MatchCache,
+    identities: &'a BTreeMap<u32, Arc<Signature>>,
+    model: &'a Model,
+    profile: &'a Profile,
+}
+
+impl Endpoints<'_> {
+    /// A local pod's endpoint entries, and the policy entries of the rules
+    /// of `candidates` (its namespace's policies) that select it.
+    fn compile(
+        &mut self,
+        state: &mut DesiredState,
+        node: &Node,
+        pod: &Pod,
+        pod_ref: ObjectRef,
+        ep_id: u32,
+        candidates: Option<&Vec<&Policy>>,
+    ) {
+        let pod_ns_labels = self.model.namespace_labels(&pod.namespace);
+        let block_metadata = self.profile.block_metadata
+            && !self.profile.metadata_opted_out(&pod.labels, &pod_ns_labels);
+        let mut flags = if block_metadata {
+            endpoint_flags::BLOCK_METADATA
+        } else {
+            0
+        };
+        let mut info = EndpointInfo {
+            pod: Some(pod_ref),
+            ..Default::default()
+        };
+        for dir in Direction::BOTH {
+            let emit = Emit {
+                endpoint: ep_id,
+                dir,
+                // Set per rule.
+                rule_id: 0,
+                pod,
+                block_metadata,
+                metadata_dns: self.profile.metadata_dns,
+            };
+            let isolated_by = self.rules_of(&mut state.maps.policy, emit, candidates);
+            flags |= isolation_flags(dir, &isolated_by);
+            match dir {
+                Direction::Ingress => info.ingress_isolated_by = isolated_by,
+                Direction::Egress => info.egress_isolated_by = isolated_by,
+            }
+        }
+        for ip in &pod.ips {
+            let ifindex = node.interfaces.get(ip).copied().unwrap_or(0);
+            state.maps.endpoints.insert(
+                canonical_ip(*ip),
+                EndpointEntry {
+                    id: ep_id,
+                    flags,
+                    ifindex,
+                },
+            );
+            if ifindex != 0 {
+                state.maps.ifaces.insert(ifindex, ep_id);
+            }
+        }
+        state.endpoint_info.insert(ep_id, info);
+    }
+
+    /// Emits the rules of `candidates` that select `e.pod` in `e.dir`;
+    /// the policies that isolate it there, sorted.
+    fn rules_of(
+        &mut self,
+        map: &mut BTreeMap<PolicyKey, u32>,
+        e: Emit<'_>,
+        candidates: Option<&Vec<&Policy>>,
+    ) -> Vec<PolicyOrigin> {
+        let dir = e.dir;
+        let mut isolated_by = Vec::new();
+        for policy in candidates.into_iter().flatten() {
+            if !policy.pod_selector.matches(&e.pod.labels) {
+                continue;
+            }
+            let Some(rules) = (match dir {
+                Direction::Ingress => &policy.ingress,
+                Direction::Egress => &policy.egress,
+            }) else {
+                continue;
+            };
+            if !isolated_by.contains(&policy.origin) {
+                isolated_by.push(policy.origin.clone());
+            }
+            for (ri, rule) in rules.iter().enumerate() {
+                let rule_id = self.rules.id(&RuleRef {
+                    origin: policy.origin.clone(),
+                    dir,
+                    index: ri,
+                });
+                let peers = self.matches.get(rule, self.identities, self.model);
+                emit_rule(map, Emit { rule_id, ..e }, rule, peers, self.identities);
+            }
+        }
+        isolated_by.sort();
+        isolated_by
+    }
+}
+
+/// The endpoint flags of being isolated in `dir` by `isolated_by`.
+fn isolation_flags(dir: Direction, isolated_by: &[PolicyOrigin]) -> u32 {
+    if isolated_by.is_empty() {
+        return 0;
+    }
+    // Isolated by the profile alone (default deny and its DNS
+    // allowance): denials are the default deny's.
+    let only_default = isolated_by
+        .iter()
+        .all(|o| matches!(o, PolicyOrigin::Profile(_)));
+    match dir {
+        Direction::Ingress => {
+            endpoint_flags::INGRESS_ISOLATED
+                | if only_default {
+                    endpoint_flags::INGRESS_DEFAULT_DENY
+                } else {
+                    0
+                }
+        }
+        Direction::Egress => {
+            endpoint_flags::EGRESS_ISOLATED
+                | if only_default {
+                    endpoint_flags::EGRESS_DEFAULT_DENY
+                } else {
+                    0
+                }
+        }
     }
 }
 
@@ -499,6 +592,7 @@ fn identity_info(sig: &Signature) -> IdentityInfo {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Emit<'a> {
     endpoint: u32,
     dir: Direction,
@@ -650,16 +744,25 @@ fn emit_rule(
                 } else {
                     Box::new(listed.iter().filter_map(|id| identities.get_key_value(id)))
                 };
-                for (id, sig) in candidates {
-                    if let Kind::Pod { named_ports, .. } = sig.kind.as_ref() {
-                        for p in named_ports {
-                            if p.protocol == spec.protocol
-                                && p.name.as_deref() == Some(name.as_str())
-                            {
-                                emit_ports(map, &e, *id, spec.protocol, p.port, p.port);
-                            }
-                        }
-                    }
+                emit_named_egress(map, &e, spec.protocol, name, candidates);
+            }
+        }
+    }
+}
+
+/// An egress port named `name`, as each candidate peer identity numbers it.
+fn emit_named_egress<'a>(
+    map: &mut BTreeMap<PolicyKey, u32>,
+    e: &Emit<'_>,
+    protocol: Protocol,
+    name: &str,
+    candidates: impl Iterator<Item = (&'a u32, &'a Arc<Signature>)>,
+) {
+    for (id, sig) in candidates {
+        if let Kind::Pod { named_ports, .. } = sig.kind.as_ref() {
+            for p in named_ports {
+                if p.protocol == protocol && p.name.as_deref() == Some(name) {
+                    emit_ports(map, e, *id, protocol, p.port, p.port);
                 }
             }
         }

@@ -251,49 +251,7 @@ impl IdentityLayer {
         // address the later wins (a Service cannot take the metadata address
         // out of the block, nor a pod's or the node's address from them).
         let mut slots: Vec<Slot> = Vec::with_capacity(self.pods.len() + blocks.all.len() + 8);
-        let other = |kind: Kind, net: IpNet, flags: u32| Slot {
-            net,
-            sig: Arc::new(Signature {
-                kind: Arc::new(kind),
-                blocks: blocks.containing(&net),
-            }),
-            id: None,
-            flags,
-            owner: None,
-        };
-        for b in blocks.iter() {
-            slots.push(other(Kind::Cidr, *b, 0));
-        }
-        for (addr, f) in frontends {
-            slots.push(Slot {
-                net: IpNet::from(*addr),
-                sig: Arc::new(Signature {
-                    kind: Arc::new(Kind::Service {
-                        service: f.service.clone(),
-                        addr: *addr,
-                    }),
-                    blocks: Vec::new(),
-                }),
-                id: None,
-                flags: services::flags(f),
-                owner: None,
-            });
-        }
-        if profile.block_metadata {
-            let flags = ipcache_flags::METADATA
-                | if profile.metadata_dns {
-                    ipcache_flags::METADATA_DNS
-                } else {
-                    0
-                };
-            for m in profile.metadata_prefixes() {
-                slots.push(other(Kind::Metadata(m), m, flags));
-            }
-        }
-        for ip in &node.addresses {
-            let net = IpNet::from(*ip);
-            slots.push(other(Kind::Host, net, ipcache_flags::HOST));
-        }
+        push_claims(&mut slots, blocks, frontends, profile, node);
 
         // Pods: the memo and the model are both in pod order; walk them side
         // by side, moving every memo that still describes its pod over as it
@@ -337,58 +295,27 @@ impl IdentityLayer {
             }
         }
         drop(old);
-        // Stable: among claims on one address the last pushed stays last.
-        slots.sort_by_key(|s| s.net);
-        let mut winners: Vec<Slot> = Vec::with_capacity(slots.len());
-        for slot in slots {
-            match winners.last_mut() {
-                Some(last) if last.net == slot.net => {
-                    // The losing pod's id is not kept in use below and will
-                    // be released: its memo must not bring it back later.
-                    if let Some((m, a)) = last.owner {
-                        memos[m].1.addrs[a].2 = None;
-                    }
-                    *last = slot;
-                }
-                _ => winners.push(slot),
-            }
-        }
-
-        // Identities, and the ipcache. A known id is kept as it is; a new
-        // signature is looked up by content, so equal pods share one id.
-        let mut identities: BTreeMap<u32, Arc<Signature>> = BTreeMap::new();
-        let ipcache: BTreeMap<IpNet, IpcacheEntry> = winners
-            .iter()
-            .map(|slot| {
-                let id = match slot.id {
-                    Some(id) => id,
-                    None => alloc.id(&slot.sig),
-                };
-                identities.entry(id).or_insert_with(|| slot.sig.clone());
-                (
-                    slot.net,
-                    IpcacheEntry {
-                        identity: id,
-                        flags: slot.flags,
-                    },
-                )
-            })
-            .collect();
-        for id in identities.keys() {
-            alloc.keep(*id);
-        }
-        // Remember the ids of pods signed anew; an address another object
-        // took keeps none and is looked up by content next time.
-        for (_, memo) in memos.iter_mut() {
-            for (net, sig, id) in memo.addrs.iter_mut().filter(|a| a.2.is_none()) {
-                *id = ipcache
-                    .get(net)
-                    .map(|e| e.identity)
-                    .filter(|id| identities.get(id).is_some_and(|s| **s == **sig));
-            }
-        }
+        let winners = winners(slots, &mut memos);
+        let (identities, ipcache) = assign(alloc, &winners);
+        remember_ids(&mut memos, &ipcache, &identities);
         self.pods = memos.into_iter().collect();
+        let delta = self.delta(&identities, &relabelled);
+        self.namespace_labels = namespace_labels;
+        self.current = identities;
+        Resolution {
+            ipcache,
+            delta,
+            pods_signed,
+        }
+    }
 
+    /// Identities that appeared or vanished since the last resolve, and
+    /// those of `relabelled` namespaces as both.
+    fn delta(
+        &self,
+        identities: &BTreeMap<u32, Arc<Signature>>,
+        relabelled: &BTreeSet<String>,
+    ) -> Delta {
         let mut delta = Delta {
             added: identities
                 .keys()
@@ -405,7 +332,7 @@ impl IdentityLayer {
         // Identities of relabelled namespaces mean something else to
         // namespace selectors: rules must look at them again.
         if !relabelled.is_empty() {
-            for (id, sig) in &identities {
+            for (id, sig) in identities {
                 if sig
                     .kind
                     .pod_namespace()
@@ -417,12 +344,128 @@ impl IdentityLayer {
                 }
             }
         }
-        self.namespace_labels = namespace_labels;
-        self.current = identities;
-        Resolution {
-            ipcache,
-            delta,
-            pods_signed,
+        delta
+    }
+}
+
+/// The claims on addresses other than pods', in order of precedence (see
+/// [`IdentityLayer::resolve`]): CIDRs, Service frontends, metadata, node.
+fn push_claims(
+    slots: &mut Vec<Slot>,
+    blocks: &Blocks,
+    frontends: &BTreeMap<IpAddr, Frontend>,
+    profile: &Profile,
+    node: &Node,
+) {
+    let other = |kind: Kind, net: IpNet, flags: u32| Slot {
+        net,
+        sig: Arc::new(Signature {
+            kind: Arc::new(kind),
+            blocks: blocks.containing(&net),
+        }),
+        id: None,
+        flags,
+        owner: None,
+    };
+    for b in blocks.iter() {
+        slots.push(other(Kind::Cidr, *b, 0));
+    }
+    for (addr, f) in frontends {
+        slots.push(Slot {
+            net: IpNet::from(*addr),
+            sig: Arc::new(Signature {
+                kind: Arc::new(Kind::Service {
+                    service: f.service.clone(),
+                    addr: *addr,
+                }),
+                blocks: Vec::new(),
+            }),
+            id: None,
+            flags: services::flags(f),
+            owner: None,
+        });
+    }
+    if profile.block_metadata {
+        let flags = ipcache_flags::METADATA
+            | if profile.metadata_dns {
+                ipcache_flags::METADATA_DNS
+            } else {
+                0
+            };
+        for m in profile.metadata_prefixes() {
+            slots.push(other(Kind::Metadata(m), m, flags));
+        }
+    }
+    for ip in &node.addresses {
+        let net = IpNet::from(*ip);
+        slots.push(other(Kind::Host, net, ipcache_flags::HOST));
+    }
+}
+
+/// The last claim on each address; a losing pod's memo forgets its id.
+fn winners(mut slots: Vec<Slot>, memos: &mut [(ObjectRef, PodMemo)]) -> Vec<Slot> {
+    // Stable: among claims on one address the last pushed stays last.
+    slots.sort_by_key(|s| s.net);
+    let mut winners: Vec<Slot> = Vec::with_capacity(slots.len());
+    for slot in slots {
+        match winners.last_mut() {
+            Some(last) if last.net == slot.net => {
+                // The losing pod's id is not kept in use below and will
+                // be released: its memo must not bring it back later.
+                if let Some((m, a)) = last.owner {
+                    memos[m].1.addrs[a].2 = None;
+                }
+                *last = slot;
+            }
+            _ => winners.push(slot),
+        }
+    }
+    winners
+}
+
+/// Identities, and the ipcache. A known id is kept as it is; a new
+/// signature is looked up by content, so equal pods share one id.
+fn assign(
+    alloc: &mut Allocator<Arc<Signature>>,
+    winners: &[Slot],
+) -> (BTreeMap<u32, Arc<Signature>>, BTreeMap<IpNet, IpcacheEntry>) {
+    let mut identities: BTreeMap<u32, Arc<Signature>> = BTreeMap::new();
+    let ipcache: BTreeMap<IpNet, IpcacheEntry> = winners
+        .iter()
+        .map(|slot| {
+            let id = match slot.id {
+                Some(id) => id,
+                None => alloc.id(&slot.sig),
+            };
+            identities.entry(id).or_insert_with(|| slot.sig.clone());
+            (
+                slot.net,
+                IpcacheEntry {
+                    identity: id,
+                    flags: slot.flags,
+                },
+            )
+        })
+        .collect();
+    for id in identities.keys() {
+        alloc.keep(*id);
+    }
+    (identities, ipcache)
+}
+
+/// Remember the ids of pods signed anew; an address another object
+/// took keeps none and is looked up by content next time.
+fn remember_ids(
+    memos: &mut [(ObjectRef, PodMemo)],
+    ipcache: &BTreeMap<IpNet, IpcacheEntry>,
+    identities: &BTreeMap<u32, Arc<Signature>>,
+) {
+    for (_, memo) in memos.iter_mut() {
+        for (net, sig, id) in memo.addrs.iter_mut().filter(|a| a.2.is_none()) {
+            *id = ipcache
+                .get(net)
+                .map(|e| e.identity)
+                .filter(|id| identities.get(id).is_some_and(|s| **s == **sig));
         }
     }
 }

@@ -132,73 +132,8 @@ pub fn entries(
     if frontends.is_empty() {
         return out;
     }
-    // Frontends whose address is theirs in the ipcache (a pod, the node or
-    // the metadata block may hold it instead).
-    let live: Vec<Live> = frontends
-        .iter()
-        .filter_map(|(addr, f)| {
-            let e = maps.ipcache.get(&IpNet::from(*addr))?;
-            (e.flags & ipcache_flags::SERVICE != 0).then_some((e.identity, f))
-        })
-        .map(|(identity, f)| {
-            let ports = f
-                .ports
-                .iter()
-                .map(|((protocol, port), backends)| {
-                    // In backend address order, so that attribution does not depend on ids.
-                    let mut seen = BTreeSet::new();
-                    let peers = backends
-                        .iter()
-                        .map(|(b, target)| (sim::lookup_ipcache(maps, *b), *target))
-                        .filter(|peer| seen.insert(*peer))
-                        .collect();
-                    LivePort {
-                        protocol: *protocol,
-                        port: *port,
-                        peers,
-                    }
-                })
-                .collect();
-            Live {
-                identity,
-                metadata_backed: f.metadata_backed,
-                ports,
-            }
-        })
-        .collect();
-
-    type Shape = (u32, Vec<(u8, u32, u16, u8, u32)>);
-    let mut groups: HashMap<Shape, Vec<u32>> = HashMap::new();
-    for ep in endpoints {
-        let isolated = ep.flags & endpoint_flags::EGRESS_ISOLATED != 0;
-        let blocks = ep.flags & endpoint_flags::BLOCK_METADATA != 0;
-        if !isolated && !blocks {
-            continue;
-        }
-        let lo = PolicyKey {
-            endpoint: ep.id,
-            dir: Direction::Egress,
-            proto: 0,
-            identity: 0,
-            port: 0,
-            port_bits: 0,
-        };
-        let hi = PolicyKey {
-            proto: u8::MAX,
-            identity: u32::MAX,
-            port: u16::MAX,
-            port_bits: u8::MAX,
-            ..lo
-        };
-        let shape = maps
-            .policy
-            .range(lo..=hi)
-            .map(|(k, rule)| (k.proto, k.identity, k.port, k.port_bits, *rule))
-            .collect();
-        groups.entry((ep.flags, shape)).or_default().push(ep.id);
-    }
-
-    for ((flags, _), members) in groups {
+    let live = live(maps, frontends);
+    for ((flags, _), members) in groups(maps, endpoints) {
         // The binding to a veth plays no part in a policy verdict.
         let judge_as = EndpointEntry {
             id: members[0],
@@ -240,6 +175,82 @@ pub fn entries(
         }
     }
     out
+}
+
+/// Frontends whose address is theirs in the ipcache (a pod, the node or
+/// the metadata block may hold it instead).
+fn live(maps: &Maps, frontends: &BTreeMap<IpAddr, Frontend>) -> Vec<Live> {
+    frontends
+        .iter()
+        .filter_map(|(addr, f)| {
+            let e = maps.ipcache.get(&IpNet::from(*addr))?;
+            (e.flags & ipcache_flags::SERVICE != 0).then_some((e.identity, f))
+        })
+        .map(|(identity, f)| {
+            let ports = f
+                .ports
+                .iter()
+                .map(|((protocol, port), backends)| {
+                    // In backend address order, so that attribution does not depend on ids.
+                    let mut seen = BTreeSet::new();
+                    let peers = backends
+                        .iter()
+                        .map(|(b, target)| (sim::lookup_ipcache(maps, *b), *target))
+                        .filter(|peer| seen.insert(*peer))
+                        .collect();
+                    LivePort {
+                        protocol: *protocol,
+                        port: *port,
+                        peers,
+                    }
+                })
+                .collect();
+            Live {
+                identity,
+                metadata_backed: f.metadata_backed,
+                ports,
+            }
+        })
+        .collect()
+}
+
+/// An endpoint's flags and egress entries: endpoints of one shape get the
+/// same verdicts.
+type Shape = (u32, Vec<(u8, u32, u16, u8, u32)>);
+
+/// The endpoints that egress isolation or the metadata block may deny a
+/// frontend, grouped by [`Shape`].
+fn groups(maps: &Maps, endpoints: &[EndpointEntry]) -> HashMap<Shape, Vec<u32>> {
+    let mut groups: HashMap<Shape, Vec<u32>> = HashMap::new();
+    for ep in endpoints {
+        let isolated = ep.flags & endpoint_flags::EGRESS_ISOLATED != 0;
+        let blocks = ep.flags & endpoint_flags::BLOCK_METADATA != 0;
+        if !isolated && !blocks {
+            continue;
+        }
+        let lo = PolicyKey {
+            endpoint: ep.id,
+            dir: Direction::Egress,
+            proto: 0,
+            identity: 0,
+            port: 0,
+            port_bits: 0,
+        };
+        let hi = PolicyKey {
+            proto: u8::MAX,
+            identity: u32::MAX,
+            port: u16::MAX,
+            port_bits: u8::MAX,
+            ..lo
+        };
+        let shape = maps
+            .policy
+            .range(lo..=hi)
+            .map(|(k, rule)| (k.proto, k.identity, k.port, k.port_bits, *rule))
+            .collect();
+        groups.entry((ep.flags, shape)).or_default().push(ep.id);
+    }
+    groups
 }
 
 /// A frontend that holds its address, as [`entries`] judges it.

@@ -159,64 +159,75 @@ impl DirSource {
         // Objects of re-read files that differ from their previous version.
         let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
         for f in present {
-            let meta = std::fs::metadata(&f).map_err(|source| DirError::Read {
-                path: f.clone(),
-                source,
-            })?;
-            let stamp = (meta.len(), meta.modified().ok());
-            if self.cache.get(&f).is_some_and(|c| c.stamp == stamp) {
-                continue;
-            }
-            let bytes = std::fs::read(&f).map_err(|source| DirError::Read {
-                path: f.clone(),
-                source,
-            })?;
-            let rel = f
-                .strip_prefix(&self.root)
-                .unwrap_or(&f)
-                .to_string_lossy()
-                .into_owned();
-            if self.cache.get(&f).is_some_and(|c| c.bytes == bytes) {
-                // Touched, not changed.
-                if let Some(c) = self.cache.get_mut(&f) {
-                    c.stamp = stamp;
-                }
-                continue;
-            }
-            let (mut objects, mut errors) = (Vec::new(), Vec::new());
-            for r in parse_objects(&rel, &String::from_utf8_lossy(&bytes)) {
-                match r {
-                    Ok(o) => objects.push((o.key(), o)),
-                    Err(e) => errors.push(Arc::new(e)),
-                }
-            }
-            let previous: BTreeMap<&ObjectKey, &Object> = self
-                .cache
-                .get(&f)
-                .map(|c| c.objects.iter().map(|(k, o)| (k, o)).collect())
-                .unwrap_or_default();
-            dirty.extend(
-                objects
-                    .iter()
-                    .filter(|(k, o)| previous.get(k) != Some(&o))
-                    .map(|(k, _)| k.clone()),
-            );
-            self.cache.insert(
-                f,
-                CachedFile {
-                    stamp,
-                    rel,
-                    bytes,
-                    objects,
-                    errors,
-                },
-            );
-            changed = true;
+            changed |= self.reread(f, &mut dirty)?;
         }
         if !changed {
             return Ok(None);
         }
+        Ok(Some(self.update(&dirty)))
+    }
 
+    /// Reads `f` again if its size or modification time changed; whether
+    /// its content did (the objects that differ go into `dirty`).
+    fn reread(&mut self, f: PathBuf, dirty: &mut BTreeSet<ObjectKey>) -> Result<bool, DirError> {
+        let meta = std::fs::metadata(&f).map_err(|source| DirError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        let stamp = (meta.len(), meta.modified().ok());
+        if self.cache.get(&f).is_some_and(|c| c.stamp == stamp) {
+            return Ok(false);
+        }
+        let bytes = std::fs::read(&f).map_err(|source| DirError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        let rel = f
+            .strip_prefix(&self.root)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .into_owned();
+        if self.cache.get(&f).is_some_and(|c| c.bytes == bytes) {
+            // Touched, not changed.
+            if let Some(c) = self.cache.get_mut(&f) {
+                c.stamp = stamp;
+            }
+            return Ok(false);
+        }
+        let (mut objects, mut errors) = (Vec::new(), Vec::new());
+        for r in parse_objects(&rel, &String::from_utf8_lossy(&bytes)) {
+            match r {
+                Ok(o) => objects.push((o.key(), o)),
+                Err(e) => errors.push(Arc::new(e)),
+            }
+        }
+        let previous: BTreeMap<&ObjectKey, &Object> = self
+            .cache
+            .get(&f)
+            .map(|c| c.objects.iter().map(|(k, o)| (k, o)).collect())
+            .unwrap_or_default();
+        dirty.extend(
+            objects
+                .iter()
+                .filter(|(k, o)| previous.get(k) != Some(&o))
+                .map(|(k, _)| k.clone()),
+        );
+        self.cache.insert(
+            f,
+            CachedFile {
+                stamp,
+                rel,
+                bytes,
+                objects,
+                errors,
+            },
+        );
+        Ok(true)
+    }
+
+    /// From the last update to what the cache holds now; `dirty`: objects
+    /// whose content changed.
+    fn update(&mut self, dirty: &BTreeSet<ObjectKey>) -> Update {
         let mut origin: BTreeMap<&ObjectKey, (&PathBuf, &Object)> = BTreeMap::new();
         for (path, c) in &self.cache {
             for (k, o) in &c.objects {
@@ -243,7 +254,7 @@ impl DirSource {
             .into_iter()
             .map(|(k, (path, _))| (k.clone(), path.clone()))
             .collect();
-        Ok(Some(update))
+        update
     }
 
     fn digest(&self) -> u64 {
