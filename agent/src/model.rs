@@ -3,6 +3,8 @@
 
 use std::{borrow::Cow, collections::BTreeMap, fmt, net::IpAddr};
 
+pub mod calico_selector;
+pub mod ordered;
 pub mod policy;
 pub mod selector;
 
@@ -192,6 +194,8 @@ pub struct Model {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<ObjectRef, Pod>,
     pub policies: BTreeMap<ObjectRef, Policy>,
+    /// ClusterNetworkPolicies and Calico policies, each with its tier resolved.
+    pub ordered: BTreeMap<ordered::OrderedRef, ordered::OrderedPolicy>,
     pub services: BTreeMap<ObjectRef, Service>,
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
 }
@@ -209,4 +213,3 @@ impl Model {
         }
     }
 }
-pub mod calico_selector;
