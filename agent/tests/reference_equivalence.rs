@@ -8,12 +8,20 @@
 
 mod support;
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use palisade_agent::{
     dataplane::wire,
     index::{Index, Object},
-    model::{Model, Protocol},
+    model::{
+        Model, Protocol,
+        calico_selector::CalicoSelector,
+        ordered::{
+            Action, IpProtocolNumber, LabelMatch, Namespaces, Order, OrderedOrigin, OrderedPolicy,
+            OrderedRef, OrderedRule, PeerMatch, PolicyOrder, Stage, Subject, Tier, TierKey,
+        },
+        policy::{PortRef, PortSpec},
+    },
     policy::{
         Compiler, Direction, MapWriter, Maps, Profile, compile, diff,
         reference::{self, Party},
@@ -286,6 +294,209 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// A Calico selector over the generated labels.
+fn calico_sel() -> impl Strategy<Value = CalicoSelector> {
+    prop::sample::select(vec![
+        "all()",
+        "app == 'a'",
+        "app != 'b'",
+        "role in {'fe'}",
+        "!has(role)",
+        "has(app) && role == 'be'",
+        "app == 'c' || role == 'fe'",
+    ])
+    .prop_map(|s| CalicoSelector::parse(s).expect("valid selector"))
+}
+
+fn calico_ns_sel() -> impl Strategy<Value = CalicoSelector> {
+    prop::sample::select(vec![
+        "all()",
+        "team == 'blue'",
+        "kubernetes.io/metadata.name == 'x'",
+        "kubernetes.io/metadata.name not in {'y', 'z'}",
+    ])
+    .prop_map(|s| CalicoSelector::parse(s).expect("valid selector"))
+}
+
+fn net() -> impl Strategy<Value = ipnet::IpNet> {
+    prop::sample::select(vec![
+        "0.0.0.0/0",
+        "169.254.169.254/32",
+        "10.0.1.0/24",
+        "10.0.2.11/32",
+        "203.0.113.0/24",
+        "::/0",
+        "10.0.0.0/16",
+    ])
+    .prop_map(|s| s.parse().expect("net"))
+}
+
+fn peer_match() -> impl Strategy<Value = PeerMatch> {
+    (
+        prop::option::of(prop_oneof![
+            calico_ns_sel().prop_map(|s| Namespaces::Matching(LabelMatch::Calico(s))),
+            prop::sample::select(NAMESPACES.to_vec()).prop_map(|n| Namespaces::Named(n.into())),
+        ]),
+        prop::option::of(calico_sel().prop_map(LabelMatch::Calico)),
+        prop::option::of(calico_sel().prop_map(LabelMatch::Calico)),
+        prop::option::of(prop::collection::vec(net(), 1..3)),
+        prop::collection::vec(net(), 0..2),
+    )
+        .prop_map(|(namespaces, pods, not_pods, nets, not_nets)| PeerMatch {
+            namespaces,
+            pods,
+            not_pods,
+            nets,
+            not_nets,
+        })
+}
+
+fn port_spec() -> impl Strategy<Value = PortSpec> {
+    prop_oneof![
+        Just(PortSpec {
+            protocol: Protocol::Tcp,
+            port: Some(PortRef::Range { start: 80, end: 80 })
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Tcp,
+            port: Some(PortRef::Range {
+                start: 80,
+                end: 8080
+            })
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Udp,
+            port: None
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Udp,
+            port: Some(PortRef::Range { start: 53, end: 53 })
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Tcp,
+            port: Some(PortRef::Named("http".into()))
+        }),
+        Just(PortSpec {
+            protocol: Protocol::Udp,
+            port: Some(PortRef::Named("dns".into()))
+        }),
+    ]
+}
+
+fn ordered_rule() -> impl Strategy<Value = OrderedRule> {
+    (
+        prop::sample::select(vec![Action::Allow, Action::Deny, Action::Pass, Action::Log]),
+        prop::option::of(prop::collection::vec(peer_match(), 1..3)),
+        prop::option::of(prop::sample::select(vec![6u8, 17, 1])),
+        prop::option::of(prop::sample::select(vec![6u8, 17])),
+        prop::option::of(prop::collection::vec(port_spec(), 1..3)),
+        prop::collection::vec(port_spec(), 0..2),
+    )
+        .prop_map(
+            |(action, peers, protocol, not_protocol, ports, not_ports)| OrderedRule {
+                action,
+                peers,
+                protocol: protocol.map(IpProtocolNumber),
+                not_protocol: not_protocol.map(IpProtocolNumber),
+                ports,
+                not_ports,
+            },
+        )
+}
+
+/// Ordered policies in every stage: Admin, two Calico tiers (one of them
+/// `default`, next to NetworkPolicy), Baseline.
+fn ordered_policy(i: usize) -> impl Strategy<Value = OrderedPolicy> {
+    (
+        0usize..5,
+        prop::option::of(0u8..3),
+        prop_oneof![
+            calico_ns_sel().prop_map(|s| Namespaces::Matching(LabelMatch::Calico(s))),
+            prop::sample::select(NAMESPACES.to_vec()).prop_map(|n| Namespaces::Named(n.into())),
+        ],
+        calico_sel(),
+        prop::option::of(prop::collection::vec(ordered_rule(), 0..3)),
+        prop::option::of(prop::collection::vec(ordered_rule(), 0..3)),
+    )
+        .prop_map(move |(tier, order, namespaces, pods, ingress, egress)| {
+            let name = format!("o{i}");
+            let calico = |t: &str, order: Option<f64>, end: bool| {
+                (
+                    Tier {
+                        key: TierKey {
+                            stage: Stage::Calico,
+                            order: order.map(Order),
+                            name: t.into(),
+                        },
+                        end_of_tier_deny: end,
+                    },
+                    OrderedOrigin::Calico {
+                        tier: t.into(),
+                        namespace: None,
+                        name: name.clone(),
+                    },
+                )
+            };
+            let (tier, origin) = match tier {
+                0 => (
+                    Tier {
+                        key: TierKey {
+                            stage: Stage::Admin,
+                            order: None,
+                            name: "admin".into(),
+                        },
+                        end_of_tier_deny: false,
+                    },
+                    OrderedOrigin::Admin(name.clone()),
+                ),
+                1 => calico("security", Some(100.0), true),
+                2 => calico("open", Some(200.0), false),
+                3 => calico("default", Some(1_000_000.0), true),
+                _ => (
+                    Tier {
+                        key: TierKey {
+                            stage: Stage::Baseline,
+                            order: None,
+                            name: "baseline".into(),
+                        },
+                        end_of_tier_deny: false,
+                    },
+                    OrderedOrigin::Baseline(name.clone()),
+                ),
+            };
+            OrderedPolicy {
+                origin,
+                tier,
+                // Around NetworkPolicy's 1000 in the default tier.
+                order: PolicyOrder {
+                    order: order.map(|o| Order(f64::from(o) * 999.0)),
+                    name: name.clone(),
+                },
+                subject: Subject {
+                    namespaces,
+                    pods: LabelMatch::Calico(pods),
+                },
+                ingress,
+                egress,
+            }
+        })
+}
+
+fn ordered_set() -> impl Strategy<Value = BTreeMap<OrderedRef, OrderedPolicy>> {
+    (0usize..5)
+        .prop_flat_map(|n| (0..n).map(ordered_policy).collect::<Vec<_>>())
+        .prop_map(|ps| {
+            ps.into_iter()
+                .map(|p| {
+                    (
+                        OrderedRef::CalicoGlobalNetworkPolicy(p.order.name.clone()),
+                        p,
+                    )
+                })
+                .collect()
+        })
+}
+
 /// One change of the kind a watch delivers.
 #[derive(Debug, Clone)]
 enum Edit {
@@ -492,6 +703,17 @@ fn mismatches_of(
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Ordered policies that deny, pass and log, in every stage around
+    /// NetworkPolicy: the flattened maps decide as the ordered reference.
+    #[test]
+    fn ordered_policies_compile_to_what_the_reference_decides(c in case(), ordered in ordered_set()) {
+        let mut model = build(&c.objects);
+        model.ordered = ordered;
+        let bad = mismatches(&model, &c.profile);
+        prop_assert!(bad.is_empty(), "{} mismatches, first: {:?}\nprofile: {:?}\nordered: {:#?}\nobjects: {}", bad.len(), bad.first(), c.profile,
+            model.ordered, serde_json::to_string(&c.objects).unwrap_or_default());
+    }
 
     #[test]
     fn compiled_maps_agree_with_the_reference(c in case()) {

@@ -14,6 +14,8 @@ use super::{ObjectRef, Protocol, selector::Selector};
 pub enum PolicyOrigin {
     NetworkPolicy(ObjectRef),
     Profile(&'static str),
+    /// A ClusterNetworkPolicy or Calico policy.
+    Ordered(super::ordered::OrderedOrigin),
 }
 
 impl std::fmt::Display for PolicyOrigin {
@@ -21,6 +23,7 @@ impl std::fmt::Display for PolicyOrigin {
         match self {
             PolicyOrigin::NetworkPolicy(r) => write!(f, "{r}"),
             PolicyOrigin::Profile(name) => f.write_str(name),
+            PolicyOrigin::Ordered(o) => write!(f, "{o}"),
         }
     }
 }

@@ -44,8 +44,10 @@ use super::{
     addr::{IPV4_ROOT, canonical_ip},
     alloc::Allocator,
     budget::{Admission, Admitted, Budgets},
+    flatten::Flatten,
     identity::{Blocks, IdentityLayer, Kind, Signature},
     matching::{MatchCache, PeerMatch},
+    ordered::Layers,
     profile::Profile,
     services,
     state::{
@@ -219,7 +221,7 @@ impl Compiler {
             model,
             node,
             profile,
-            Blocks::new(named_blocks(policies())),
+            Blocks::new(named_blocks(policies(), model)),
             &frontends,
         );
         state.maps.ipcache = resolution.ipcache;
@@ -236,7 +238,9 @@ impl Compiler {
             state.identities.insert(*id, identity_info(sig));
         }
 
+        let layers = Layers::new(model, policies());
         let mut endpoints = Endpoints {
+            layers: &layers,
             rules: &mut self.rules,
             matches: &mut self.matches,
             identities,
@@ -377,9 +381,17 @@ fn by_namespace<'a>(
     by_namespace
 }
 
-/// The CIDRs policies name (peers of rules that can apply here).
-fn named_blocks<'a>(policies: impl Iterator<Item = &'a Policy>) -> BTreeSet<IpNet> {
-    let mut blocks: BTreeSet<IpNet> = BTreeSet::new();
+/// The CIDRs policies name (peers of rules that can apply here, and every
+/// ordered policy's nets).
+fn named_blocks<'a>(policies: impl Iterator<Item = &'a Policy>, model: &Model) -> BTreeSet<IpNet> {
+    let mut blocks: BTreeSet<IpNet> = model
+        .ordered
+        .values()
+        .flat_map(|p| p.ingress.iter().chain(p.egress.iter()).flatten())
+        .flat_map(|r| r.peers.iter().flatten())
+        .flat_map(|m| m.nets.iter().flatten().chain(&m.not_nets))
+        .copied()
+        .collect();
     for p in policies {
         for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
             for peer in &rule.peers {
@@ -418,6 +430,7 @@ fn host_network_blocks(
 /// Compiles local endpoints: the parts of a [`Compiler`] that this needs,
 /// borrowed next to the identities it holds.
 struct Endpoints<'a> {
+    layers: &'a Layers<'a>,
     rules: &'a mut Allocator<RuleRef>,
     matches: &'a mut MatchCache,
     identities: &'a BTreeMap<u32, Arc<Signature>>,
@@ -459,7 +472,20 @@ impl Endpoints<'_> {
                 block_metadata,
                 metadata_dns: self.profile.metadata_dns,
             };
-            let isolated_by = self.rules_of(&mut state.maps.policy, emit, candidates);
+            let isolated_by = if self.layers.ordered_selects(self.model, pod, dir) {
+                Flatten {
+                    layers: self.layers,
+                    model: self.model,
+                    identities: self.identities,
+                    rules: self.rules,
+                    named: &mut state.rules,
+                    block_metadata,
+                    metadata_dns: self.profile.metadata_dns,
+                }
+                .endpoint(&mut state.maps.policy, pod, ep_id, dir)
+            } else {
+                self.rules_of(&mut state.maps.policy, emit, candidates)
+            };
             flags |= isolation_flags(dir, &isolated_by);
             match dir {
                 Direction::Ingress => info.ingress_isolated_by = isolated_by,

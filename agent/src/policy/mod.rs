@@ -6,8 +6,10 @@ pub mod alloc;
 pub mod budget;
 pub mod compile;
 pub mod dump;
+mod flatten;
 pub mod identity;
 pub mod matching;
+pub mod ordered;
 pub mod profile;
 /// The independent oracle that tests compare the compiled maps with; not
 /// part of the agent.

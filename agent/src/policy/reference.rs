@@ -4,7 +4,11 @@
 
 use std::net::IpAddr;
 
-use super::profile::Profile;
+use super::{
+    ordered::{Layers, PeerView},
+    profile::Profile,
+    state::Direction,
+};
 use crate::model::policy::{NamespaceScope, Peer, Policy, PortRef, Rule, in_block};
 use crate::model::{Model, Pod, Protocol};
 
@@ -120,9 +124,12 @@ pub fn service_egress_allowed(
         && backends
             .iter()
             .any(|(_, _, b, _)| profile.metadata_prefixes().iter().any(|m| m.contains(b)));
-    let isolated = all_policies(model, profile, &pod.namespace)
+    let network = all_policies(model, profile, &pod.namespace);
+    // An ordered policy selecting the pod isolates it as NetworkPolicy does.
+    let isolated = network
         .iter()
-        .any(|p| p.egress.is_some() && p.pod_selector.matches(&pod.labels));
+        .any(|p| p.egress.is_some() && p.pod_selector.matches(&pod.labels))
+        || Layers::new(model, &network).ordered_selects(model, pod, Direction::Egress);
     if !isolated && !metadata_in_play {
         return true;
     }
@@ -183,6 +190,51 @@ fn rule_matches(
     peer_ok && port_ok
 }
 
+/// With ordered policies: the tiers in order, NetworkPolicy (and the
+/// profile's) in the default tier ([`super::ordered`]).
+fn ordered_allows(
+    model: &Model,
+    profile: &Profile,
+    pod: &Pod,
+    dir: Direction,
+    peer: &PartyPeer<'_>,
+    protocol: Protocol,
+    port: u16,
+) -> bool {
+    let network = all_policies(model, profile, &pod.namespace);
+    Layers::new(model, &network)
+        .decide(model, pod, dir, peer, protocol.number(), Some(port))
+        .allow
+}
+
+/// A party as a peer of the ordered evaluation; under the metadata block
+/// only a net naming a metadata prefix exactly holds a metadata address.
+struct PartyPeer<'a> {
+    party: Party<'a>,
+    metadata: Option<&'a [ipnet::IpNet]>,
+}
+
+impl PeerView for PartyPeer<'_> {
+    fn pod(&self) -> Option<(&str, &crate::model::Labels)> {
+        self.party.pod().map(|p| (p.namespace.as_str(), &p.labels))
+    }
+
+    fn in_net(&self, net: &ipnet::IpNet) -> bool {
+        match self.metadata {
+            Some(m) => m.contains(net) && net.contains(&self.party.ip()),
+            None => net.contains(&self.party.ip()),
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        self.metadata.is_some()
+    }
+
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.party.pod().and_then(|p| p.named_port(name, protocol))
+    }
+}
+
 fn egress_allows(
     model: &Model,
     profile: &Profile,
@@ -194,6 +246,30 @@ fn egress_allows(
     let Some(pod) = src.pod() else {
         return true;
     };
+    if !model.ordered.is_empty() {
+        let ns_labels = model.namespace_labels(&pod.namespace);
+        let blocked = profile.block_metadata
+            && !profile.metadata_opted_out(&pod.labels, &ns_labels)
+            && profile
+                .metadata_prefixes()
+                .iter()
+                .any(|m| m.contains(&dst.ip()))
+            && profile.metadata_blocks_port(protocol, port);
+        let metadata = profile.metadata_prefixes();
+        let peer = PartyPeer {
+            party: dst,
+            metadata: blocked.then_some(&metadata[..]),
+        };
+        return ordered_allows(
+            model,
+            profile,
+            pod,
+            Direction::Egress,
+            &peer,
+            protocol,
+            port,
+        );
+    }
     let selecting: Vec<Policy> = all_policies(model, profile, &pod.namespace)
         .into_iter()
         .filter(|p| p.pod_selector.matches(&pod.labels))
@@ -250,6 +326,24 @@ fn ingress_allows(
     let Some(pod) = dst.pod() else {
         return true;
     };
+    if matches!(src, Party::Node(_)) {
+        return true;
+    }
+    if !model.ordered.is_empty() {
+        let peer = PartyPeer {
+            party: src,
+            metadata: None,
+        };
+        return ordered_allows(
+            model,
+            profile,
+            pod,
+            Direction::Ingress,
+            &peer,
+            protocol,
+            port,
+        );
+    }
     let isolating: Vec<Policy> = all_policies(model, profile, &pod.namespace)
         .into_iter()
         .filter(|p| p.ingress.is_some() && p.pod_selector.matches(&pod.labels))
