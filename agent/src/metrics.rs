@@ -323,6 +323,7 @@ mod tests {
                 },
                 reason: crate::flows::DenyReason::Policy,
                 policies: vec![policy.to_string()].into(),
+                tier: None,
             },
             count: 3,
             first: SystemTime::UNIX_EPOCH,

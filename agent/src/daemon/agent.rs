@@ -26,8 +26,11 @@ use crate::{
     error_chain::chain,
     flows::{self, PolicyCache, log::DenyLog, sink::Sink},
     index::{Index, Kind},
-    model::{Model, Node, ObjectRef},
-    policy::Profile,
+    model::{Model, Node, ObjectRef, policy::Policy},
+    policy::{
+        Profile,
+        ordered::{self, Layers},
+    },
     source::{Batch, SourceEvent},
     status::Status,
     sync::Syncer,
@@ -156,9 +159,22 @@ impl Agent {
     /// attributed by the state programmed now.
     pub(super) fn on_events(&mut self, events: impl IntoIterator<Item = DenyEvent>) {
         let now = SystemTime::now();
+        let model = self.index.model();
+        // Ordered policies name the rule or tier end that denied; built
+        // once per batch, and only when there are any.
+        let network: Vec<Policy> = if model.ordered.is_empty() {
+            Vec::new()
+        } else {
+            ordered::network_policies(model, &self.profile)
+        };
+        let layers = (!model.ordered.is_empty()).then(|| Layers::new(model, &network));
         for ev in events {
-            if let Some(d) = flows::attribute(&ev, self.syncer.state(), &mut self.names, &self.pods)
+            if let Some(mut d) =
+                flows::attribute(&ev, self.syncer.state(), &mut self.names, &self.pods)
             {
+                if let Some(layers) = &layers {
+                    flows::name_deciding_policy(&mut d, model, layers);
+                }
                 self.deny_log.observe(d, now);
             }
         }

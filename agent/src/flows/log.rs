@@ -291,6 +291,7 @@ mod tests {
             },
             reason: crate::flows::DenyReason::Policy,
             policies: vec!["x/deny".to_string()].into(),
+            tier: None,
         }
     }
 

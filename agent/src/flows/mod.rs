@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::{
     dataplane::wire,
     model::{Model, ObjectRef, Protocol},
-    policy::{DesiredState, Direction, profile},
+    policy::{DesiredState, Direction, ordered, profile},
 };
 
 /// One side of a denied flow.
@@ -44,6 +44,55 @@ pub struct Denial {
     pub reason: DenyReason,
     #[serde(skip_serializing_if = "Policies::is_empty")]
     pub policies: Policies,
+    /// Where ordered policies judge the endpoint: the tier of the deciding
+    /// policy (or whose end denied), `policies` naming that policy alone
+    /// (`end-of-tier` for a tier's end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+/// Names the ordered policy (or the tier end) that denied `d`, where
+/// ordered policies judge its endpoint; records of other endpoints stay
+/// as they are. `layers` are the policies in force, built by the caller
+/// once per batch of events.
+pub fn name_deciding_policy(d: &mut Denial, model: &Model, layers: &ordered::Layers<'_>) {
+    if d.reason != DenyReason::Policy {
+        return;
+    }
+    let (local, remote) = match d.direction {
+        Direction::Ingress => (&d.dst, &d.src),
+        Direction::Egress => (&d.src, &d.dst),
+    };
+    let holder = |ip: IpAddr| {
+        model
+            .pods
+            .values()
+            .find(|p| !p.host_network && p.ips.contains(&ip))
+    };
+    let Some(pod) = holder(local.ip) else {
+        return;
+    };
+    if !layers.ordered_selects(model, pod, d.direction) {
+        return;
+    }
+    let peer = ordered::AddressPeer {
+        ip: remote.ip,
+        pod: holder(remote.ip),
+    };
+    let decision = layers.decide(model, pod, d.direction, &peer, d.protocol.0, d.dst.port);
+    if decision.allow {
+        return;
+    }
+    let (name, tier) = match decision.by {
+        ordered::DecidedBy::Rule { origin, .. } => {
+            let tier = ordered::tier_of(&origin);
+            (origin.to_string(), tier)
+        }
+        ordered::DecidedBy::EndOfTier { tier } => ("end-of-tier".to_string(), tier),
+        ordered::DecidedBy::Default => return,
+    };
+    d.policies = Policies::new([name]);
+    d.tier = Some(tier);
 }
 
 /// The policies a denied flow is blamed on: one shared list per endpoint
@@ -265,6 +314,7 @@ pub fn attribute(
         dst,
         reason,
         policies,
+        tier: None,
     })
 }
 

@@ -18,8 +18,8 @@ use ipnet::IpNet;
 use crate::model::{
     Labels, Model, Pod, Protocol,
     ordered::{
-        Action, NETWORK_POLICY_ORDER, Namespaces, Order, OrderedPolicy, OrderedRule, PeerMatch,
-        PolicyOrder, TierKey, default_tier,
+        Action, NETWORK_POLICY_ORDER, Namespaces, Order, OrderedOrigin, OrderedPolicy, OrderedRule,
+        PeerMatch, PolicyOrder, TierKey, default_tier,
     },
     policy::{NamespaceScope, Peer, Policy, PolicyOrigin, PortRef, PortSpec, Rule, in_block},
 };
@@ -502,6 +502,34 @@ fn origin(m: Member<'_>) -> PolicyOrigin {
     match m {
         Member::Ordered(p) => PolicyOrigin::Ordered(p.origin.clone()),
         Member::Network(p) => p.origin.clone(),
+    }
+}
+
+/// NetworkPolicies and the profile's policies for every namespace with a
+/// pod: what sits in the default tier, for [`Layers::new`] outside a compile.
+pub fn network_policies(model: &Model, profile: &super::Profile) -> Vec<Policy> {
+    let namespaces: BTreeSet<&str> = model.pods.values().map(|p| p.namespace.as_str()).collect();
+    model
+        .policies
+        .values()
+        .cloned()
+        .chain(
+            namespaces
+                .into_iter()
+                .flat_map(|ns| profile.policies_for(ns)),
+        )
+        .collect()
+}
+
+/// The tier an origin's rules sit in, by name.
+pub fn tier_of(origin: &PolicyOrigin) -> String {
+    match origin {
+        PolicyOrigin::Ordered(OrderedOrigin::Admin(_)) => "admin".into(),
+        PolicyOrigin::Ordered(OrderedOrigin::Baseline(_)) => "baseline".into(),
+        PolicyOrigin::Ordered(OrderedOrigin::Calico { tier, .. }) => tier.clone(),
+        PolicyOrigin::NetworkPolicy(_) | PolicyOrigin::Profile(_) => {
+            crate::model::ordered::DEFAULT_TIER.into()
+        }
     }
 }
 
