@@ -15,7 +15,10 @@
 //! without ports (ICMP, ...) are denied there even where a rule would allow
 //! them: fail closed, and said in README.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use ipnet::IpNet;
 use palisade_common::{IDENTITY_WORLD, PROTO_ANY};
@@ -24,7 +27,7 @@ use super::{
     alloc::Allocator,
     compile::port_prefixes,
     identity::{Kind, Signature},
-    ordered::{DecidedBy, Layers, PeerView},
+    ordered::{DecidedBy, Layers, PeerClass, PeerView, Selected},
     state::{Direction, PolicyKey, RuleRef},
 };
 use crate::model::{Labels, Model, Pod, Protocol, policy::PolicyOrigin};
@@ -100,6 +103,14 @@ pub(super) struct Flatten<'a> {
     pub metadata_dns: bool,
 }
 
+/// One identity's decided row: everything (one entry), or the allowed
+/// port intervals.
+#[derive(Clone, Debug)]
+enum Row {
+    Whole(u32),
+    Intervals(Vec<(Protocol, u16, u16, u32)>),
+}
+
 impl Flatten<'_> {
     /// Writes `pod`'s entries for `dir` into `map`; the policies that
     /// select it there (it is isolated by them).
@@ -110,49 +121,64 @@ impl Flatten<'_> {
         endpoint: u32,
         dir: Direction,
     ) -> Vec<PolicyOrigin> {
-        for (id, sig) in self.identities {
-            if matches!(&*sig.kind, Kind::Service { .. }) {
-                // Judged as its backends (services.rs), never as itself.
-                continue;
-            }
-            let metadata = matches!(&*sig.kind, Kind::Metadata(_))
+        let selected = self.layers.select(self.model, pod, dir);
+        // Identities the rules cannot tell apart get the same row: decided once.
+        let mut rows: HashMap<(PeerClass, Option<PeerClass>), Row> = HashMap::new();
+        let identities = self.identities;
+        let world = std::iter::once((IDENTITY_WORLD, None));
+        let all = identities
+            .iter()
+            .filter(|(_, sig)| !matches!(&*sig.kind, Kind::Service { .. }))
+            .map(|(id, sig)| (*id, Some(sig)))
+            .chain(world);
+        for (id, sig) in all {
+            let metadata = sig.is_some_and(|s| matches!(&*s.kind, Kind::Metadata(_)))
                 && self.block_metadata
                 && dir == Direction::Egress;
-            let peer = IdentityPeer {
+            let exact = sig.map(|sig| IdentityPeer {
                 sig,
                 exact_metadata: metadata,
-            };
-            let loose = metadata.then_some(IdentityPeer {
+            });
+            let loose = sig.filter(|_| metadata).map(|sig| IdentityPeer {
                 sig,
                 exact_metadata: false,
             });
-            let loose = loose.as_ref().map(|p| p as &dyn PeerView);
-            self.row(map, pod, endpoint, dir, *id, &peer, loose);
+            let peer: &dyn PeerView = match &exact {
+                Some(p) => p,
+                None => &World,
+            };
+            let dns_peer = loose.as_ref().map(|p| p as &dyn PeerView);
+            let key = (
+                selected.class(self.model, pod, dir, peer),
+                dns_peer.map(|d| selected.class(self.model, pod, dir, d)),
+            );
+            let row = match rows.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self.row(&selected, pod, dir, peer, dns_peer);
+                    rows.insert(key, r.clone());
+                    r
+                }
+            };
+            write_row(map, endpoint, dir, id, &row);
         }
-        self.row(map, pod, endpoint, dir, IDENTITY_WORLD, &World, None);
         let mut by = self.layers.selecting(self.model, pod, dir);
         by.sort();
         by.dedup();
         by
     }
 
-    /// One remote identity. `dns_peer`: how the metadata identity is seen
-    /// on DNS, where the block leaves DNS open.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one row of one endpoint, all needed"
-    )]
+    /// Decides one peer over the port space. `dns_peer`: how the metadata
+    /// identity is seen on DNS, where the block leaves DNS open.
     fn row(
         &mut self,
-        map: &mut BTreeMap<PolicyKey, u32>,
+        selected: &Selected<'_>,
         pod: &Pod,
-        endpoint: u32,
         dir: Direction,
-        identity: u32,
         peer: &dyn PeerView,
         dns_peer: Option<&dyn PeerView>,
-    ) {
-        let mut bp = self.layers.breakpoints(self.model, pod, dir, peer);
+    ) -> Row {
+        let mut bp = selected.breakpoints(pod, dir, peer);
         if dns_peer.is_some() {
             for p in [Protocol::Udp, Protocol::Tcp] {
                 let set = bp.ports.entry(p).or_default();
@@ -170,9 +196,7 @@ impl Flatten<'_> {
                     Some(d) if dns && self.metadata_dns => d,
                     _ => peer,
                 };
-                let d = self
-                    .layers
-                    .decide(self.model, pod, dir, who, proto.number(), Some(start));
+                let d = selected.decide(self.model, pod, dir, who, proto.number(), Some(start));
                 if !d.allow {
                     whole = false;
                     continue;
@@ -186,30 +210,16 @@ impl Flatten<'_> {
             }
         }
         for proto in bp.portless_protocols() {
-            if !self
-                .layers
+            if !selected
                 .decide(self.model, pod, dir, peer, proto, None)
                 .allow
             {
                 whole = false;
             }
         }
-        let key = |proto: u8, port: u16, port_bits: u8| PolicyKey {
-            endpoint,
-            dir,
-            proto,
-            identity,
-            port,
-            port_bits,
-        };
-        if whole && let Some(rule) = first_rule {
-            map.entry(key(PROTO_ANY, 0, 0)).or_insert(rule);
-            return;
-        }
-        for (proto, start, end, rule) in allowed {
-            for (port, bits) in port_prefixes(start, end) {
-                map.entry(key(proto.number(), port, bits)).or_insert(rule);
-            }
+        match first_rule {
+            Some(rule) if whole => Row::Whole(rule),
+            _ => Row::Intervals(allowed),
         }
     }
 
@@ -231,6 +241,35 @@ impl Flatten<'_> {
         let id = self.rules.id(&r);
         self.named.insert(id, r);
         id
+    }
+}
+
+fn write_row(
+    map: &mut BTreeMap<PolicyKey, u32>,
+    endpoint: u32,
+    dir: Direction,
+    identity: u32,
+    row: &Row,
+) {
+    let key = |proto: u8, port: u16, port_bits: u8| PolicyKey {
+        endpoint,
+        dir,
+        proto,
+        identity,
+        port,
+        port_bits,
+    };
+    match row {
+        Row::Whole(rule) => {
+            map.entry(key(PROTO_ANY, 0, 0)).or_insert(*rule);
+        }
+        Row::Intervals(allowed) => {
+            for (proto, start, end, rule) in allowed {
+                for (port, bits) in port_prefixes(*start, *end) {
+                    map.entry(key(proto.number(), port, bits)).or_insert(*rule);
+                }
+            }
+        }
     }
 }
 

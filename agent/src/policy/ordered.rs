@@ -166,9 +166,60 @@ impl<'a> Layers<'a> {
             .collect()
     }
 
+    /// The policies that apply to `pod` in `dir`, tier by tier: what every
+    /// decision for that side reads (selection is judged once here).
+    pub fn select(&self, model: &Model, pod: &Pod, dir: Direction) -> Selected<'a> {
+        let tiers = self
+            .layers
+            .iter()
+            .filter_map(|l| {
+                let members: Vec<(PolicyOrigin, RuleList<'a>)> = l
+                    .members
+                    .iter()
+                    .filter_map(|(_, m)| member_rules(model, *m, pod, dir).map(|r| (origin(*m), r)))
+                    .collect();
+                (!members.is_empty()).then(|| SelectedTier {
+                    name: l.key.name.clone(),
+                    end_of_tier_deny: l.end_of_tier_deny,
+                    members,
+                })
+            })
+            .collect();
+        Selected { tiers }
+    }
+
     /// Decides a connection on `pod`'s side `dir` with `peer` on the other
     /// side, for IP protocol `proto` and the server's `port` (`None` for
     /// protocols without ports).
+    pub fn decide(
+        &self,
+        model: &Model,
+        pod: &Pod,
+        dir: Direction,
+        peer: &dyn PeerView,
+        proto: u8,
+        port: Option<u16>,
+    ) -> Decision {
+        self.select(model, pod, dir)
+            .decide(model, pod, dir, peer, proto, port)
+    }
+}
+
+/// The policies that apply to one side of one pod, tier by tier.
+#[derive(Debug)]
+pub struct Selected<'a> {
+    tiers: Vec<SelectedTier<'a>>,
+}
+
+#[derive(Debug)]
+struct SelectedTier<'a> {
+    name: String,
+    end_of_tier_deny: bool,
+    members: Vec<(PolicyOrigin, RuleList<'a>)>,
+}
+
+impl Selected<'_> {
+    /// Decides a connection; see [`Layers::decide`].
     pub fn decide(
         &self,
         model: &Model,
@@ -187,16 +238,11 @@ impl<'a> Layers<'a> {
             proto,
             port,
         };
-        'tiers: for layer in &self.layers {
-            let mut selected = false;
-            for (_, m) in &layer.members {
-                let Some(rules) = member_rules(model, *m, pod, dir) else {
-                    continue;
-                };
-                selected = true;
+        'tiers: for tier in &self.tiers {
+            for (origin, rules) in &tier.members {
                 for (index, action) in rules.matching(&conn) {
                     let by = || DecidedBy::Rule {
-                        origin: origin(*m),
+                        origin: origin.clone(),
                         index,
                         action,
                     };
@@ -216,15 +262,15 @@ impl<'a> Layers<'a> {
                             };
                         }
                         Action::Pass => continue 'tiers,
-                        Action::Log => logged.push(origin(*m)),
+                        Action::Log => logged.push(origin.clone()),
                     }
                 }
             }
-            if selected && layer.end_of_tier_deny {
+            if tier.end_of_tier_deny {
                 return Decision {
                     allow: false,
                     by: DecidedBy::EndOfTier {
-                        tier: layer.key.name.clone(),
+                        tier: tier.name.clone(),
                     },
                     logged,
                 };
@@ -237,16 +283,68 @@ impl<'a> Layers<'a> {
         }
     }
 
-    /// Port ranges (per protocol) whose ends split the port space of the
-    /// rules that can apply to `pod` in `dir`, named ports resolved on the
-    /// local pod and on `peer`; and the other protocol numbers rules name.
-    pub fn breakpoints(
+    /// What of `peer` the rules can tell apart: which peer conditions it
+    /// meets, the numbers its named ports resolve to (egress), and whether
+    /// the metadata block holds it. Peers with equal classes are decided
+    /// alike on every protocol and port, so the compiler decides one of
+    /// each class.
+    pub fn class(
         &self,
         model: &Model,
         pod: &Pod,
         dir: Direction,
         peer: &dyn PeerView,
-    ) -> Breakpoints {
+    ) -> PeerClass {
+        let conn = Conn {
+            model,
+            pod,
+            dir,
+            peer,
+            proto: 0,
+            port: None,
+        };
+        let mut class = PeerClass {
+            blocked: peer.blocked(),
+            ..PeerClass::default()
+        };
+        let mut named = |spec: &PortSpec| {
+            if let (Direction::Egress, Some(PortRef::Named(n))) = (dir, &spec.port) {
+                class.ports.push(peer.named_port(n, spec.protocol));
+            }
+        };
+        for tier in &self.tiers {
+            for (_, rules) in &tier.members {
+                match rules {
+                    RuleList::Ordered(rules) => {
+                        for r in *rules {
+                            for m in r.peers.iter().flatten() {
+                                class.matches.push(conn.peer_matches(m));
+                            }
+                            r.ports
+                                .iter()
+                                .flatten()
+                                .chain(&r.not_ports)
+                                .for_each(&mut named);
+                        }
+                    }
+                    RuleList::Network(policy, rules) => {
+                        for r in *rules {
+                            for p in &r.peers {
+                                class.matches.push(conn.network_peer_matches(policy, p));
+                            }
+                            r.ports.iter().for_each(&mut named);
+                        }
+                    }
+                }
+            }
+        }
+        class
+    }
+
+    /// Port ranges (per protocol) whose ends split the port space of the
+    /// rules that can apply to `pod` in `dir`, named ports resolved on the
+    /// local pod and on `peer`; and the other protocol numbers rules name.
+    pub fn breakpoints(&self, pod: &Pod, dir: Direction, peer: &dyn PeerView) -> Breakpoints {
         let mut b = Breakpoints::default();
         let mut add = |spec: &PortSpec| {
             let server_port = |name: &str| match dir {
@@ -264,11 +362,11 @@ impl<'a> Layers<'a> {
                 set.insert(u32::from(e) + 1);
             }
         };
-        for layer in &self.layers {
-            for (_, m) in &layer.members {
-                match member_rules(model, *m, pod, dir) {
-                    Some(RuleList::Ordered(rules)) => {
-                        for r in rules {
+        for tier in &self.tiers {
+            for (_, rules) in &tier.members {
+                match rules {
+                    RuleList::Ordered(rules) => {
+                        for r in *rules {
                             for spec in r.ports.iter().flatten().chain(&r.not_ports) {
                                 add(spec);
                             }
@@ -276,12 +374,11 @@ impl<'a> Layers<'a> {
                             b.protocols.extend(r.not_protocol.map(|p| p.0));
                         }
                     }
-                    Some(RuleList::Network(_, rules)) => {
+                    RuleList::Network(_, rules) => {
                         for spec in rules.iter().flat_map(|r| &r.ports) {
                             add(spec);
                         }
                     }
-                    None => {}
                 }
             }
         }
@@ -289,7 +386,15 @@ impl<'a> Layers<'a> {
     }
 }
 
-/// Where the port space splits, for [`Layers::breakpoints`].
+/// What the rules can tell apart of a peer ([`Selected::class`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerClass {
+    matches: Vec<bool>,
+    ports: Vec<Option<u16>>,
+    blocked: bool,
+}
+
+/// Where the port space splits, for [`Selected::breakpoints`].
 #[derive(Debug, Default)]
 pub struct Breakpoints {
     /// Per protocol: the first port of each interval (plus 65536).
@@ -439,6 +544,7 @@ impl Conn<'_> {
 }
 
 /// A member's rules for one direction, when it selects the pod there.
+#[derive(Debug)]
 enum RuleList<'a> {
     Ordered(&'a [OrderedRule]),
     /// NetworkPolicy rules only allow.
