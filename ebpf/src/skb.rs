@@ -103,13 +103,13 @@ fn check_v4(ctx: &SkBuffContext) -> i32 {
     // read counts as "no port", which the block holds (fail closed).
     let frag = u16::from_be_bytes(h.frag_be);
     let ihl = usize::from(h.ver_ihl & 0x0f) * 4;
-    let port = if frag & 0x1fff != 0 || ihl < 20 {
+    let ports = if frag & 0x1fff != 0 || ihl < 20 {
         // A later fragment (no L4 header) or a nonsensical header length.
-        0
+        (0, 0)
     } else {
-        dport(ctx, h.proto, ihl)
+        ports(ctx, h.proto, ihl)
     };
-    judge(ctx, v4_mapped(h.saddr), daddr, flags, h.proto, port)
+    judge(ctx, v4_mapped(h.saddr), daddr, flags, h.proto, ports)
 }
 
 #[inline(always)]
@@ -165,22 +165,38 @@ fn check_v6(ctx: &SkBuffContext) -> i32 {
         }
     }
     // Too many or unreadable extension headers: "no port" (fail closed).
-    let port = if port_known { dport(ctx, next, off) } else { 0 };
-    judge(ctx, h.saddr, h.daddr, flags, next, port)
+    let ports = if port_known {
+        ports(ctx, next, off)
+    } else {
+        (0, 0)
+    };
+    judge(ctx, h.saddr, h.daddr, flags, next, ports)
 }
 
-/// The destination port of a TCP, UDP or SCTP header at `l4` (host order),
-/// 0 for other protocols or a header cut short.
+/// The source and destination ports of a TCP, UDP or SCTP header at `l4`
+/// (host order), 0 for other protocols or a header cut short.
 #[inline(always)]
-fn dport(ctx: &SkBuffContext, proto: u8, l4: usize) -> u16 {
+fn ports(ctx: &SkBuffContext, proto: u8, l4: usize) -> (u16, u16) {
     if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_SCTP {
-        return 0;
+        return (0, 0);
     }
-    load::<[u8; 4]>(ctx, l4).map_or(0, |p| u16::from_be_bytes([p[2], p[3]]))
+    load::<[u8; 4]>(ctx, l4).map_or((0, 0), |p| {
+        (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        )
+    })
 }
 
 #[inline(always)]
-fn judge(ctx: &SkBuffContext, saddr: Addr, daddr: Addr, flags: u32, proto: u8, port: u16) -> i32 {
+fn judge(
+    ctx: &SkBuffContext,
+    saddr: Addr,
+    daddr: Addr,
+    flags: u32,
+    proto: u8,
+    (sport, port): (u16, u16),
+) -> i32 {
     if !metadata_blocks(flags, proto, port) {
         return PASS;
     }
@@ -198,7 +214,7 @@ fn judge(ctx: &SkBuffContext, saddr: Addr, daddr: Addr, flags: u32, proto: u8, p
             cgroup: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
             saddr,
             daddr,
-            sport_be: [0; 2],
+            sport_be: sport.to_be_bytes(),
             dport_be: port.to_be_bytes(),
             endpoint: 0,
             identity: 0,
