@@ -536,24 +536,29 @@ fn host_network_raw_packets_cannot_reach_metadata() -> anyhow::Result<()> {
 
     // The attack: the same to 169.254.169.254 and fd00:ec2::254.
     let blocked = fixtures::pinned_counter(&pins, Counter::MetadataBlocked);
-    let cap_md = Capture::open_any_ip(&netns_of("external:metadata"))?;
-    let mut attack = raw_kinds(src4, IpAddr::V4(md4), "PAL-MD4");
-    attack.extend(raw_kinds(src6, IpAddr::V6(md6), "PAL-MD6"));
-    send_raw_from_cgroup(
-        &cgroup,
-        &node,
-        attack.iter().map(|(_, p)| p.clone()).collect(),
-    )?;
-    let markers: Vec<String> = attack.iter().map(|(m, _)| m.clone()).collect();
+    let md_netns = netns_of("external:metadata");
+    let attack_arrives = |tag: &str| -> anyhow::Result<bool> {
+        let cap_md = Capture::open_any_ip(&md_netns)?;
+        let mut attack = raw_kinds(src4, IpAddr::V4(md4), &format!("{tag}4"));
+        attack.extend(raw_kinds(src6, IpAddr::V6(md6), &format!("{tag}6")));
+        send_raw_from_cgroup(
+            &cgroup,
+            &node,
+            attack.iter().map(|(_, p)| p.clone()).collect(),
+        )?;
+        let markers: Vec<String> = attack.iter().map(|(m, _)| m.clone()).collect();
+        Ok(cap_md.saw(Duration::from_millis(1000), |p| {
+            markers.iter().any(|m| raw::carries(p, m.as_bytes()))
+        }))
+    };
     assert!(
-        !cap_md.saw(Duration::from_millis(1000), |p| markers
-            .iter()
-            .any(|m| raw::carries(p, m.as_bytes()))),
+        !attack_arrives("PAL-MD")?,
         "a hostNetwork pod's raw packet reached the metadata address"
     );
+    // Eight packets: four kinds, two families.
     let after = fixtures::pinned_counter(&pins, Counter::MetadataBlocked);
     assert!(
-        after >= blocked + attack.len() as u64,
+        after >= blocked + 8,
         "each dropped raw packet is counted: {blocked} -> {after}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -570,6 +575,24 @@ fn host_network_raw_packets_cannot_reach_metadata() -> anyhow::Result<()> {
         logged(&deny_log()),
         "deny records name both metadata addresses, raw SCTP and ICMPv6: {}",
         deny_log()
+    );
+    // The pinned link keeps enforcing while the agent is down, and a
+    // restarted agent adopts it.
+    let mut agent = agent;
+    agent.stop(libc::SIGTERM)?;
+    assert!(
+        !attack_arrives("PAL-DOWN")?,
+        "raw packets reached the metadata address while the agent was down"
+    );
+    agent.restart()?;
+    agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+    assert!(
+        egress_pin.exists(),
+        "the restarted agent keeps the egress link"
+    );
+    assert!(
+        !attack_arrives("PAL-AGAIN")?,
+        "raw packets reached the metadata address after a restart"
     );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
