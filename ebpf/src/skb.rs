@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use palisade_common::{
     Addr, Counter, DIR_EGRESS, DenyEvent, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, ipcache_flags,
-    is_v4_mapped, metadata_blocks, v4_mapped,
+    metadata_blocks, v4_mapped,
 };
 
 use crate::datapath::{EVENTS, count, identity_of};
@@ -117,11 +117,9 @@ fn check_v6(ctx: &SkBuffContext) -> i32 {
     let Some(h) = load::<Ipv6Header>(ctx, 0) else {
         return PASS;
     };
-    // `::ffff:0:0/96` keys IPv4 in the ipcache; on the wire it is not a
-    // routable IPv6 destination, and judging it as IPv4 would be wrong.
-    if is_v4_mapped(&h.daddr) {
-        return PASS;
-    }
+    // A v4-mapped destination is looked up as the IPv4 address it maps, as
+    // the sock hooks do: `::ffff:169.254.169.254` is held like the address
+    // it names (nothing legitimate sends IPv6 to it).
     let flags = identity_of(&h.daddr).flags;
     if flags & ipcache_flags::METADATA == 0 {
         return PASS;
