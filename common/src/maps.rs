@@ -26,6 +26,11 @@ pub const PROG_CONNECT4: &str = "palisade_connect4";
 pub const PROG_CONNECT6: &str = "palisade_connect6";
 pub const PROG_SENDMSG4: &str = "palisade_sendmsg4";
 pub const PROG_SENDMSG6: &str = "palisade_sendmsg6";
+/// cgroup_skb/egress: the metadata block for every packet of a blocked
+/// cgroup's sockets (raw ones too), next to the sock_addr hooks.
+pub const PROG_CGROUP_EGRESS: &str = "palisade_cgroup_egress";
+/// The sock_addr hooks of a blocked cgroup.
+pub const PROG_SOCK_ADDR: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6];
 
 /// Global patched at load: drop traffic of unknown addresses on attached veths.
 pub const GLOBAL_UNKNOWN_ENDPOINT_DROP: &str = "UNKNOWN_ENDPOINT_DROP";

@@ -7,6 +7,8 @@
 //! * `palisade_connect{4,6}` / `palisade_sendmsg{4,6}` (cgroup sock_addr):
 //!   the metadata block for processes whose traffic no veth sees
 //!   (hostNetwork pods).
+//! * `palisade_cgroup_egress` (cgroup_skb/egress, same cgroups): the same
+//!   block for every IP packet those pods' sockets send, raw ones included.
 //!
 //! Per packet: parse, one endpoint lookup, at most two conntrack lookups; a
 //! new flow adds at most four policy lookups and one conntrack insert.
@@ -15,6 +17,7 @@
 
 mod datapath;
 mod parse;
+mod skb;
 mod sock;
 
 #[cfg(not(test))]

@@ -69,7 +69,6 @@ pub enum Icmp {
     Other,
 }
 
-
 #[inline(always)]
 fn is_link_local(a: &Addr) -> bool {
     a[0] == 0xfe && a[1] & 0xc0 == 0x80
@@ -79,7 +78,6 @@ fn is_link_local(a: &Addr) -> bool {
 fn is_multicast(a: &Addr) -> bool {
     a[0] == 0xff
 }
-
 
 /// The fixed IPv4 header (options follow; IHL says how many).
 #[repr(C)]

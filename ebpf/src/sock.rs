@@ -3,6 +3,9 @@
 //! of each such pod; attachment is the policy, so the programs only look the
 //! destination up in the ipcache, where the agent marks the metadata
 //! addresses of its settings (one source of truth with the tc programs).
+//! These see only TCP/UDP connect and sendmsg; packets of raw sockets are
+//! judged by the cgroup_skb/egress program on the same cgroups (skb.rs),
+//! with the same decision.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},

@@ -3,7 +3,7 @@
 //! and a capture of what reaches a namespace's `eth0`.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -51,7 +51,8 @@ pub fn udp4(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
     ipv4(*src.ip(), *dst.ip(), 17, &udp)
 }
 
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+/// An IPv4 packet around `l4` (header checksum filled in, no options).
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     let mut v = vec![0x45, 0];
     v.extend(((20 + l4.len()) as u16).to_be_bytes());
     v.extend([0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
@@ -60,6 +61,47 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
     let sum = checksum(&v);
     v[10..12].copy_from_slice(&sum.to_be_bytes());
     v.extend(l4);
+    v
+}
+
+/// An IPv6 packet around `l4` (next header `next`, no extension headers).
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x60, 0, 0, 0];
+    v.extend((l4.len() as u16).to_be_bytes());
+    v.extend([next, 64]);
+    v.extend(src.octets());
+    v.extend(dst.octets());
+    v.extend(l4);
+    v
+}
+
+/// An ICMP echo request (`v6`: ICMPv6 type 128, checksum left 0, which no
+/// capture checks) carrying `payload`.
+pub fn icmp_echo(v6: bool, id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![if v6 { 128 } else { 8 }, 0, 0, 0];
+    m.extend(id.to_be_bytes());
+    m.extend(1u16.to_be_bytes());
+    m.extend(payload);
+    if !v6 {
+        let sum = checksum(&m);
+        m[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    m
+}
+
+/// A bare L4 header with ports (TCP SYN, UDP) and `payload`, for wrapping
+/// in [`ipv4`] or [`ipv6`]; checksums 0 (the captures here do not check).
+pub fn l4_ports(proto: u8, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend(sport.to_be_bytes());
+    v.extend(dport.to_be_bytes());
+    if proto == 6 {
+        v.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        v.extend(((8 + payload.len()) as u16).to_be_bytes());
+        v.extend([0, 0]);
+    }
+    v.extend(payload);
     v
 }
 
@@ -184,8 +226,17 @@ pub struct Capture {
 
 impl Capture {
     pub fn open(netns: &str) -> anyhow::Result<Self> {
-        let fd = netns::in_netns(netns, || {
-            let proto = (libc::ETH_P_IP as u16).to_be();
+        Self::open_ethertype(netns, libc::ETH_P_IP as u16)
+    }
+
+    /// A capture of IPv4 and IPv6 alike (`saw` then gets L3 bytes of either).
+    pub fn open_any_ip(netns: &str) -> anyhow::Result<Self> {
+        Self::open_ethertype(netns, libc::ETH_P_ALL as u16)
+    }
+
+    fn open_ethertype(netns: &str, ethertype: u16) -> anyhow::Result<Self> {
+        let fd = netns::in_netns(netns, move || {
+            let proto = ethertype.to_be();
             // SAFETY: plain socket(2).
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
             if fd < 0 {

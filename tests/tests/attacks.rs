@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -17,7 +17,8 @@ use palisade_tests::{
     agent::{AgentProcess, AgentSpec, agent_bin},
     fixtures, netns,
     raw::{self, Capture},
-    topology::Cluster,
+    sctp,
+    topology::{Cluster, NODE_V4, NODE_V6},
 };
 
 const ACK: u8 = 0x10;
@@ -352,5 +353,248 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
         lab.deny_log()
     );
     let _ = std::fs::remove_dir_all(Path::new(&lab.dir));
+    Ok(())
+}
+
+/// Sends IP packets (headers included, IPv4 or IPv6 by their version) from a
+/// child process that first joins `cgroup` and then `netns`, as a
+/// hostNetwork pod's process with CAP_NET_RAW would: its raw sockets belong
+/// to the pod's cgroup. Everything is prepared before the fork; the child
+/// makes only system calls.
+fn send_raw_from_cgroup(cgroup: &Path, netns: &str, packets: Vec<Vec<u8>>) -> anyhow::Result<()> {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))?;
+    let ns = std::fs::File::open(netns::netns_path(netns))?;
+    let (procs_fd, ns_fd) = (procs.as_raw_fd(), ns.as_raw_fd());
+    let mut cmd = std::process::Command::new("true");
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // system calls on memory prepared here (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || {
+            let err = std::io::Error::last_os_error;
+            // "0": the writing process itself.
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(err());
+            }
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(err());
+            }
+            for p in &packets {
+                let v6 = p[0] >> 4 == 6;
+                let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+                // IPPROTO_RAW: the packet carries its own IP header.
+                let fd = libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                if fd < 0 {
+                    return Err(err());
+                }
+                let n = if v6 {
+                    let mut a: libc::sockaddr_in6 = std::mem::zeroed();
+                    a.sin6_family = libc::AF_INET6 as u16;
+                    a.sin6_addr.s6_addr.copy_from_slice(&p[24..40]);
+                    libc::sendto(
+                        fd,
+                        p.as_ptr().cast(),
+                        p.len(),
+                        0,
+                        (&raw const a).cast(),
+                        size_of::<libc::sockaddr_in6>() as u32,
+                    )
+                } else {
+                    let mut a: libc::sockaddr_in = std::mem::zeroed();
+                    a.sin_family = libc::AF_INET as u16;
+                    a.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
+                    libc::sendto(
+                        fd,
+                        p.as_ptr().cast(),
+                        p.len(),
+                        0,
+                        (&raw const a).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                // EPERM is what the cgroup program's drop looks like to the
+                // sender; the packet's absence is checked at the receiver.
+                let _ = n;
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status()?;
+    drop((procs, ns));
+    anyhow::ensure!(status.success(), "raw sender exited with {status}");
+    Ok(())
+}
+
+/// One hand-made packet of each kind (TCP SYN, UDP, ICMP echo, SCTP INIT)
+/// from `src` to `dst`, each carrying `tag` and its kind as a marker.
+fn raw_kinds(src: IpAddr, dst: IpAddr, tag: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (kind, proto) in [("tcp", 6u8), ("udp", 17), ("icmp", 0), ("sctp", 132)] {
+        let marker = format!("{tag}-{kind}");
+        let v6 = dst.is_ipv6();
+        let (proto, l4) = match kind {
+            "icmp" => (
+                if v6 { 58 } else { 1 },
+                raw::icmp_echo(v6, 4242, marker.as_bytes()),
+            ),
+            "sctp" => {
+                // INIT: initiate tag, a_rwnd, streams, initial TSN; the marker
+                // rides in a parameter of an unrecognised type.
+                let mut value = vec![0, 0, 0, 7, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1];
+                value.extend([0x80, 0x77]);
+                value.extend(((4 + marker.len()) as u16).to_be_bytes());
+                value.extend(marker.as_bytes());
+                (proto, sctp::packet(40123, 80, 0, &[(1, 0, value)]))
+            }
+            _ => (proto, raw::l4_ports(proto, 40123, 80, marker.as_bytes())),
+        };
+        let packet = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => raw::ipv4(s, d, proto, &l4),
+            (IpAddr::V6(s), IpAddr::V6(d)) => raw::ipv6(s, d, proto, &l4),
+            _ => unreachable!("one family per packet"),
+        };
+        out.push((marker, packet));
+    }
+    out
+}
+
+/// hostNetwork pods with CAP_NET_RAW: the connect/sendmsg hooks never see a
+/// raw socket's packets, so the metadata block also sits on the cgroup's
+/// egress (cgroup_skb). Hand-made TCP, UDP, ICMP and SCTP packets to the
+/// metadata addresses (IPv4 and IPv6) do not arrive and are counted and
+/// logged; the same packets to another destination arrive.
+#[test]
+fn host_network_raw_packets_cannot_reach_metadata() -> anyhow::Result<()> {
+    palisade_tests::fixtures::require_root();
+    let run = format!("h{}", std::process::id() % 100_000);
+    let mut cluster = Cluster::new(&run, palisade_tests::scenario::Family::Dual)?;
+    let pod = cluster.add_host_network("monitoring/exporter", Vec::new())?;
+    let cgroup = pod.cgroup.clone().expect("a hostNetwork pod's cgroup");
+    let md4 = Ipv4Addr::new(169, 254, 169, 254);
+    let md6: Ipv6Addr = "fd00:ec2::254".parse()?;
+    let inet4 = Ipv4Addr::new(203, 0, 113, 10);
+    let inet6: Ipv6Addr = "2001:db8:113::10".parse()?;
+    cluster.add_wired("external:metadata", Some(md4), Some(md6), Vec::new())?;
+    cluster.add_wired("external:internet", Some(inet4), Some(inet6), Vec::new())?;
+
+    let dir = std::env::temp_dir().join(format!("palisade-attacks-{run}"));
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source)?;
+    let pin_root = PathBuf::from(format!("/sys/fs/bpf/palisade-attacks-{run}"));
+    let pins = PinPaths::new(&pin_root);
+    let agent = AgentProcess::start(AgentSpec {
+        extra: ["--poll-ms", "50", "--deny-idle-secs", "0.5"]
+            .map(String::from)
+            .to_vec(),
+        ..AgentSpec::in_dir(agent_bin()?, &cluster.node_netns, &dir, pin_root)
+    })?;
+    let text = ns("monitoring")
+        + &format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: exporter, namespace: monitoring, uid: \"{}\", labels: {{app: exporter}}}}\n\
+             spec: {{nodeName: {}, hostNetwork: true, containers: [{{name: c, image: i}}]}}\n\
+             status: {{phase: Running, podIP: \"{NODE_V4}\", podIPs: [{{ip: \"{NODE_V4}\"}}, {{ip: \"{NODE_V6}\"}}]}}\n",
+            pod.uid,
+            palisade_tests::topology::NODE_NAME
+        );
+    fixtures::write_source(&source, &text)?;
+    agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup)?);
+    let egress_pin = pins.cgroup_link(ino, palisade_common::PROG_CGROUP_EGRESS);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !egress_pin.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(egress_pin.exists(), "the cgroup egress program is attached");
+
+    let netns_of = |name: &str| cluster.hosts[name].netns.clone().unwrap_or_default();
+    let node = cluster.node_netns.clone();
+    let deny_log = || std::fs::read_to_string(dir.join("deny.jsonl")).unwrap_or_default();
+    let (src4, src6) = (IpAddr::V4(NODE_V4), IpAddr::V6(NODE_V6));
+
+    // Control: the same raw packets to a destination that is not metadata
+    // leave the node (so an absence below is the block, not the harness).
+    let cap_inet = Capture::open_any_ip(&netns_of("external:internet"))?;
+    let mut control = raw_kinds(src4, IpAddr::V4(inet4), "PAL-INET4");
+    control.extend(raw_kinds(src6, IpAddr::V6(inet6), "PAL-INET6"));
+    send_raw_from_cgroup(
+        &cgroup,
+        &node,
+        control.iter().map(|(_, p)| p.clone()).collect(),
+    )?;
+    for (marker, _) in &control {
+        assert!(
+            cap_inet.saw(Duration::from_millis(1500), |p| raw::carries(
+                p,
+                marker.as_bytes()
+            )),
+            "{marker}: a raw packet to a non-metadata external did not arrive"
+        );
+    }
+
+    // The attack: the same to 169.254.169.254 and fd00:ec2::254.
+    let blocked = fixtures::pinned_counter(&pins, Counter::MetadataBlocked);
+    let md_netns = netns_of("external:metadata");
+    let attack_arrives = |tag: &str| -> anyhow::Result<bool> {
+        let cap_md = Capture::open_any_ip(&md_netns)?;
+        let mut attack = raw_kinds(src4, IpAddr::V4(md4), &format!("{tag}4"));
+        attack.extend(raw_kinds(src6, IpAddr::V6(md6), &format!("{tag}6")));
+        send_raw_from_cgroup(
+            &cgroup,
+            &node,
+            attack.iter().map(|(_, p)| p.clone()).collect(),
+        )?;
+        let markers: Vec<String> = attack.iter().map(|(m, _)| m.clone()).collect();
+        Ok(cap_md.saw(Duration::from_millis(1000), |p| {
+            markers.iter().any(|m| raw::carries(p, m.as_bytes()))
+        }))
+    };
+    assert!(
+        !attack_arrives("PAL-MD")?,
+        "a hostNetwork pod's raw packet reached the metadata address"
+    );
+    // Eight packets: four kinds, two families.
+    let after = fixtures::pinned_counter(&pins, Counter::MetadataBlocked);
+    assert!(
+        after >= blocked + 8,
+        "each dropped raw packet is counted: {blocked} -> {after}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let logged = |log: &str| {
+        log.contains("169.254.169.254")
+            && log.contains("fd00:ec2::254")
+            && log.contains("\"SCTP\"")
+            && log.contains("\"ICMPv6\"")
+    };
+    while !logged(&deny_log()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        logged(&deny_log()),
+        "deny records name both metadata addresses, raw SCTP and ICMPv6: {}",
+        deny_log()
+    );
+    // The pinned link keeps enforcing while the agent is down, and a
+    // restarted agent adopts it.
+    let mut agent = agent;
+    agent.stop(libc::SIGTERM)?;
+    assert!(
+        !attack_arrives("PAL-DOWN")?,
+        "raw packets reached the metadata address while the agent was down"
+    );
+    agent.restart()?;
+    agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+    assert!(
+        egress_pin.exists(),
+        "the restarted agent keeps the egress link"
+    );
+    assert!(
+        !attack_arrives("PAL-AGAIN")?,
+        "raw packets reached the metadata address after a restart"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -11,15 +11,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, LpmTrie, MapData, MapError, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
 use palisade_common::{
     Addr, EndpointValue, IpcacheValue, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
-    MAP_IFACES, MAP_IPCACHE, MAP_POLICY, PROG_CONNECT4, PROG_CONNECT6, PROG_FROM_POD,
-    PROG_SENDMSG4, PROG_SENDMSG6, PROG_TO_POD, PolicyKeyData, PolicyValue,
+    MAP_IFACES, MAP_IPCACHE, MAP_POLICY, PROG_CGROUP_EGRESS, PROG_FROM_POD, PROG_SOCK_ADDR,
+    PROG_TO_POD, PolicyKeyData, PolicyValue,
 };
 use tracing::{debug, info, warn};
 
@@ -363,11 +364,16 @@ fn load_programs(ebpf: &mut Ebpf, pins: &PinPaths) -> Result<(), DatapathError> 
             .map_err(|source| DatapathError::Program { name, source })?;
         pin_program(prog, &pins.program(name))?;
     }
-    for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
+    for name in PROG_SOCK_ADDR {
         let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         prog.load()
             .map_err(|source| DatapathError::Program { name, source })?;
     }
+    let prog: &mut CgroupSkb = program(ebpf, PROG_CGROUP_EGRESS)?;
+    prog.load().map_err(|source| DatapathError::Program {
+        name: PROG_CGROUP_EGRESS,
+        source,
+    })?;
     Ok(())
 }
 
@@ -576,7 +582,8 @@ impl Datapath {
         self.attached.remove(&ifindex);
     }
 
-    /// Attaches the metadata block (connect/sendmsg hooks) to a cgroup;
+    /// Attaches the metadata block (connect/sendmsg hooks and the cgroup_skb
+    /// egress program, which also sees raw sockets' packets) to a cgroup;
     /// returns the cgroup's inode, which names its pins.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<u64, DatapathError> {
         let file = std::fs::File::open(cgroup).map_err(|source| DatapathError::Cgroup {
@@ -589,30 +596,43 @@ impl Datapath {
                 source,
             }
         })?);
-        for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
+        let attach_err = |hook: &'static str, e: ProgramError| DatapathError::Attach {
+            ifname: cgroup.display().to_string(),
+            hook,
+            source: Box::new(e),
+        };
+        for name in PROG_SOCK_ADDR.into_iter().chain([PROG_CGROUP_EGRESS]) {
             let path = self.pins.cgroup_link(ino, name);
             if path.exists() {
                 continue;
             }
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
-                ifname: cgroup.display().to_string(),
-                hook: name,
-                source: e,
-            };
             // A cgroup bpf_link takes no attach flags: links always share the hook.
-            let id = prog
-                .attach(file.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| attach_err(Box::new(e)))?;
-            let link = prog.take_link(id).map_err(|e| attach_err(Box::new(e)))?;
-            pin_link(link, &path)?;
+            if name == PROG_CGROUP_EGRESS {
+                let prog: &mut CgroupSkb = program(&mut self.ebpf, name)?;
+                let id = prog
+                    .attach(
+                        file.as_fd(),
+                        CgroupSkbAttachType::Egress,
+                        CgroupAttachMode::Single,
+                    )
+                    .map_err(|e| attach_err(name, e))?;
+                let link = prog.take_link(id).map_err(|e| attach_err(name, e))?;
+                pin_link(link, &path)?;
+            } else {
+                let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+                let id = prog
+                    .attach(file.as_fd(), CgroupAttachMode::Single)
+                    .map_err(|e| attach_err(name, e))?;
+                let link = prog.take_link(id).map_err(|e| attach_err(name, e))?;
+                pin_link(link, &path)?;
+            }
         }
         Ok(ino)
     }
 
     /// Removes the metadata block from a cgroup.
     pub fn detach_cgroup(&mut self, cgroup_ino: u64) {
-        for name in [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6] {
+        for name in PROG_SOCK_ADDR.into_iter().chain([PROG_CGROUP_EGRESS]) {
             if let Ok(pinned) = PinnedLink::from_pin(self.pins.cgroup_link(cgroup_ino, name)) {
                 let _ = pinned.unpin();
             }

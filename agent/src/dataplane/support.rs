@@ -6,6 +6,9 @@
 use std::path::Path;
 
 /// TCX links (`BPF_LINK_CREATE` on tc ingress/egress) arrived in Linux 6.6.
+/// Everything else the programs need is older and so covered by this one
+/// check: cgroup bpf_links for the sock_addr and cgroup_skb/egress programs
+/// (5.7), ring buffers (5.8), `bpf_skb_cgroup_id` in cgroup_skb programs.
 pub const MIN_KERNEL: (u32, u32) = (6, 6);
 
 /// What the decision needs to know about the machine.
