@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::index::{Object, unknown_fields};
+use crate::index::{Object, calico, cluster_network_policy, from_value_strict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -77,26 +77,14 @@ fn object_error(origin: &str, doc: usize, what: impl Into<String>, message: Stri
     }
 }
 
+/// Strict deserialization ([`from_value_strict`]): errors name the field.
 fn typed<T: DeserializeOwned + serde::Serialize>(
     origin: &str,
     doc: usize,
     what: &str,
     v: &Value,
 ) -> Result<T, ParseError> {
-    let t: T = serde_json::from_value(v.clone())
-        .map_err(|e| object_error(origin, doc, what, e.to_string()))?;
-    let back =
-        serde_json::to_value(&t).map_err(|e| object_error(origin, doc, what, e.to_string()))?;
-    let unknown = unknown_fields(v, &back);
-    if !unknown.is_empty() {
-        return Err(object_error(
-            origin,
-            doc,
-            what,
-            format!("unknown field(s): {}", unknown.join(", ")),
-        ));
-    }
-    Ok(t)
+    from_value_strict(v).map_err(|message| object_error(origin, doc, what, message))
 }
 
 fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
@@ -125,12 +113,26 @@ fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             typed(origin, doc, &name, v).map(|o| Object::EndpointSlice(Box::new(o)))
         }
+        (cluster_network_policy::API_VERSION, "ClusterNetworkPolicy") => {
+            typed(origin, doc, &name, v).map(|o| Object::ClusterNetworkPolicy(Box::new(o)))
+        }
+        (calico::API_VERSION, "NetworkPolicy") => {
+            typed(origin, doc, &name, v).map(|o| Object::CalicoNetworkPolicy(Box::new(o)))
+        }
+        (calico::API_VERSION, "GlobalNetworkPolicy") => {
+            typed(origin, doc, &name, v).map(|o| Object::CalicoGlobalNetworkPolicy(Box::new(o)))
+        }
+        (calico::API_VERSION, "Tier") => {
+            typed(origin, doc, &name, v).map(|o| Object::CalicoTier(Box::new(o)))
+        }
         _ => Err(object_error(
             origin,
             doc,
             name,
             format!(
-                "unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy, v1 Service, discovery.k8s.io/v1 EndpointSlice)"
+                "unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy, v1 Service, discovery.k8s.io/v1 EndpointSlice, {} ClusterNetworkPolicy, {} NetworkPolicy, GlobalNetworkPolicy or Tier)",
+                cluster_network_policy::API_VERSION,
+                calico::API_VERSION,
             ),
         )),
     }
@@ -153,7 +155,7 @@ metadata: {name: p, namespace: x}
 spec: {podSelecter: {}}
 ---
 apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
+kind: NetworkSet
 metadata: {name: g}
 ---
 apiVersion: v1
