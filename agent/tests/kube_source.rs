@@ -187,7 +187,10 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
 
     let mut index = Index::default();
     let mut listed = BTreeSet::new();
-    pump(&mut rx, &mut index, &mut listed, |_, l| Kind::all_required(l)).await;
+    pump(&mut rx, &mut index, &mut listed, |_, l| {
+        Kind::all_required(l)
+    })
+    .await;
 
     // Standalone mode for the same objects.
     let standalone = support::model(&objects_text());

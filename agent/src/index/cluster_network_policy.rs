@@ -226,7 +226,10 @@ fn one_field(field: &str, p: &Peer) -> Result<(), OrderedError> {
     match set {
         1 => Ok(()),
         0 => Err(invalid(field, "exactly one field must be set (none is)")),
-        _ => Err(invalid(field, "exactly one field must be set (several are)")),
+        _ => Err(invalid(
+            field,
+            "exactly one field must be set (several are)",
+        )),
     }
 }
 
@@ -252,7 +255,10 @@ fn subject(s: Option<&Peer>) -> Result<Subject, OrderedError> {
             pods: LabelMatch::everything(),
         });
     }
-    let pods = s.pods.as_ref().ok_or_else(|| invalid(field, "namespaces or pods required"))?;
+    let pods = s
+        .pods
+        .as_ref()
+        .ok_or_else(|| invalid(field, "namespaces or pods required"))?;
     let (namespaces, pods) = namespaced_pod(&format!("{field}.pods"), pods)?;
     Ok(Subject {
         namespaces: Namespaces::Matching(namespaces),
@@ -260,7 +266,10 @@ fn subject(s: Option<&Peer>) -> Result<Subject, OrderedError> {
     })
 }
 
-fn namespaced_pod(field: &str, p: &NamespacedPod) -> Result<(LabelMatch, LabelMatch), OrderedError> {
+fn namespaced_pod(
+    field: &str,
+    p: &NamespacedPod,
+) -> Result<(LabelMatch, LabelMatch), OrderedError> {
     let namespaces = match &p.namespace_selector {
         None => LabelMatch::everything(),
         Some(s) => kube_selector(&format!("{field}.namespaceSelector"), s)?,
@@ -515,10 +524,426 @@ fn protocol(field: &str, p: &ProtocolMatch) -> Result<Vec<PortSpec>, OrderedErro
             }
             PortRef::Range { start, end }
         }
-        _ => return Err(invalid(field, "exactly one of number and range must be set")),
+        _ => {
+            return Err(invalid(
+                field,
+                "exactly one of number and range must be set",
+            ));
+        }
     };
     Ok(vec![PortSpec {
         protocol,
         port: Some(port),
     }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        index::ordered::test_support::{error, index, policy},
+        model::{Labels, ordered::Namespaces},
+    };
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn cnp(name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+        )
+    }
+
+    const ADMIN: &str = r#"
+  tier: Admin
+  priority: 10
+  subject:
+    namespaces: {matchLabels: {env: prod}}
+  ingress:
+    - name: pass-monitoring
+      action: Pass
+      from:
+        - namespaces: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
+    - name: deny-the-rest
+      action: Deny
+      from:
+        - pods:
+            namespaceSelector: {}
+            podSelector: {matchLabels: {app: scanner}}
+      protocols:
+        - tcp: {destinationPort: {number: 80}}
+        - udp: {destinationPort: {range: {start: 5000, end: 5010}}}
+        - destinationNamedPort: metrics
+  egress:
+    - action: Accept
+      to:
+        - networks: [10.0.0.0/8, "fd00::/8"]
+      protocols:
+        - sctp: {destinationPort: {number: 9}}
+"#;
+
+    const BASELINE: &str = r#"
+  tier: Baseline
+  priority: 0
+  subject:
+    pods:
+      namespaceSelector: {matchExpressions: [{key: env, operator: In, values: [prod]}]}
+      podSelector: {matchLabels: {app: web}}
+  ingress:
+    - action: Deny
+      from:
+        - namespaces: {}
+"#;
+
+    #[test]
+    fn an_admin_policy_with_deny_and_pass_converts() {
+        let p = policy(&cnp("admin-guard", ADMIN));
+        assert_eq!(p.origin, OrderedOrigin::Admin("admin-guard".into()));
+        assert_eq!(p.origin.to_string(), "admin/admin-guard");
+        assert_eq!(p.tier.key.stage, Stage::Admin);
+        assert_eq!(p.tier.key.order, None);
+        assert!(!p.tier.end_of_tier_deny);
+        assert_eq!(
+            p.order,
+            PolicyOrder {
+                order: Some(Order(10.0)),
+                name: "admin-guard".into()
+            }
+        );
+        let prod = labels(&[("env", "prod")]);
+        assert!(p.subject.namespaces.matches("shop", &prod));
+        assert!(!p.subject.namespaces.matches("dev", &labels(&[])));
+        assert!(p.subject.pods.matches(&labels(&[("any", "pod")])));
+
+        let ingress = p.ingress.expect("ingress");
+        assert_eq!(ingress[0].action, Action::Pass);
+        let peer = &ingress[0].peers.as_ref().expect("peers")[0];
+        assert!(matches!(peer.namespaces, Some(Namespaces::Matching(_))));
+        assert_eq!(peer.pods, None, "namespaces: every pod in them");
+        assert_eq!(ingress[0].ports, None);
+
+        assert_eq!(ingress[1].action, Action::Deny);
+        let peer = &ingress[1].peers.as_ref().expect("peers")[0];
+        assert!(
+            peer.pods
+                .as_ref()
+                .expect("pods")
+                .matches(&labels(&[("app", "scanner")]))
+        );
+        let named = |protocol| PortSpec {
+            protocol,
+            port: Some(PortRef::Named("metrics".into())),
+        };
+        assert_eq!(
+            ingress[1].ports,
+            Some(vec![
+                PortSpec {
+                    protocol: Protocol::Tcp,
+                    port: Some(PortRef::Range { start: 80, end: 80 })
+                },
+                PortSpec {
+                    protocol: Protocol::Udp,
+                    port: Some(PortRef::Range {
+                        start: 5000,
+                        end: 5010
+                    })
+                },
+                named(Protocol::Tcp),
+                named(Protocol::Udp),
+                named(Protocol::Sctp),
+            ])
+        );
+
+        let egress = p.egress.expect("egress");
+        assert_eq!(egress[0].action, Action::Allow, "Accept is Allow");
+        assert_eq!(
+            egress[0].peers,
+            Some(vec![PeerMatch {
+                nets: Some(vec![
+                    "10.0.0.0/8".parse().expect("net"),
+                    "fd00::/8".parse().expect("net")
+                ]),
+                ..PeerMatch::default()
+            }])
+        );
+        assert_eq!(
+            egress[0].ports,
+            Some(vec![PortSpec {
+                protocol: Protocol::Sctp,
+                port: Some(PortRef::Range { start: 9, end: 9 })
+            }])
+        );
+    }
+
+    #[test]
+    fn a_baseline_policy_converts_and_no_rules_leave_a_direction_alone() {
+        let p = policy(&cnp("baseline-web", BASELINE));
+        assert_eq!(p.origin.to_string(), "baseline/baseline-web");
+        assert_eq!(p.tier.key.stage, Stage::Baseline);
+        assert_eq!(p.order.order, Some(Order(0.0)));
+        assert!(
+            p.subject
+                .namespaces
+                .matches("shop", &labels(&[("env", "prod")]))
+        );
+        assert!(p.subject.pods.matches(&labels(&[("app", "web")])));
+        assert!(!p.subject.pods.matches(&labels(&[("app", "db")])));
+        assert_eq!(p.ingress.as_ref().map(Vec::len), Some(1));
+        assert_eq!(p.egress, None);
+        // Both, with a status, in one index.
+        let both = index(&format!(
+            "{}status: {{conditions: []}}\n{}",
+            cnp("a", ADMIN),
+            cnp("b", BASELINE).replace("spec:\n", "status: {conditions: []}\nspec:\n")
+        ));
+        let both = match both {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(both.model().ordered.len(), 2);
+    }
+
+    #[test]
+    fn every_rejection_names_its_field() {
+        let admin = |rules: &str| {
+            cnp(
+                "x",
+                &format!("  tier: Admin\n  priority: 1\n  subject: {{namespaces: {{}}}}\n{rules}"),
+            )
+        };
+        let many = |n: usize, rule: &str| {
+            let rules: Vec<&str> = std::iter::repeat_n(rule, n).collect();
+            format!("[{}]", rules.join(", "))
+        };
+        let from_all = "{action: Deny, from: [{namespaces: {}}]}";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                cnp("x", "  priority: 1\n  subject: {namespaces: {}}\n"),
+                "spec.tier",
+            ),
+            (
+                cnp(
+                    "x",
+                    "  tier: Developer\n  priority: 1\n  subject: {namespaces: {}}\n",
+                ),
+                "spec.tier",
+            ),
+            (
+                cnp("x", "  tier: Admin\n  subject: {namespaces: {}}\n"),
+                "spec.priority",
+            ),
+            (
+                cnp(
+                    "x",
+                    "  tier: Admin\n  priority: 1001\n  subject: {namespaces: {}}\n",
+                ),
+                "spec.priority",
+            ),
+            (
+                cnp(
+                    "x",
+                    "  tier: Admin\n  priority: -1\n  subject: {namespaces: {}}\n",
+                ),
+                "spec.priority",
+            ),
+            (cnp("x", "  tier: Admin\n  priority: 1\n"), "spec.subject"),
+            (
+                cnp("x", "  tier: Admin\n  priority: 1\n  subject: {}\n"),
+                "spec.subject",
+            ),
+            (
+                cnp(
+                    "x",
+                    "  tier: Admin\n  priority: 1\n  subject: {namespaces: {}, pods: {podSelector: {}}}\n",
+                ),
+                "spec.subject",
+            ),
+            (
+                cnp(
+                    "x",
+                    "  tier: Admin\n  priority: 1\n  subject: {networks: [10.0.0.0/8]}\n",
+                ),
+                "spec.subject.networks",
+            ),
+            (
+                cnp(
+                    "x",
+                    "  tier: Admin\n  priority: 1\n  subject: {pods: {namespaceSelector: {}}}\n",
+                ),
+                "spec.subject.pods.podSelector",
+            ),
+            (
+                cnp(
+                    "x",
+                    "  tier: Admin\n  priority: 1\n  subject: {namespaces: {matchExpressions: [{key: a, operator: Like}]}}\n",
+                ),
+                "spec.subject.namespaces",
+            ),
+            (
+                admin("  ingress: [{from: [{namespaces: {}}]}]\n"),
+                "spec.ingress[0].action",
+            ),
+            (
+                admin("  ingress: [{action: Allow, from: [{namespaces: {}}]}]\n"),
+                "spec.ingress[0].action",
+            ),
+            (
+                admin("  ingress: [{action: Deny}]\n"),
+                "spec.ingress[0].from",
+            ),
+            (
+                admin("  ingress: [{action: Deny, from: []}]\n"),
+                "spec.ingress[0].from",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, to: [{namespaces: {}}], from: [{namespaces: {}}]}]\n",
+                ),
+                "spec.ingress[0].to",
+            ),
+            (
+                admin("  egress: [{action: Deny, from: [{namespaces: {}}]}]\n"),
+                "spec.egress[0].from",
+            ),
+            (
+                admin(&format!(
+                    "  ingress: [{{name: {}, action: Deny, from: [{{namespaces: {{}}}}]}}]\n",
+                    "n".repeat(101)
+                )),
+                "spec.ingress[0].name",
+            ),
+            (
+                admin("  ingress: [{action: Deny, from: [{}]}]\n"),
+                "spec.ingress[0].from[0]",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}, pods: {podSelector: {}}}]}]\n",
+                ),
+                "spec.ingress[0].from[0]",
+            ),
+            (
+                admin("  ingress: [{action: Deny, from: [{networks: [10.0.0.0/8]}]}]\n"),
+                "spec.ingress[0].from[0].networks",
+            ),
+            (
+                admin("  egress: [{action: Deny, to: [{nodes: {}}]}]\n"),
+                "spec.egress[0].to[0].nodes",
+            ),
+            (
+                admin("  egress: [{action: Accept, to: [{domainNames: [example.com]}]}]\n"),
+                "spec.egress[0].to[0].domainNames",
+            ),
+            (
+                admin("  egress: [{action: Deny, to: [{networks: []}]}]\n"),
+                "spec.egress[0].to[0].networks",
+            ),
+            (
+                admin("  egress: [{action: Deny, to: [{networks: [10.0.0.0/40]}]}]\n"),
+                "spec.egress[0].to[0].networks[0]",
+            ),
+            (
+                admin("  egress: [{action: Deny, to: [{networks: [10.0.0.1]}]}]\n"),
+                "spec.egress[0].to[0].networks[0]",
+            ),
+            (
+                admin(
+                    "  egress: [{action: Deny, to: [{networks: [10.0.0.0/8]}], protocols: [{destinationNamedPort: http}]}]\n",
+                ),
+                "spec.egress[0].protocols",
+            ),
+            (
+                admin(&format!("  ingress: {}\n", many(MAX_ITEMS + 1, from_all))),
+                "spec.ingress",
+            ),
+            (
+                admin(&format!(
+                    "  egress: [{{action: Deny, to: {}}}]\n",
+                    many(MAX_ITEMS + 1, "{namespaces: {}}")
+                )),
+                "spec.egress[0].to",
+            ),
+            (
+                admin("  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: []}]\n"),
+                "spec.ingress[0].protocols",
+            ),
+            (
+                admin("  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{}]}]\n"),
+                "spec.ingress[0].protocols[0]",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 1}}, udp: {destinationPort: {number: 1}}}]}]\n",
+                ),
+                "spec.ingress[0].protocols[0]",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {}}]}]\n",
+                ),
+                "spec.ingress[0].protocols[0].tcp.destinationPort",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {}}}]}]\n",
+                ),
+                "spec.ingress[0].protocols[0].tcp.destinationPort",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{udp: {destinationPort: {number: 0}}}]}]\n",
+                ),
+                "spec.ingress[0].protocols[0].udp.destinationPort.number",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{udp: {destinationPort: {range: {start: 9, end: 9}}}}]}]\n",
+                ),
+                "spec.ingress[0].protocols[0].udp.destinationPort.range",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{sctp: {destinationPort: {range: {start: 1, end: 70000}}}}]}]\n",
+                ),
+                "spec.ingress[0].protocols[0].sctp.destinationPort.range.end",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{destinationNamedPort: Not_A_Name}]}]\n",
+                ),
+                "spec.ingress[0].protocols[0].destinationNamedPort",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{namespaces: {}}], ports: [{portNumber: {port: 80}}]}]\n",
+                ),
+                "spec.ingress[0]",
+            ),
+            (
+                admin(
+                    "  ingress: [{action: Deny, from: [{pods: {podSelector: {matchLabel: {a: b}}}}]}]\n",
+                ),
+                "spec.ingress[0].from[0].pods.podSelector.matchLabel",
+            ),
+        ];
+        for (text, field) in &cases {
+            let e = error(text);
+            assert!(e.contains(field), "{field} not named in: {e}");
+        }
+        let e = error(&admin("  egress: [{action: Deny, to: [{nodes: {}}]}]\n"));
+        assert!(e.contains("not supported"), "{e}");
+        // At the limit is fine.
+        policy(&admin(&format!(
+            "  ingress: {}\n",
+            many(MAX_ITEMS, from_all)
+        )));
+        let e = error(
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {}\nspec: {}\n",
+        );
+        assert!(e.contains("metadata.name"), "{e}");
+    }
 }

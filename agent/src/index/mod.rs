@@ -156,9 +156,7 @@ impl Object {
             Object::EndpointSlice(o) => (Kind::EndpointSlice, &o.metadata),
             Object::ClusterNetworkPolicy(o) => (Kind::ClusterNetworkPolicy, &o.metadata),
             Object::CalicoNetworkPolicy(o) => (Kind::CalicoNetworkPolicy, &o.metadata),
-            Object::CalicoGlobalNetworkPolicy(o) => {
-                (Kind::CalicoGlobalNetworkPolicy, &o.metadata)
-            }
+            Object::CalicoGlobalNetworkPolicy(o) => (Kind::CalicoGlobalNetworkPolicy, &o.metadata),
             Object::CalicoTier(o) => (Kind::CalicoTier, &o.metadata),
         };
         // Cluster-scoped kinds: a namespace in their metadata means nothing.
@@ -407,7 +405,9 @@ impl Index {
 /// The model key of an object of an ordered policy kind.
 fn ordered_ref(key: &ObjectKey) -> Option<OrderedRef> {
     match key.kind {
-        Kind::ClusterNetworkPolicy => Some(OrderedRef::ClusterNetworkPolicy(key.object.name.clone())),
+        Kind::ClusterNetworkPolicy => {
+            Some(OrderedRef::ClusterNetworkPolicy(key.object.name.clone()))
+        }
         Kind::CalicoNetworkPolicy => Some(OrderedRef::CalicoNetworkPolicy(key.object.clone())),
         Kind::CalicoGlobalNetworkPolicy => Some(OrderedRef::CalicoGlobalNetworkPolicy(
             key.object.name.clone(),

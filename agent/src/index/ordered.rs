@@ -125,3 +125,51 @@ pub fn from_value_strict<T: DeserializeOwned + Serialize>(v: &Value) -> Result<T
         Err(format!("unknown field(s): {}", unknown.join(", ")))
     }
 }
+
+/// Helpers for the converters' tests: YAML through the directory source's
+/// parser and the index, as an object takes in the agent.
+#[cfg(test)]
+pub(super) mod test_support {
+    use crate::{
+        index::{Index, Object},
+        model::ordered::OrderedPolicy,
+        source::yaml::parse_objects,
+    };
+
+    /// The objects of `text`; a parse error as its message.
+    pub(in crate::index) fn objects(text: &str) -> Result<Vec<Object>, String> {
+        parse_objects("test.yaml", text)
+            .into_iter()
+            .map(|r| r.map_err(|e| crate::error_chain::chain(&e)))
+            .collect()
+    }
+
+    /// Applies every object of `text`; the first error as its message.
+    pub(in crate::index) fn index(text: &str) -> Result<Index, String> {
+        let mut index = Index::default();
+        for o in objects(text)? {
+            index.apply(&o).map_err(|e| crate::error_chain::chain(&e))?;
+        }
+        Ok(index)
+    }
+
+    /// The one ordered policy of `text`.
+    pub(in crate::index) fn policy(text: &str) -> OrderedPolicy {
+        let index = match index(text) {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        };
+        let mut all = index.model().ordered.values().cloned();
+        let p = all.next().expect("one policy");
+        assert!(all.next().is_none(), "exactly one policy");
+        p
+    }
+
+    /// Why `text` was rejected (by the parser or the index).
+    pub(in crate::index) fn error(text: &str) -> String {
+        match index(text) {
+            Ok(i) => panic!("accepted: {:?}", i.model().ordered),
+            Err(e) => e,
+        }
+    }
+}

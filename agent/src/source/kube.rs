@@ -183,8 +183,16 @@ async fn watch_crd(client: Client, crd: &'static Crd, tx: Sender<Batch>) {
     }));
     let parse = |o: DynamicObject| -> Result<Object, SourceEvent> {
         let name = match &o.metadata.namespace {
-            Some(ns) => format!("{} {ns}/{}", crd.kind, o.metadata.name.clone().unwrap_or_default()),
-            None => format!("{} {}", crd.kind, o.metadata.name.clone().unwrap_or_default()),
+            Some(ns) => format!(
+                "{} {ns}/{}",
+                crd.kind,
+                o.metadata.name.clone().unwrap_or_default()
+            ),
+            None => format!(
+                "{} {}",
+                crd.kind,
+                o.metadata.name.clone().unwrap_or_default()
+            ),
         };
         serde_json::to_value(&o)
             .map_err(|e| e.to_string())
@@ -387,6 +395,41 @@ async fn watch<K>(
 mod tests {
     use super::*;
     use crate::index::Index;
+
+    #[test]
+    fn crd_objects_parse_strictly_and_a_missing_crd_is_recognized() {
+        let tier = CRDS.iter().find(|c| c.kind == "Tier").expect("tier");
+        let object = |spec: serde_json::Value| {
+            let v = serde_json::json!({
+                "apiVersion": "projectcalico.org/v3", "kind": "Tier",
+                "metadata": {"name": "t", "resourceVersion": "1", "uid": "u"},
+                "spec": spec,
+            });
+            let o: DynamicObject = serde_json::from_value(v).expect("dynamic");
+            serde_json::to_value(&o).expect("json")
+        };
+        assert!(matches!(
+            (tier.parse)(&object(serde_json::json!({"order": 5}))),
+            Ok(Object::CalicoTier(_))
+        ));
+        let e = (tier.parse)(&object(serde_json::json!({"ordr": 5}))).expect_err("unknown field");
+        assert!(e.contains("spec.ordr") || e.contains("ordr"), "{e}");
+        for crd in &CRDS {
+            assert_eq!(crd.resource().plural, crd.plural);
+        }
+
+        // A bare 404 (no Status body) and a proper NotFound both mean "not served".
+        let bare = kube::core::Status::failure("404 page not found", "Failed to parse error data")
+            .with_code(404);
+        assert!(is_missing(&watcher::Error::InitialListFailed(
+            kube::Error::Api(bare.boxed())
+        )));
+        let forbidden = kube::core::Status::failure("no", "Forbidden").with_code(403);
+        assert!(!is_missing(&watcher::Error::InitialListFailed(
+            kube::Error::Api(forbidden.boxed())
+        )));
+        assert!(!is_missing(&watcher::Error::NoResourceVersion));
+    }
 
     /// A Pod as the API server sends it, with the weight the index ignores.
     fn heavy_pod() -> Pod {

@@ -45,6 +45,17 @@ pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>
         if value.is_null() {
             continue;
         }
+        // JSON has no NaN or infinity: converted, they would become null
+        // (a Calico `order: .inf` would silently mean "no order").
+        if let Some(path) = non_finite(&value, String::new()) {
+            out.push(Err(object_error(
+                origin,
+                doc,
+                "document",
+                format!("{path}: not a finite number"),
+            )));
+            continue;
+        }
         let json = match serde_json::to_value(&value) {
             Ok(j) => j,
             Err(e) => {
@@ -66,6 +77,30 @@ pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>
         }
     }
     out
+}
+
+/// The path of the first NaN or infinite number in `v`.
+fn non_finite(v: &serde_yaml::Value, path: String) -> Option<String> {
+    match v {
+        serde_yaml::Value::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Some(path),
+        serde_yaml::Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| non_finite(item, format!("{path}[{i}]"))),
+        serde_yaml::Value::Mapping(m) => m.iter().find_map(|(k, item)| {
+            let k = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+            non_finite(
+                item,
+                if path.is_empty() {
+                    k
+                } else {
+                    format!("{path}.{k}")
+                },
+            )
+        }),
+        serde_yaml::Value::Tagged(t) => non_finite(&t.value, path),
+        _ => None,
+    }
 }
 
 fn object_error(origin: &str, doc: usize, what: impl Into<String>, message: String) -> ParseError {
