@@ -187,7 +187,7 @@ impl Agent {
             self.refresh_addresses().await;
         }
         self.refresh_bindings().await;
-        if self.dirty && self.listed.len() == Kind::ALL.len() && self.backoff.due(Instant::now()) {
+        if self.dirty && Kind::all_required(&self.listed) && self.backoff.due(Instant::now()) {
             self.sync();
         }
         // Attached to new veths before reporting ready for them.

@@ -1,9 +1,12 @@
 //! The pure index: API objects in (apply / delete / reset), the engine's
 //! [`Model`] out. No I/O; every source (API server, directory) feeds it.
 
+pub mod calico;
+pub mod cluster_network_policy;
 mod convert;
 mod label_selector;
 mod network_policy;
+mod ordered;
 mod service;
 mod strict;
 
@@ -17,10 +20,14 @@ use k8s_openapi::api::{
 };
 pub use label_selector::selector_from_api;
 pub use network_policy::{PolicyError, policy_from_api};
+pub use ordered::{OrderedError, from_value_strict};
 pub use service::{endpoint_slice_from_api, service_from_api};
 pub use strict::unknown_fields;
 
-use crate::model::{Model, ObjectRef};
+use crate::model::{
+    Model, ObjectRef,
+    ordered::{OrderedOrigin, OrderedRef},
+};
 
 /// An object the index understands.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +37,14 @@ pub enum Object {
     NetworkPolicy(Box<NetworkPolicy>),
     Service(Box<ApiService>),
     EndpointSlice(Box<ApiEndpointSlice>),
+    /// policy.networking.k8s.io/v1alpha2 ClusterNetworkPolicy.
+    ClusterNetworkPolicy(Box<cluster_network_policy::ClusterNetworkPolicy>),
+    /// projectcalico.org/v3 NetworkPolicy.
+    CalicoNetworkPolicy(Box<calico::NetworkPolicy>),
+    /// projectcalico.org/v3 GlobalNetworkPolicy.
+    CalicoGlobalNetworkPolicy(Box<calico::GlobalNetworkPolicy>),
+    /// projectcalico.org/v3 Tier.
+    CalicoTier(Box<calico::Tier>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,17 +54,41 @@ pub enum Kind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    ClusterNetworkPolicy,
+    CalicoNetworkPolicy,
+    CalicoGlobalNetworkPolicy,
+    CalicoTier,
 }
 
 impl Kind {
     /// Every kind, in the order sources list them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 9] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::ClusterNetworkPolicy,
+        Kind::CalicoNetworkPolicy,
+        Kind::CalicoGlobalNetworkPolicy,
+        Kind::CalicoTier,
+    ];
+
+    /// The kinds every cluster has: the daemon programs nothing before each
+    /// of these was listed once. The others are CRDs a cluster may lack (the
+    /// API source then never lists them), so the wait does not include them.
+    pub const REQUIRED: [Kind; 5] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Service,
         Kind::EndpointSlice,
     ];
+
+    /// Whether every kind of [`Kind::REQUIRED`] is in `listed`.
+    pub fn all_required(listed: &std::collections::BTreeSet<Kind>) -> bool {
+        Kind::REQUIRED.iter().all(|k| listed.contains(k))
+    }
 }
 
 impl std::fmt::Display for Kind {
@@ -60,6 +99,10 @@ impl std::fmt::Display for Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::CalicoNetworkPolicy => "NetworkPolicy.projectcalico.org",
+            Kind::CalicoGlobalNetworkPolicy => "GlobalNetworkPolicy.projectcalico.org",
+            Kind::CalicoTier => "Tier.projectcalico.org",
         })
     }
 }
@@ -95,6 +138,12 @@ pub enum IndexError {
         #[source]
         source: Box<ConvertError>,
     },
+    #[error("{key}")]
+    Ordered {
+        key: ObjectKey,
+        #[source]
+        source: Box<OrderedError>,
+    },
 }
 
 impl Object {
@@ -105,13 +154,22 @@ impl Object {
             Object::NetworkPolicy(o) => (Kind::NetworkPolicy, &o.metadata),
             Object::Service(o) => (Kind::Service, &o.metadata),
             Object::EndpointSlice(o) => (Kind::EndpointSlice, &o.metadata),
+            Object::ClusterNetworkPolicy(o) => (Kind::ClusterNetworkPolicy, &o.metadata),
+            Object::CalicoNetworkPolicy(o) => (Kind::CalicoNetworkPolicy, &o.metadata),
+            Object::CalicoGlobalNetworkPolicy(o) => (Kind::CalicoGlobalNetworkPolicy, &o.metadata),
+            Object::CalicoTier(o) => (Kind::CalicoTier, &o.metadata),
+        };
+        // Cluster-scoped kinds: a namespace in their metadata means nothing.
+        let namespace = match kind {
+            Kind::Namespace
+            | Kind::ClusterNetworkPolicy
+            | Kind::CalicoGlobalNetworkPolicy
+            | Kind::CalicoTier => String::new(),
+            _ => meta.namespace.clone().unwrap_or_default(),
         };
         ObjectKey {
             kind,
-            object: ObjectRef::new(
-                meta.namespace.clone().unwrap_or_default(),
-                meta.name.clone().unwrap_or_default(),
-            ),
+            object: ObjectRef::new(namespace, meta.name.clone().unwrap_or_default()),
         }
     }
 }
@@ -123,6 +181,8 @@ pub struct Index {
     /// Objects whose latest version was rejected, with why. An earlier valid
     /// version, if any, stays in force.
     rejected: BTreeMap<ObjectKey, String>,
+    /// Calico Tier objects by name; Calico policies' tiers resolve from them.
+    calico_tiers: BTreeMap<String, calico::TierInfo>,
 }
 
 impl Index {
@@ -176,6 +236,25 @@ impl Index {
                     .endpoint_slices
                     .insert(ObjectRef::new(&slice.namespace, &slice.name), slice);
             }),
+            Object::ClusterNetworkPolicy(_)
+            | Object::CalicoNetworkPolicy(_)
+            | Object::CalicoGlobalNetworkPolicy(_)
+            | Object::CalicoTier(_) => {
+                return match self.apply_ordered(obj) {
+                    Ok(()) => {
+                        self.rejected.remove(&key);
+                        Ok(())
+                    }
+                    Err(source) => {
+                        self.rejected
+                            .insert(key.clone(), crate::error_chain::chain(&source));
+                        Err(IndexError::Ordered {
+                            key,
+                            source: Box::new(source),
+                        })
+                    }
+                };
+            }
         };
         match result {
             Ok(()) => {
@@ -211,6 +290,57 @@ impl Index {
             Kind::EndpointSlice => {
                 self.model.endpoint_slices.remove(&key.object);
             }
+            Kind::ClusterNetworkPolicy
+            | Kind::CalicoNetworkPolicy
+            | Kind::CalicoGlobalNetworkPolicy => {
+                if let Some(r) = ordered_ref(key) {
+                    self.model.ordered.remove(&r);
+                }
+            }
+            Kind::CalicoTier => {
+                if self.calico_tiers.remove(&key.object.name).is_some() {
+                    self.resolve_calico_tiers();
+                }
+            }
+        }
+    }
+
+    /// The ordered kinds: converted, then put in the model (a Tier
+    /// re-resolves every Calico policy's tier).
+    fn apply_ordered(&mut self, obj: &Object) -> Result<(), OrderedError> {
+        let (r, policy) = match obj {
+            Object::ClusterNetworkPolicy(o) => {
+                cluster_network_policy::cluster_network_policy_from_api(o)?
+            }
+            Object::CalicoNetworkPolicy(o) => {
+                calico::network_policy_from_api(o, &self.calico_tiers)?
+            }
+            Object::CalicoGlobalNetworkPolicy(o) => {
+                calico::global_network_policy_from_api(o, &self.calico_tiers)?
+            }
+            Object::CalicoTier(o) => {
+                let (name, info) = calico::tier_from_api(o)?;
+                if self.calico_tiers.insert(name, info) != Some(info) {
+                    self.resolve_calico_tiers();
+                }
+                return Ok(());
+            }
+            Object::Namespace(_)
+            | Object::Pod(_)
+            | Object::NetworkPolicy(_)
+            | Object::Service(_)
+            | Object::EndpointSlice(_) => return Ok(()),
+        };
+        self.model.ordered.insert(r, policy);
+        Ok(())
+    }
+
+    /// Every Calico policy's tier, from the Tier objects known now.
+    fn resolve_calico_tiers(&mut self) {
+        for p in self.model.ordered.values_mut() {
+            if let OrderedOrigin::Calico { tier, .. } = &p.origin {
+                p.tier = calico::resolve_tier(tier, &self.calico_tiers);
+            }
         }
     }
 
@@ -239,6 +369,23 @@ impl Index {
             Kind::NetworkPolicy => refs(&mut self.model.policies.keys()),
             Kind::Service => refs(&mut self.model.services.keys()),
             Kind::EndpointSlice => refs(&mut self.model.endpoint_slices.keys()),
+            Kind::ClusterNetworkPolicy
+            | Kind::CalicoNetworkPolicy
+            | Kind::CalicoGlobalNetworkPolicy => self
+                .model
+                .ordered
+                .keys()
+                .map(ordered_key)
+                .filter(|k| k.kind == kind)
+                .collect(),
+            Kind::CalicoTier => self
+                .calico_tiers
+                .keys()
+                .map(|n| ObjectKey {
+                    kind,
+                    object: ObjectRef::new("", n),
+                })
+                .collect(),
         };
         for k in existing {
             if !keep.contains(&k) {
@@ -253,4 +400,34 @@ impl Index {
             .filter_map(|o| self.apply(o).err())
             .collect()
     }
+}
+
+/// The model key of an object of an ordered policy kind.
+fn ordered_ref(key: &ObjectKey) -> Option<OrderedRef> {
+    match key.kind {
+        Kind::ClusterNetworkPolicy => {
+            Some(OrderedRef::ClusterNetworkPolicy(key.object.name.clone()))
+        }
+        Kind::CalicoNetworkPolicy => Some(OrderedRef::CalicoNetworkPolicy(key.object.clone())),
+        Kind::CalicoGlobalNetworkPolicy => Some(OrderedRef::CalicoGlobalNetworkPolicy(
+            key.object.name.clone(),
+        )),
+        Kind::CalicoTier => Some(OrderedRef::CalicoTier(key.object.name.clone())),
+        Kind::Namespace | Kind::Pod | Kind::NetworkPolicy | Kind::Service | Kind::EndpointSlice => {
+            None
+        }
+    }
+}
+
+/// The object key of a model key.
+fn ordered_key(r: &OrderedRef) -> ObjectKey {
+    let (kind, object) = match r {
+        OrderedRef::ClusterNetworkPolicy(n) => (Kind::ClusterNetworkPolicy, ObjectRef::new("", n)),
+        OrderedRef::CalicoNetworkPolicy(o) => (Kind::CalicoNetworkPolicy, o.clone()),
+        OrderedRef::CalicoGlobalNetworkPolicy(n) => {
+            (Kind::CalicoGlobalNetworkPolicy, ObjectRef::new("", n))
+        }
+        OrderedRef::CalicoTier(n) => (Kind::CalicoTier, ObjectRef::new("", n)),
+    };
+    ObjectKey { kind, object }
 }

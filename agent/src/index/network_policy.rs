@@ -312,7 +312,7 @@ fn port_number(field: &str, n: i64) -> Result<u16, PolicyError> {
 
 /// IANA_SVC_NAME: 1-15 lowercase alphanumerics or '-', at least one letter,
 /// no leading, trailing or double '-'.
-fn valid_port_name(s: &str) -> bool {
+pub(super) fn valid_port_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s.chars()

@@ -258,6 +258,10 @@ pub struct OrderedRule {
     /// `protocol` is copied into its ports).
     pub ports: Option<Vec<PortSpec>>,
     pub not_ports: Vec<PortSpec>,
+    /// Conditions on the policy's own pod, the other end from the peer:
+    /// Calico's `destination` selector or nets on an ingress rule, its
+    /// `source` ones on an egress rule. `None`: any pod the policy selects.
+    pub local: Option<PeerMatch>,
 }
 
 /// An ordered policy: who it applies to, where it sits, its rules.

@@ -1,5 +1,8 @@
 //! The API server as the source: one kube-rs watcher per kind (Namespaces,
-//! Pods, NetworkPolicies, Services, EndpointSlices, all namespaces). A watcher's initial list (and
+//! Pods, NetworkPolicies, Services, EndpointSlices, all namespaces; and the
+//! CRD kinds ClusterNetworkPolicy and Calico's NetworkPolicy,
+//! GlobalNetworkPolicy and Tier, which a cluster may lack: see
+//! [`watch_crd`]). A watcher's initial list (and
 //! every relist after a lost watch) becomes one `Reset`, so deletions missed
 //! while disconnected are not kept; errors are reported and retried with
 //! kube-rs's default backoff while the datapath keeps its state.
@@ -12,13 +15,19 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
     runtime::{WatchStreamExt as _, watcher},
 };
+use serde_json::Value;
+use std::{sync::Arc, time::Duration};
 use tokio::sync::mpsc::Sender;
-use tracing::{Instrument as _, info, info_span};
+use tracing::{Instrument as _, info, info_span, warn};
 
-use super::{Batch, SourceEvent, Trouble};
-use crate::index::{Kind, Object};
+use super::{Batch, SourceEvent, Trouble, yaml::ParseError};
+use crate::{
+    index::{Kind, Object, ObjectKey, from_value_strict},
+    model::ObjectRef,
+};
 
 /// Watches every kind until the receiver is gone.
 pub async fn run(client: Client, tx: Sender<Batch>) {
@@ -64,15 +73,224 @@ pub async fn run(client: Client, tx: Sender<Batch>) {
     );
     let slices = tokio::spawn(
         watch(
-            Api::<EndpointSlice>::all(client),
+            Api::<EndpointSlice>::all(client.clone()),
             Kind::EndpointSlice,
             trim_slice,
             |o| Object::EndpointSlice(Box::new(o)),
-            tx,
+            tx.clone(),
         )
         .instrument(info_span!("watch", kind = "EndpointSlice")),
     );
+    let crds: Vec<_> = CRDS
+        .iter()
+        .map(|crd| {
+            tokio::spawn(
+                watch_crd(client.clone(), crd, tx.clone())
+                    .instrument(info_span!("watch", kind = crd.kind)),
+            )
+        })
+        .collect();
+    drop(tx);
     let _ = tokio::join!(ns, pods, nps, services, slices);
+    for crd in crds {
+        let _ = crd.await;
+    }
+}
+
+/// A kind defined by a CustomResourceDefinition that a cluster may not have.
+struct Crd {
+    kind: &'static str,
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    index_kind: Kind,
+    parse: fn(&Value) -> Result<Object, String>,
+}
+
+impl Crd {
+    fn resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+}
+
+/// The ordered policy kinds, read through the same strict serde path as
+/// the directory source.
+const CRDS: [Crd; 4] = [
+    Crd {
+        kind: "ClusterNetworkPolicy",
+        group: "policy.networking.k8s.io",
+        version: "v1alpha2",
+        plural: "clusternetworkpolicies",
+        index_kind: Kind::ClusterNetworkPolicy,
+        parse: |v| from_value_strict(v).map(|o| Object::ClusterNetworkPolicy(Box::new(o))),
+    },
+    Crd {
+        kind: "NetworkPolicy",
+        group: "projectcalico.org",
+        version: "v3",
+        plural: "networkpolicies",
+        index_kind: Kind::CalicoNetworkPolicy,
+        parse: |v| from_value_strict(v).map(|o| Object::CalicoNetworkPolicy(Box::new(o))),
+    },
+    Crd {
+        kind: "GlobalNetworkPolicy",
+        group: "projectcalico.org",
+        version: "v3",
+        plural: "globalnetworkpolicies",
+        index_kind: Kind::CalicoGlobalNetworkPolicy,
+        parse: |v| from_value_strict(v).map(|o| Object::CalicoGlobalNetworkPolicy(Box::new(o))),
+    },
+    Crd {
+        kind: "Tier",
+        group: "projectcalico.org",
+        version: "v3",
+        plural: "tiers",
+        index_kind: Kind::CalicoTier,
+        parse: |v| from_value_strict(v).map(|o| Object::CalicoTier(Box::new(o))),
+    },
+];
+
+/// How long a watcher waits before it looks again for a CRD the API
+/// server does not serve.
+const MISSING_CRD_RETRY: Duration = Duration::from_secs(60);
+
+/// Whether a watcher error means the API server does not serve the kind.
+fn is_missing(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => {
+            s.is_not_found() || s.code == 404
+        }
+        watcher::Error::WatchError(s) => s.is_not_found() || s.code == 404,
+        _ => false,
+    }
+}
+
+/// A CRD kind's watcher. While the API server does not serve the kind
+/// (404), that is logged once, the kind is delivered as empty (objects of
+/// a deleted CRD are gone with it) and the watcher looks again every
+/// [`MISSING_CRD_RETRY`]; other kinds are not held up. An object that
+/// does not parse is reported as rejected and leaves the index as it was.
+async fn watch_crd(client: Client, crd: &'static Crd, tx: Sender<Batch>) {
+    let api = Api::<DynamicObject>::all_with(client, &crd.resource());
+    let origin = format!("api-server {}.{}", crd.plural, crd.group);
+    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).modify(|o| {
+        o.metadata.managed_fields = None;
+        o.metadata.annotations = None;
+    }));
+    let parse = |o: DynamicObject| -> Result<Object, SourceEvent> {
+        let name = match &o.metadata.namespace {
+            Some(ns) => format!(
+                "{} {ns}/{}",
+                crd.kind,
+                o.metadata.name.clone().unwrap_or_default()
+            ),
+            None => format!(
+                "{} {}",
+                crd.kind,
+                o.metadata.name.clone().unwrap_or_default()
+            ),
+        };
+        serde_json::to_value(&o)
+            .map_err(|e| e.to_string())
+            .and_then(|v| (crd.parse)(&v))
+            .map_err(|message| {
+                SourceEvent::Rejected(Arc::new(ParseError::Object {
+                    origin: origin.clone(),
+                    doc: 0,
+                    what: name,
+                    message,
+                }))
+            })
+    };
+    let mut initial: Vec<Object> = Vec::new();
+    let mut rejected: Batch = Vec::new();
+    let mut missing = false;
+    let mut failures: u32 = 0;
+    while let Some(event) = stream.next().await {
+        let batch = match event {
+            Ok(watcher::Event::Init) => {
+                initial.clear();
+                rejected.clear();
+                continue;
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                match parse(o) {
+                    Ok(o) => initial.push(o),
+                    Err(e) => rejected.push(e),
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                if std::mem::take(&mut missing) {
+                    info!("the API server serves this kind now");
+                }
+                failures = 0;
+                info!(objects = initial.len(), "listed");
+                let mut batch = std::mem::take(&mut rejected);
+                batch.push(SourceEvent::Reset {
+                    kind: crd.index_kind,
+                    objects: std::mem::take(&mut initial),
+                });
+                batch
+            }
+            Ok(watcher::Event::Apply(o)) => vec![match parse(o) {
+                Ok(o) => SourceEvent::Apply(o),
+                Err(e) => e,
+            }],
+            // Only the name counts: an object that did not parse is still deleted.
+            Ok(watcher::Event::Delete(o)) => {
+                let namespace = match crd.index_kind {
+                    Kind::CalicoNetworkPolicy => o.metadata.namespace.unwrap_or_default(),
+                    _ => String::new(),
+                };
+                vec![SourceEvent::Delete(ObjectKey {
+                    kind: crd.index_kind,
+                    object: ObjectRef::new(namespace, o.metadata.name.unwrap_or_default()),
+                })]
+            }
+            Err(e) if is_missing(&e) => {
+                if !std::mem::replace(&mut missing, true) {
+                    warn!(
+                        retry = ?MISSING_CRD_RETRY,
+                        "the API server does not serve this kind (CRD not installed?); it counts as empty and is looked for again"
+                    );
+                    if tx
+                        .send(vec![SourceEvent::Reset {
+                            kind: crd.index_kind,
+                            objects: Vec::new(),
+                        }])
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(MISSING_CRD_RETRY).await;
+                continue;
+            }
+            Err(source) => {
+                failures = failures.saturating_add(1);
+                let batch = vec![SourceEvent::Trouble(Trouble::Watch {
+                    kind: crd.index_kind,
+                    source,
+                })];
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+                // 1 s, doubling, at most a minute.
+                let wait = Duration::from_secs(1u64 << failures.min(6)).min(MISSING_CRD_RETRY);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        if tx.send(batch).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Drops the metadata the index never reads (managed fields and
@@ -177,6 +395,41 @@ async fn watch<K>(
 mod tests {
     use super::*;
     use crate::index::Index;
+
+    #[test]
+    fn crd_objects_parse_strictly_and_a_missing_crd_is_recognized() {
+        let tier = CRDS.iter().find(|c| c.kind == "Tier").expect("tier");
+        let object = |spec: serde_json::Value| {
+            let v = serde_json::json!({
+                "apiVersion": "projectcalico.org/v3", "kind": "Tier",
+                "metadata": {"name": "t", "resourceVersion": "1", "uid": "u"},
+                "spec": spec,
+            });
+            let o: DynamicObject = serde_json::from_value(v).expect("dynamic");
+            serde_json::to_value(&o).expect("json")
+        };
+        assert!(matches!(
+            (tier.parse)(&object(serde_json::json!({"order": 5}))),
+            Ok(Object::CalicoTier(_))
+        ));
+        let e = (tier.parse)(&object(serde_json::json!({"ordr": 5}))).expect_err("unknown field");
+        assert!(e.contains("spec.ordr") || e.contains("ordr"), "{e}");
+        for crd in &CRDS {
+            assert_eq!(crd.resource().plural, crd.plural);
+        }
+
+        // A bare 404 (no Status body) and a proper NotFound both mean "not served".
+        let bare = kube::core::Status::failure("404 page not found", "Failed to parse error data")
+            .with_code(404);
+        assert!(is_missing(&watcher::Error::InitialListFailed(
+            kube::Error::Api(bare.boxed())
+        )));
+        let forbidden = kube::core::Status::failure("no", "Forbidden").with_code(403);
+        assert!(!is_missing(&watcher::Error::InitialListFailed(
+            kube::Error::Api(forbidden.boxed())
+        )));
+        assert!(!is_missing(&watcher::Error::NoResourceVersion));
+    }
 
     /// A Pod as the API server sends it, with the weight the index ignores.
     fn heavy_pod() -> Pod {

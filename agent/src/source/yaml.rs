@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::index::{Object, unknown_fields};
+use crate::index::{Object, calico, cluster_network_policy, from_value_strict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -45,6 +45,17 @@ pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>
         if value.is_null() {
             continue;
         }
+        // JSON has no NaN or infinity: converted, they would become null
+        // (a Calico `order: .inf` would silently mean "no order").
+        if let Some(path) = non_finite(&value, String::new()) {
+            out.push(Err(object_error(
+                origin,
+                doc,
+                "document",
+                format!("{path}: not a finite number"),
+            )));
+            continue;
+        }
         let json = match serde_json::to_value(&value) {
             Ok(j) => j,
             Err(e) => {
@@ -68,6 +79,30 @@ pub fn parse_objects(origin: &str, text: &str) -> Vec<Result<Object, ParseError>
     out
 }
 
+/// The path of the first NaN or infinite number in `v`.
+fn non_finite(v: &serde_yaml::Value, path: String) -> Option<String> {
+    match v {
+        serde_yaml::Value::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Some(path),
+        serde_yaml::Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| non_finite(item, format!("{path}[{i}]"))),
+        serde_yaml::Value::Mapping(m) => m.iter().find_map(|(k, item)| {
+            let k = k.as_str().map_or_else(|| format!("{k:?}"), str::to_string);
+            non_finite(
+                item,
+                if path.is_empty() {
+                    k
+                } else {
+                    format!("{path}.{k}")
+                },
+            )
+        }),
+        serde_yaml::Value::Tagged(t) => non_finite(&t.value, path),
+        _ => None,
+    }
+}
+
 fn object_error(origin: &str, doc: usize, what: impl Into<String>, message: String) -> ParseError {
     ParseError::Object {
         origin: origin.to_string(),
@@ -77,26 +112,14 @@ fn object_error(origin: &str, doc: usize, what: impl Into<String>, message: Stri
     }
 }
 
+/// Strict deserialization ([`from_value_strict`]): errors name the field.
 fn typed<T: DeserializeOwned + serde::Serialize>(
     origin: &str,
     doc: usize,
     what: &str,
     v: &Value,
 ) -> Result<T, ParseError> {
-    let t: T = serde_json::from_value(v.clone())
-        .map_err(|e| object_error(origin, doc, what, e.to_string()))?;
-    let back =
-        serde_json::to_value(&t).map_err(|e| object_error(origin, doc, what, e.to_string()))?;
-    let unknown = unknown_fields(v, &back);
-    if !unknown.is_empty() {
-        return Err(object_error(
-            origin,
-            doc,
-            what,
-            format!("unknown field(s): {}", unknown.join(", ")),
-        ));
-    }
-    Ok(t)
+    from_value_strict(v).map_err(|message| object_error(origin, doc, what, message))
 }
 
 fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
@@ -125,12 +148,26 @@ fn object(origin: &str, doc: usize, v: &Value) -> Result<Object, ParseError> {
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             typed(origin, doc, &name, v).map(|o| Object::EndpointSlice(Box::new(o)))
         }
+        (cluster_network_policy::API_VERSION, "ClusterNetworkPolicy") => {
+            typed(origin, doc, &name, v).map(|o| Object::ClusterNetworkPolicy(Box::new(o)))
+        }
+        (calico::API_VERSION, "NetworkPolicy") => {
+            typed(origin, doc, &name, v).map(|o| Object::CalicoNetworkPolicy(Box::new(o)))
+        }
+        (calico::API_VERSION, "GlobalNetworkPolicy") => {
+            typed(origin, doc, &name, v).map(|o| Object::CalicoGlobalNetworkPolicy(Box::new(o)))
+        }
+        (calico::API_VERSION, "Tier") => {
+            typed(origin, doc, &name, v).map(|o| Object::CalicoTier(Box::new(o)))
+        }
         _ => Err(object_error(
             origin,
             doc,
             name,
             format!(
-                "unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy, v1 Service, discovery.k8s.io/v1 EndpointSlice)"
+                "unsupported apiVersion/kind {api_version:?}/{kind:?} (want v1 Namespace, v1 Pod, networking.k8s.io/v1 NetworkPolicy, v1 Service, discovery.k8s.io/v1 EndpointSlice, {} ClusterNetworkPolicy, {} NetworkPolicy, GlobalNetworkPolicy or Tier)",
+                cluster_network_policy::API_VERSION,
+                calico::API_VERSION,
             ),
         )),
     }
@@ -153,7 +190,7 @@ metadata: {name: p, namespace: x}
 spec: {podSelecter: {}}
 ---
 apiVersion: projectcalico.org/v3
-kind: GlobalNetworkPolicy
+kind: NetworkSet
 metadata: {name: g}
 ---
 apiVersion: v1
