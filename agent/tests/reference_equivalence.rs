@@ -391,15 +391,17 @@ fn ordered_rule() -> impl Strategy<Value = OrderedRule> {
         prop::option::of(prop::sample::select(vec![6u8, 17])),
         prop::option::of(prop::collection::vec(port_spec(), 1..3)),
         prop::collection::vec(port_spec(), 0..2),
+        prop::option::weighted(0.3, peer_match()),
     )
         .prop_map(
-            |(action, peers, protocol, not_protocol, ports, not_ports)| OrderedRule {
+            |(action, peers, protocol, not_protocol, ports, not_ports, local)| OrderedRule {
                 action,
                 peers,
                 protocol: protocol.map(IpProtocolNumber),
                 not_protocol: not_protocol.map(IpProtocolNumber),
                 ports,
                 not_ports,
+                local,
             },
         )
 }

@@ -436,7 +436,25 @@ impl Breakpoints {
     }
 }
 
+/// The policy's own pod, as rules' `local` conditions see it.
+struct LocalPod<'a>(&'a Pod);
+
+impl PeerView for LocalPod<'_> {
+    fn pod(&self) -> Option<(&str, &Labels)> {
+        Some((self.0.namespace.as_str(), &self.0.labels))
+    }
+
+    fn in_net(&self, net: &IpNet) -> bool {
+        self.0.ips.iter().any(|ip| in_block(*ip, net, &[]))
+    }
+
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.0.named_port(name, protocol)
+    }
+}
+
 /// The connection being decided.
+#[derive(Clone, Copy)]
 struct Conn<'a> {
     model: &'a Model,
     pod: &'a Pod,
@@ -474,6 +492,18 @@ impl Conn<'_> {
         ns.matches(peer_ns, &self.model.namespace_labels(peer_ns))
     }
 
+    /// A rule's condition on the policy's own pod. Its nets hold when one
+    /// of the pod's addresses lies in them: the pod is one endpoint for
+    /// both of its families.
+    fn local_matches(&self, m: &PeerMatch) -> bool {
+        let local = LocalPod(self.pod);
+        Conn {
+            peer: &local,
+            ..*self
+        }
+        .peer_matches(m)
+    }
+
     fn peer_matches(&self, m: &PeerMatch) -> bool {
         let pod = self.peer.pod();
         if let Some(ns) = &m.namespaces {
@@ -502,7 +532,8 @@ impl Conn<'_> {
     }
 
     fn ordered_rule_matches(&self, r: &OrderedRule) -> bool {
-        r.protocol.is_none_or(|p| p.0 == self.proto)
+        r.local.as_ref().is_none_or(|m| self.local_matches(m))
+            && r.protocol.is_none_or(|p| p.0 == self.proto)
             && r.not_protocol.is_none_or(|p| p.0 != self.proto)
             && r.ports
                 .as_ref()

@@ -137,6 +137,7 @@ fn with_ordered(model: &Model) -> Model {
         not_protocol: None,
         ports,
         not_ports: Vec::new(),
+        local: None,
     };
     let mut m = model.clone();
     for i in 0..200usize {
