@@ -246,8 +246,16 @@ impl Scenario {
                     .and_then(|a| a.as_str())
                     .unwrap_or_default();
                 let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-                (!(api == "networking.k8s.io/v1" && kind == "NetworkPolicy"))
-                    .then(|| format!("{api}/{kind}"))
+                let supported = matches!(
+                    (api, kind),
+                    ("networking.k8s.io/v1", "NetworkPolicy")
+                        | ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy")
+                        | (
+                            "projectcalico.org/v3",
+                            "NetworkPolicy" | "GlobalNetworkPolicy" | "Tier"
+                        )
+                );
+                (!supported).then(|| format!("{api}/{kind}"))
             })
             .collect();
         out.sort();

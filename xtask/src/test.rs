@@ -92,6 +92,7 @@ fn cargo_tests(t: &mut Tally, name: &str, cmd: &mut Command) -> anyhow::Result<(
 /// Scenario directories the suite runs, each in name order.
 const SCENARIO_DIRS: &[&str] = &[
     "../shared/scenarios/seeds",
+    "../shared/scenarios/calico",
     "../shared/scenarios/services",
     "tests/scenarios",
     "tests/scenarios/services",
