@@ -12,6 +12,15 @@ use policy::Policy;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Serializes a value as its `Display` form (wire enums from `common`,
+/// which has no serde).
+pub(crate) fn as_display<T: fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 /// The label every namespace carries with its own name (Kubernetes >= 1.21).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 

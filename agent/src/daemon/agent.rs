@@ -13,6 +13,7 @@ use aya::maps::{MapData, PerCpuArray};
 use palisade_common::DenyEvent;
 use tracing::{info, warn};
 
+use super::sink::Sink;
 use super::{Options, backoff::Backoff};
 use crate::{
     api::Shared,
@@ -24,7 +25,7 @@ use crate::{
         counters, interfaces,
     },
     error_chain::chain,
-    flows::{self, PolicyCache, log::DenyLog, sink::Sink},
+    flows::{self, PolicyCache, log::DenyLog},
     index::{Index, Kind},
     model::{Model, Node, ObjectRef, policy::Policy},
     policy::{

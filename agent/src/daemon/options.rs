@@ -3,7 +3,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    dataplane::PinPaths, flows::log::LogSettings, flows::sink::LogFormat, policy::Profile,
+    daemon::sink::LogFormat, dataplane::PinPaths, flows::log::LogSettings, policy::Profile,
 };
 
 #[derive(Clone, Debug)]

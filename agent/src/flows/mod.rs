@@ -4,7 +4,6 @@
 pub mod client;
 pub mod file;
 pub mod log;
-pub mod sink;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,7 +35,7 @@ pub struct Side {
 /// A denied flow, attributed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Denial {
-    #[serde(serialize_with = "as_display")]
+    #[serde(serialize_with = "crate::model::as_display")]
     pub direction: Direction,
     pub protocol: IpProtocol,
     pub src: Side,
@@ -236,13 +235,6 @@ impl Serialize for IpProtocol {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
-}
-
-pub(crate) fn as_display<T: fmt::Display, S: serde::Serializer>(
-    v: &T,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 /// Addresses of pods, for naming the sides of a flow.

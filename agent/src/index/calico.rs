@@ -345,40 +345,7 @@ fn policy(
 
     let ingress_rules = spec.ingress.as_deref().unwrap_or_default();
     let egress_rules = spec.egress.as_deref().unwrap_or_default();
-    let (has_ingress, has_egress) = match spec.types.as_deref() {
-        Some(types) if !types.is_empty() => {
-            let (mut i, mut e) = (false, false);
-            for (n, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => i = true,
-                    "Egress" => e = true,
-                    other => {
-                        return Err(invalid(
-                            format!("spec.types[{n}]"),
-                            format!("unknown type {other:?} (want Ingress or Egress)"),
-                        ));
-                    }
-                }
-            }
-            (i, e)
-        }
-        // Calico's defaulting: Ingress unless there are egress rules; with
-        // egress rules, Egress, and Ingress as well if there are ingress rules.
-        _ if egress_rules.is_empty() => (true, false),
-        _ => (!ingress_rules.is_empty(), true),
-    };
-    if !has_ingress && !ingress_rules.is_empty() {
-        return Err(invalid(
-            "spec.ingress",
-            "ingress rules given but spec.types does not include Ingress",
-        ));
-    }
-    if !has_egress && !egress_rules.is_empty() {
-        return Err(invalid(
-            "spec.egress",
-            "egress rules given but spec.types does not include Egress",
-        ));
-    }
+    let (has_ingress, has_egress) = policy_types(spec, ingress_rules, egress_rules)?;
     let rules = |list: &[Rule], direction: Direction| -> Result<Vec<OrderedRule>, OrderedError> {
         list.iter()
             .enumerate()
@@ -423,6 +390,49 @@ fn policy(
         ingress,
         egress,
     })
+}
+
+/// `spec.types`, or Calico's defaulting: Ingress unless there are egress
+/// rules; with egress rules, Egress, and Ingress as well if there are
+/// ingress rules. Rules of a direction the types leave out are an error.
+fn policy_types(
+    spec: &PolicySpec,
+    ingress_rules: &[Rule],
+    egress_rules: &[Rule],
+) -> Result<(bool, bool), OrderedError> {
+    let (has_ingress, has_egress) = match spec.types.as_deref() {
+        Some(types) if !types.is_empty() => {
+            let (mut i, mut e) = (false, false);
+            for (n, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => i = true,
+                    "Egress" => e = true,
+                    other => {
+                        return Err(invalid(
+                            format!("spec.types[{n}]"),
+                            format!("unknown type {other:?} (want Ingress or Egress)"),
+                        ));
+                    }
+                }
+            }
+            (i, e)
+        }
+        _ if egress_rules.is_empty() => (true, false),
+        _ => (!ingress_rules.is_empty(), true),
+    };
+    if !has_ingress && !ingress_rules.is_empty() {
+        return Err(invalid(
+            "spec.ingress",
+            "ingress rules given but spec.types does not include Ingress",
+        ));
+    }
+    if !has_egress && !egress_rules.is_empty() {
+        return Err(invalid(
+            "spec.egress",
+            "egress rules given but spec.types does not include Egress",
+        ));
+    }
+    Ok((has_ingress, has_egress))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -476,48 +486,8 @@ fn rule(
     direction: Direction,
     namespace: Option<&str>,
 ) -> Result<OrderedRule, OrderedError> {
-    let action = match r.action.as_deref() {
-        Some("Allow") => Action::Allow,
-        Some("Deny") => Action::Deny,
-        Some("Pass") => Action::Pass,
-        Some("Log") => Action::Log,
-        Some(other) => {
-            return Err(invalid(
-                format!("{field}.action"),
-                format!("unknown action {other:?} (want Allow, Deny, Pass or Log)"),
-            ));
-        }
-        None => {
-            return Err(invalid(
-                format!("{field}.action"),
-                "required (Allow, Deny, Pass or Log)",
-            ));
-        }
-    };
-    if r.ip_version.is_some() {
-        return Err(unsupported(
-            format!("{field}.ipVersion"),
-            "matching on IP version",
-        ));
-    }
-    if r.icmp.is_some() {
-        return Err(unsupported(
-            format!("{field}.icmp"),
-            "matching on ICMP type and code",
-        ));
-    }
-    if r.not_icmp.is_some() {
-        return Err(unsupported(
-            format!("{field}.notICMP"),
-            "matching on ICMP type and code",
-        ));
-    }
-    if r.http.is_some() {
-        return Err(unsupported(
-            format!("{field}.http"),
-            "matching on HTTP requests",
-        ));
-    }
+    let action = rule_action(field, r)?;
+    refuse_unsupported(field, r)?;
     let protocol_given = r
         .protocol
         .as_ref()
@@ -584,6 +554,45 @@ fn rule(
         not_ports,
         local,
     })
+}
+
+fn rule_action(field: &str, r: &Rule) -> Result<Action, OrderedError> {
+    match r.action.as_deref() {
+        Some("Allow") => Ok(Action::Allow),
+        Some("Deny") => Ok(Action::Deny),
+        Some("Pass") => Ok(Action::Pass),
+        Some("Log") => Ok(Action::Log),
+        Some(other) => Err(invalid(
+            format!("{field}.action"),
+            format!("unknown action {other:?} (want Allow, Deny, Pass or Log)"),
+        )),
+        None => Err(invalid(
+            format!("{field}.action"),
+            "required (Allow, Deny, Pass or Log)",
+        )),
+    }
+}
+
+/// Rule fields palisade cannot enforce: refused, never ignored.
+fn refuse_unsupported(field: &str, r: &Rule) -> Result<(), OrderedError> {
+    let refused = [
+        (
+            r.ip_version.is_some(),
+            "ipVersion",
+            "matching on IP version",
+        ),
+        (r.icmp.is_some(), "icmp", "matching on ICMP type and code"),
+        (
+            r.not_icmp.is_some(),
+            "notICMP",
+            "matching on ICMP type and code",
+        ),
+        (r.http.is_some(), "http", "matching on HTTP requests"),
+    ];
+    match refused.into_iter().find(|(given, ..)| *given) {
+        Some((_, name, what)) => Err(unsupported(format!("{field}.{name}"), what)),
+        None => Ok(()),
+    }
 }
 
 /// A Calico port: a number, `"a:b"`, or a named port.
@@ -710,6 +719,7 @@ mod tests {
 
     use crate::model::calico_selector::CalicoSelector;
 
+    // Over 80 lines: one assertion per field of the converted policy.
     #[test]
     fn a_namespaced_policy_converts_field_by_field() {
         let p = policy(&np(r#"
@@ -957,6 +967,7 @@ mod tests {
         ));
     }
 
+    // Over 80 lines: one Tier object's whole life, step by step.
     #[test]
     fn tiers_resolve_and_re_resolve_as_tier_objects_come_and_go() {
         let tier = |name: &str, spec: &str| {
@@ -1061,6 +1072,7 @@ mod tests {
         assert!(index.rejected().is_empty());
     }
 
+    // Over 80 lines: a table of rejections, one case per refused field.
     #[test]
     fn every_rejection_names_its_field() {
         let cases: &[(String, &str)] = &[

@@ -54,7 +54,7 @@ impl PolicyKey {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct RuleRef {
     pub origin: PolicyOrigin,
-    #[serde(serialize_with = "crate::flows::as_display")]
+    #[serde(serialize_with = "crate::model::as_display")]
     pub dir: Direction,
     pub index: usize,
 }

@@ -181,31 +181,7 @@ async fn watch_crd(client: Client, crd: &'static Crd, tx: Sender<Batch>) {
         o.metadata.managed_fields = None;
         o.metadata.annotations = None;
     }));
-    let parse = |o: DynamicObject| -> Result<Object, SourceEvent> {
-        let name = match &o.metadata.namespace {
-            Some(ns) => format!(
-                "{} {ns}/{}",
-                crd.kind,
-                o.metadata.name.clone().unwrap_or_default()
-            ),
-            None => format!(
-                "{} {}",
-                crd.kind,
-                o.metadata.name.clone().unwrap_or_default()
-            ),
-        };
-        serde_json::to_value(&o)
-            .map_err(|e| e.to_string())
-            .and_then(|v| (crd.parse)(&v))
-            .map_err(|message| {
-                SourceEvent::Rejected(Arc::new(ParseError::Object {
-                    origin: origin.clone(),
-                    doc: 0,
-                    what: name,
-                    message,
-                }))
-            })
-    };
+    let parse = |o: DynamicObject| parse_crd_object(crd, &origin, o);
     let mut initial: Vec<Object> = Vec::new();
     let mut rejected: Batch = Vec::new();
     let mut missing = false;
@@ -242,32 +218,10 @@ async fn watch_crd(client: Client, crd: &'static Crd, tx: Sender<Batch>) {
                 Err(e) => e,
             }],
             // Only the name counts: an object that did not parse is still deleted.
-            Ok(watcher::Event::Delete(o)) => {
-                let namespace = match crd.index_kind {
-                    Kind::CalicoNetworkPolicy => o.metadata.namespace.unwrap_or_default(),
-                    _ => String::new(),
-                };
-                vec![SourceEvent::Delete(ObjectKey {
-                    kind: crd.index_kind,
-                    object: ObjectRef::new(namespace, o.metadata.name.unwrap_or_default()),
-                })]
-            }
+            Ok(watcher::Event::Delete(o)) => vec![delete_event(crd, o)],
             Err(e) if is_missing(&e) => {
-                if !std::mem::replace(&mut missing, true) {
-                    warn!(
-                        retry = ?MISSING_CRD_RETRY,
-                        "the API server does not serve this kind (CRD not installed?); it counts as empty and is looked for again"
-                    );
-                    if tx
-                        .send(vec![SourceEvent::Reset {
-                            kind: crd.index_kind,
-                            objects: Vec::new(),
-                        }])
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                if !std::mem::replace(&mut missing, true) && !report_missing(crd, &tx).await {
+                    return;
                 }
                 tokio::time::sleep(MISSING_CRD_RETRY).await;
                 continue;
@@ -291,6 +245,53 @@ async fn watch_crd(client: Client, crd: &'static Crd, tx: Sender<Batch>) {
             return;
         }
     }
+}
+
+/// A watched object through the kind's strict parse; a rejection names it.
+fn parse_crd_object(crd: &Crd, origin: &str, o: DynamicObject) -> Result<Object, SourceEvent> {
+    let name = o.metadata.name.clone().unwrap_or_default();
+    let what = match &o.metadata.namespace {
+        Some(ns) => format!("{} {ns}/{name}", crd.kind),
+        None => format!("{} {name}", crd.kind),
+    };
+    serde_json::to_value(&o)
+        .map_err(|e| e.to_string())
+        .and_then(|v| (crd.parse)(&v))
+        .map_err(|message| {
+            SourceEvent::Rejected(Arc::new(ParseError::Object {
+                origin: origin.to_string(),
+                doc: 0,
+                what,
+                message,
+            }))
+        })
+}
+
+/// Only the name counts: an object that did not parse is still deleted.
+fn delete_event(crd: &Crd, o: DynamicObject) -> SourceEvent {
+    let namespace = match crd.index_kind {
+        Kind::CalicoNetworkPolicy => o.metadata.namespace.unwrap_or_default(),
+        _ => String::new(),
+    };
+    SourceEvent::Delete(ObjectKey {
+        kind: crd.index_kind,
+        object: ObjectRef::new(namespace, o.metadata.name.unwrap_or_default()),
+    })
+}
+
+/// Says once that the kind is not served and counts it as empty; false
+/// when the agent stopped listening.
+async fn report_missing(crd: &Crd, tx: &Sender<Batch>) -> bool {
+    warn!(
+        retry = ?MISSING_CRD_RETRY,
+        "the API server does not serve this kind (CRD not installed?); it counts as empty and is looked for again"
+    );
+    tx.send(vec![SourceEvent::Reset {
+        kind: crd.index_kind,
+        objects: Vec::new(),
+    }])
+    .await
+    .is_ok()
 }
 
 /// Drops the metadata the index never reads (managed fields and

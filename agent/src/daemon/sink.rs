@@ -21,12 +21,12 @@ pub enum LogFormat {
 
 #[derive(Debug, thiserror::Error)]
 #[error("opening {}", path.display())]
-pub struct OpenError {
+pub(super) struct OpenError {
     path: std::path::PathBuf,
     source: std::io::Error,
 }
 
-pub struct Sink {
+pub(super) struct Sink {
     format: LogFormat,
     file: Option<RotatingFile>,
     shared: Arc<Shared>,
@@ -34,7 +34,7 @@ pub struct Sink {
 
 impl Sink {
     /// `file`: deny records also go there (JSON lines), rotated at `max_bytes`.
-    pub fn open(
+    pub(super) fn open(
         format: LogFormat,
         file: Option<&Path>,
         max_bytes: u64,
@@ -55,7 +55,7 @@ impl Sink {
         })
     }
 
-    pub fn emit(&mut self, records: Vec<Record>) {
+    pub(super) fn emit(&mut self, records: Vec<Record>) {
         for r in records {
             self.shared.publish(&r);
             if let Some(f) = self.file.as_mut()
