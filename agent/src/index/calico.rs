@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{
     network_policy::valid_port_name,
-    ordered::{OrderedError, calico_selector, cidr, invalid, unsupported},
+    ordered::{OrderedError, calico_selector, cidr, invalid, required_name, unsupported},
 };
 use crate::model::{
     ObjectRef, Protocol,
@@ -236,12 +236,7 @@ pub fn network_policy_from_api(
     np: &NetworkPolicy,
     tiers: &BTreeMap<String, TierInfo>,
 ) -> Result<(OrderedRef, OrderedPolicy), OrderedError> {
-    let name = np
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or(OrderedError::MissingName)?;
+    let name = required_name(&np.metadata)?;
     let namespace = np
         .metadata
         .namespace
@@ -272,12 +267,7 @@ pub fn global_network_policy_from_api(
     gnp: &GlobalNetworkPolicy,
     tiers: &BTreeMap<String, TierInfo>,
 ) -> Result<(OrderedRef, OrderedPolicy), OrderedError> {
-    let name = gnp
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or(OrderedError::MissingName)?;
+    let name = required_name(&gnp.metadata)?;
     let spec = &gnp.spec;
     for (field, on, what) in [
         (

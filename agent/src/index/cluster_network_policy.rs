@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     network_policy::valid_port_name,
-    ordered::{OrderedError, cidr, invalid, kube_selector, unsupported},
+    ordered::{OrderedError, cidr, invalid, kube_selector, required_name, unsupported},
 };
 use crate::model::{
     Protocol,
@@ -152,12 +152,7 @@ enum Direction {
 pub fn cluster_network_policy_from_api(
     cnp: &ClusterNetworkPolicy,
 ) -> Result<(OrderedRef, OrderedPolicy), OrderedError> {
-    let name = cnp
-        .metadata
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or(OrderedError::MissingName)?;
+    let name = required_name(&cnp.metadata)?;
     let spec = &cnp.spec;
     let (stage, origin, tier_name) = match spec.tier.as_deref() {
         Some("Admin") => (Stage::Admin, OrderedOrigin::Admin(name.clone()), "admin"),

@@ -43,6 +43,16 @@ pub enum OrderedError {
     },
 }
 
+/// `metadata.name`, required and not empty.
+pub(super) fn required_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<String, OrderedError> {
+    meta.name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or(OrderedError::MissingName)
+}
+
 pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> OrderedError {
     OrderedError::Invalid {
         field: field.into(),
