@@ -60,7 +60,7 @@ impl Shared {
     }
 
     /// Publishes a deny record to the metrics, the recent buffer and followers.
-    pub fn publish(&self, r: &Record) {
+    fn publish_record(&self, r: &Record) {
         self.metrics.observe_record(r);
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT {
@@ -189,6 +189,12 @@ pub fn public_router(shared: Arc<Shared>) -> Router {
 pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, router).await
+}
+
+impl crate::flows::sink::Publish for Shared {
+    fn publish(&self, r: &Record) {
+        self.publish_record(r);
+    }
 }
 
 #[cfg(test)]

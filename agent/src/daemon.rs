@@ -5,7 +5,6 @@
 mod agent;
 mod backoff;
 mod options;
-mod sink;
 mod start;
 mod unsupported;
 
@@ -25,11 +24,11 @@ pub use self::{
     agent::apply_batch,
     options::{OnExit, Options, SourceConfig},
 };
+pub use crate::flows::sink::LogFormat;
 use crate::{
     api::Shared,
     dataplane::{Datapath, support},
 };
-pub use sink::LogFormat;
 
 /// Deny events read per wake of the event branch.
 const EVENTS_PER_WAKE: usize = 4096;

@@ -13,7 +13,6 @@ use aya::maps::{MapData, PerCpuArray};
 use palisade_common::DenyEvent;
 use tracing::{info, warn};
 
-use super::sink::Sink;
 use super::{Options, backoff::Backoff};
 use crate::{
     api::Shared,
@@ -25,7 +24,7 @@ use crate::{
         counters, interfaces,
     },
     error_chain::chain,
-    flows::{self, PolicyCache, log::DenyLog},
+    flows::{self, PolicyCache, log::DenyLog, sink::Sink},
     index::{Index, Kind},
     model::{Model, Node, ObjectRef, policy::Policy},
     policy::{

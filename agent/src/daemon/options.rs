@@ -3,7 +3,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    daemon::sink::LogFormat, dataplane::PinPaths, flows::log::LogSettings, policy::Profile,
+    dataplane::PinPaths, flows::log::LogSettings, flows::sink::LogFormat, policy::Profile,
 };
 
 #[derive(Clone, Debug)]

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod file;
 pub mod log;
+pub mod sink;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -5,10 +5,13 @@ use std::{path::Path, sync::Arc};
 
 use tracing::warn;
 
-use crate::{
-    api::Shared,
-    flows::{file::RotatingFile, log::Record},
-};
+use crate::flows::{file::RotatingFile, log::Record};
+
+/// Who else sees each record as it goes out (the HTTP API's `/flows` and
+/// metrics): a trait here, so that flows does not depend on the API.
+pub trait Publish: Send + Sync {
+    fn publish(&self, r: &Record);
+}
 
 /// Rotated files kept next to `--deny-log-file`.
 const KEEP_FILES: usize = 5;
@@ -21,24 +24,24 @@ pub enum LogFormat {
 
 #[derive(Debug, thiserror::Error)]
 #[error("opening {}", path.display())]
-pub(super) struct OpenError {
+pub struct OpenError {
     path: std::path::PathBuf,
     source: std::io::Error,
 }
 
-pub(super) struct Sink {
+pub struct Sink {
     format: LogFormat,
     file: Option<RotatingFile>,
-    shared: Arc<Shared>,
+    shared: Arc<dyn Publish>,
 }
 
 impl Sink {
     /// `file`: deny records also go there (JSON lines), rotated at `max_bytes`.
-    pub(super) fn open(
+    pub fn open(
         format: LogFormat,
         file: Option<&Path>,
         max_bytes: u64,
-        shared: Arc<Shared>,
+        shared: Arc<dyn Publish>,
     ) -> Result<Self, OpenError> {
         let file = file
             .map(|p| {
@@ -55,7 +58,7 @@ impl Sink {
         })
     }
 
-    pub(super) fn emit(&mut self, records: Vec<Record>) {
+    pub fn emit(&mut self, records: Vec<Record>) {
         for r in records {
             self.shared.publish(&r);
             if let Some(f) = self.file.as_mut()
