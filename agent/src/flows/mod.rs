@@ -4,6 +4,7 @@
 pub mod client;
 pub mod file;
 pub mod log;
+pub mod observed;
 pub mod sink;
 
 use std::{
