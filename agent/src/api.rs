@@ -7,6 +7,10 @@
 //! * `GET /flows[?follow=true][&namespace=NS][&pod=NS/POD][&limit=N]`: deny
 //!   records as JSON lines, the recent ones, then (follow) new ones as they come.
 //!   `palisade flows` reads this.
+//! * `GET /flows/allowed[?namespace=NS][&pod=NS/POD]`: the observed allowed
+//!   connections, one aggregated record per workload pair, port and
+//!   direction (JSON lines); `palisade flows --allowed` and `palisade
+//!   advise` read this.
 //!
 //! `--metrics-listen` serves only `/metrics`, `/healthz` and `/readyz`
 //! ([`public_router`]): flows and status name pods and addresses, so they
@@ -30,17 +34,28 @@ use axum::{
 use tokio::sync::broadcast;
 use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
 
-use crate::{flows::log::Record, metrics::Metrics, status::Status};
+use crate::{
+    flows::{
+        log::Record,
+        observed::{Observed, ObservedFlow},
+    },
+    metrics::Metrics,
+    status::Status,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9965";
 /// Deny records kept for `GET /flows` without `follow`.
 const RECENT: usize = 1000;
+/// Observed flow records kept unless the agent is told otherwise.
+pub const DEFAULT_MAX_OBSERVED: usize = 10_000;
 
 pub struct Shared {
     pub metrics: Metrics,
     pub status: RwLock<Status>,
     recent: Mutex<VecDeque<Record>>,
     tx: broadcast::Sender<Record>,
+    /// Allowed connections seen, per workload pair (`GET /flows/allowed`).
+    observed: Mutex<Observed>,
 }
 
 impl Default for Shared {
@@ -56,7 +71,20 @@ impl Shared {
             status: RwLock::new(Status::default()),
             recent: Mutex::new(VecDeque::new()),
             tx: broadcast::channel(4096).0,
+            observed: Mutex::new(Observed::new(DEFAULT_MAX_OBSERVED)),
         }
+    }
+
+    /// With room for `max` observed flow records.
+    pub fn with_max_observed(max: usize) -> Self {
+        let s = Self::new();
+        *s.observed() = Observed::new(max);
+        s
+    }
+
+    /// The observed flows table, locked.
+    pub fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes a deny record to the metrics, the recent buffer and followers.
@@ -83,10 +111,26 @@ pub struct FlowQuery {
 impl FlowQuery {
     /// Whether a record concerns the namespace / pod asked for (either side).
     pub fn matches(&self, r: &Record) -> bool {
-        let Record::Deny { flow, .. } = r else {
+        let Record::Flow { flow, .. } = r else {
             return self.namespace.is_none() && self.pod.is_none();
         };
-        let pods = [flow.src.pod.as_deref(), flow.dst.pod.as_deref()];
+        self.names_either([flow.src.pod.as_deref(), flow.dst.pod.as_deref()])
+    }
+
+    /// Whether an observed flow concerns the namespace / pod asked for.
+    pub fn matches_observed(&self, f: &ObservedFlow) -> bool {
+        let name = |p: &crate::flows::observed::Peer| {
+            p.namespace
+                .as_ref()
+                .zip(p.pod.as_ref())
+                .map(|(ns, pod)| format!("{ns}/{pod}"))
+        };
+        let (src, dst) = (name(&f.connection.src), name(&f.connection.dst));
+        self.names_either([src.as_deref(), dst.as_deref()])
+    }
+
+    /// Whether `namespace/name` pods of the two sides match the query.
+    fn names_either(&self, pods: [Option<&str>; 2]) -> bool {
         let ns_ok = self.namespace.as_ref().is_none_or(|ns| {
             pods.iter()
                 .flatten()
@@ -166,12 +210,28 @@ async fn flows(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Resp
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+async fn allowed(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Response {
+    let body: String = s
+        .observed()
+        .snapshot()
+        .iter()
+        .filter(|f| q.matches_observed(f))
+        .map(|f| {
+            let mut l = serde_json::to_string(f).unwrap_or_default();
+            l.push('\n');
+            l
+        })
+        .collect();
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
 /// Everything: the loopback endpoint.
 pub fn router(shared: Arc<Shared>) -> Router {
     public_router(shared.clone()).merge(
         Router::new()
             .route("/status", get(status))
             .route("/flows", get(flows))
+            .route("/flows/allowed", get(allowed))
             .with_state(shared),
     )
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use palisade_common::DenyEvent;
+use palisade_common::FlowEvent;
 use tokio::io::unix::AsyncFdReadyMutGuard;
 use tracing::{info, info_span};
 
@@ -38,7 +38,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let _enter = span.enter();
     opts.profile.validate()?;
 
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::with_max_observed(opts.max_observed_flows));
     serve_http(&opts, &shared);
     let problems = support::assess(&support::probe(opts.pins.root()));
     if !problems.is_empty() {
@@ -99,7 +99,7 @@ fn drain_ring(mut guard: AsyncFdReadyMutGuard<'_, RingBuf<MapData>>, agent: &mut
         }
         let item = ring.next()?;
         drained += 1;
-        Some(DenyEvent::decode(&item))
+        Some(FlowEvent::decode(&item))
     });
     agent.on_events(events.flatten());
     if drained < EVENTS_PER_WAKE {

@@ -53,8 +53,15 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Print the denied flows of the agent on this node.
+    /// Print the denied (or allowed, or all) flows of the agent on this node.
     Flows {
+        /// The observed allowed connections instead, one record per
+        /// workload pair, port and direction, with counts.
+        #[arg(long, conflicts_with = "all")]
+        allowed: bool,
+        /// The allowed connections, then the denied flows.
+        #[arg(long)]
+        all: bool,
         /// Keep printing new records as they come.
         #[arg(long, short)]
         follow: bool,
@@ -153,6 +160,19 @@ struct AgentArgs {
     /// of 4x; 0: no budget); the packets are denied and counted regardless.
     #[arg(long, default_value = "500")]
     deny_event_rate: u32,
+    /// Record allowed new connections for `palisade flows --allowed` and
+    /// `palisade advise` (pods of audit-mode policies and of Calico `Log`
+    /// rules are observed regardless).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    observe_flows: bool,
+    /// Allowed new flows one pod's veth may send to the agent per second
+    /// (bursts of 5x; 0: no budget); past it they are counted, not sent.
+    #[arg(long, default_value = "200")]
+    observed_flow_rate: u32,
+    /// Observed flow records kept (per workload pair, port and direction);
+    /// past it new ones are counted as dropped.
+    #[arg(long, default_value = "10000")]
+    max_observed_flows: usize,
     /// Budget: estimated policy entries (peers x port prefixes) per policy
     /// (overrides the config's budgets.policyEntries; 0: no limit).
     #[arg(long)]
@@ -226,14 +246,23 @@ async fn cli_main() -> anyhow::Result<()> {
             config,
         } => compile(&source, node_name, node_addresses, config.as_ref()),
         Command::Flows {
+            allowed,
+            all,
             follow,
             namespace,
             pod,
             json,
             agent,
         } => {
-            palisade_agent::flows::client::run(
+            use palisade_agent::flows::client::{self, Which};
+            let which = match (allowed, all) {
+                (true, _) => Which::Allowed,
+                (_, true) => Which::All,
+                _ => Which::Denied,
+            };
+            client::run(
                 &agent,
+                which,
                 follow,
                 namespace.as_deref(),
                 pod.as_deref(),
@@ -305,6 +334,8 @@ fn agent_options(
                 new_flow_burst: a.new_flow_rate.saturating_mul(2),
                 deny_events_per_sec: a.deny_event_rate,
                 deny_event_burst: a.deny_event_rate.saturating_mul(4),
+                observed_flows_per_sec: a.observed_flow_rate,
+                observed_flow_burst: a.observed_flow_rate.saturating_mul(5),
             },
         },
         profile: cfg.profile,
@@ -325,6 +356,8 @@ fn agent_options(
         revoke_on_policy_change: a
             .revoke_on_policy_change
             .unwrap_or(cfg.revoke_on_policy_change),
+        observe_flows: a.observe_flows,
+        max_observed_flows: a.max_observed_flows,
         budgets,
         metrics_listen: a.metrics_listen,
         listen: if a.listen == "off" {

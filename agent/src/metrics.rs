@@ -14,7 +14,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    flows::log::Record,
+    flows::{RecordAction, log::Record},
     policy::{DesiredState, Maps},
     sync::SyncReport,
 };
@@ -48,7 +48,9 @@ pub struct Metrics {
     datapath_seen: Mutex<Vec<u64>>,
     denied_flows: Family<DenyLabels, Counter>,
     denied_packets: Family<DenyLabels, Counter>,
-    /// The label sets of the two families above, so that series of deleted
+    /// Flows an audited policy would deny (would-deny records).
+    would_deny_flows: Family<DenyLabels, Counter>,
+    /// The label sets of the three families above, so that series of deleted
     /// policies can be dropped.
     deny_series: Mutex<HashSet<DenyLabels>>,
     suppressed: Counter,
@@ -90,6 +92,12 @@ impl Metrics {
             "denied_packets",
             "Denied packets reported by deny events",
             denied_packets.clone(),
+        );
+        let would_deny_flows = Family::<DenyLabels, Counter>::default();
+        registry.register(
+            "would_deny_flows",
+            "Flows passed that the policies would deny without their palisade.dev/mode: audit annotation (one per would-deny record), by direction and deciding policy",
+            would_deny_flows.clone(),
         );
         let suppressed = Counter::default();
         registry.register(
@@ -147,6 +155,7 @@ impl Metrics {
             datapath_seen: Mutex::new(Vec::new()),
             denied_flows,
             denied_packets,
+            would_deny_flows,
             deny_series: Mutex::new(HashSet::new()),
             suppressed,
             map_entries,
@@ -235,14 +244,22 @@ impl Metrics {
 
     pub fn observe_record(&self, r: &Record) {
         match r {
-            Record::Deny { flow, count, .. } => {
+            Record::Flow { flow, count, .. } => {
                 let labels = DenyLabels {
                     direction: flow.direction.to_string(),
                     reason: flow.reason.to_string(),
                     policy: flow.policies.join(","),
                 };
-                self.denied_flows.get_or_create(&labels).inc();
-                self.denied_packets.get_or_create(&labels).inc_by(*count);
+                match flow.action {
+                    RecordAction::Deny => {
+                        self.denied_flows.get_or_create(&labels).inc();
+                        self.denied_packets.get_or_create(&labels).inc_by(*count);
+                    }
+                    RecordAction::Audit => {
+                        self.would_deny_flows.get_or_create(&labels).inc();
+                    }
+                    RecordAction::Log => return,
+                }
                 if let Ok(mut s) = self.deny_series.lock() {
                     s.insert(labels);
                 }
@@ -264,6 +281,7 @@ impl Metrics {
             if !keep {
                 self.denied_flows.remove(l);
                 self.denied_packets.remove(l);
+                self.would_deny_flows.remove(l);
             }
             keep
         });
@@ -305,10 +323,11 @@ mod tests {
     #[test]
     fn series_of_deleted_policies_are_dropped() {
         let m = Metrics::new();
-        let record = |policy: &str| Record::Deny {
+        let record = |policy: &str| Record::Flow {
             time: SystemTime::UNIX_EPOCH,
             node: "n1".into(),
             flow: Denial {
+                action: crate::flows::RecordAction::Deny,
                 direction: Direction::Ingress,
                 protocol: crate::flows::IpProtocol(palisade_common::PROTO_TCP),
                 src: Side {

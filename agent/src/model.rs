@@ -118,6 +118,17 @@ pub struct Pod {
     pub node: String,
     pub host_network: bool,
     pub ports: Vec<ContainerPort>,
+    /// The controller that owns the pod, as people name it (a ReplicaSet's
+    /// pods are its Deployment's): what flow observation folds pods into.
+    pub workload: Option<Workload>,
+}
+
+/// A pod's owning controller: `kind` (Deployment, StatefulSet, DaemonSet,
+/// Job, ...) and its name in the pod's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
 }
 
 impl Pod {
@@ -207,6 +218,50 @@ pub struct Model {
     pub ordered: BTreeMap<ordered::OrderedRef, ordered::OrderedPolicy>,
     pub services: BTreeMap<ObjectRef, Service>,
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    /// Policies annotated `palisade.dev/mode: audit`: judged, never
+    /// enforced (and absent from `policies` and `ordered`).
+    pub audited: Audited,
+}
+
+/// Whether a policy is enforced, or evaluated only to log what it would deny.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+/// The audited policies, of each kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audited {
+    pub policies: BTreeMap<ObjectRef, Policy>,
+    pub ordered: BTreeMap<ordered::OrderedRef, ordered::OrderedPolicy>,
+}
+
+impl Audited {
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty() && self.ordered.is_empty()
+    }
+}
+
+/// Puts `value` where its mode says, taking it out of the other map.
+pub fn place<K: Ord, V>(
+    enforced: &mut BTreeMap<K, V>,
+    audited: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+    mode: Mode,
+) {
+    match mode {
+        Mode::Enforce => {
+            audited.remove(&key);
+            enforced.insert(key, value);
+        }
+        Mode::Audit => {
+            enforced.remove(&key);
+            audited.insert(key, value);
+        }
+    }
 }
 
 impl Model {

@@ -50,6 +50,12 @@ impl<W: MapWriter> Syncer<W> {
         }
     }
 
+    /// Whether every endpoint observes its allowed flows.
+    pub fn with_observation(mut self, observe: bool) -> Self {
+        self.compiler = self.compiler.with_observation(observe);
+        self
+    }
+
     /// Admits policies within `budgets` (default: [`Budgets::default`]).
     pub fn with_budgets(mut self, budgets: Budgets) -> Self {
         self.compiler = self.compiler.with_budgets(budgets);

@@ -1,9 +1,11 @@
-//! The deny event the datapath sends through the ring buffer, with its
-//! encoder and decoder kept here so both sides are tested against real bytes.
+//! The flow event the datapath sends through the ring buffer (a denied
+//! packet, or an allowed new flow for observation), with its encoder and
+//! decoder kept here so both sides are tested against real bytes.
 
 use crate::Addr;
 
-/// Why a packet was denied.
+/// Why an event was sent: why a packet was denied, or that a flow was
+/// allowed and is observed.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
@@ -14,6 +16,9 @@ pub enum Reason {
     /// An established flow that the current policy no longer allows, cut by
     /// the agent (never sent by the kernel).
     Revoked = 3,
+    /// Not a denial: a new flow the datapath allowed, at an endpoint that
+    /// observes its flows (`endpoint_flags::OBSERVE_*`).
+    Observed = 4,
 }
 
 impl Reason {
@@ -22,6 +27,7 @@ impl Reason {
             1 => Some(Reason::Isolated),
             2 => Some(Reason::MetadataBlock),
             3 => Some(Reason::Revoked),
+            4 => Some(Reason::Observed),
             _ => None,
         }
     }
@@ -29,7 +35,7 @@ impl Reason {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct DenyEvent {
+pub struct FlowEvent {
     pub ts_ns: u64,
     /// Cgroup id for events from cgroup hooks, 0 for tc.
     pub cgroup: u64,
@@ -46,23 +52,23 @@ pub struct DenyEvent {
     pub from_cgroup: u8,
 }
 
-pub const DENY_EVENT_SIZE: usize = core::mem::size_of::<DenyEvent>();
-const _: () = assert!(DENY_EVENT_SIZE == 64);
+pub const FLOW_EVENT_SIZE: usize = core::mem::size_of::<FlowEvent>();
+const _: () = assert!(FLOW_EVENT_SIZE == 64);
 
-impl DenyEvent {
+impl FlowEvent {
     /// Decode an event from the bytes of a ring buffer record.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < DENY_EVENT_SIZE {
+        if bytes.len() < FLOW_EVENT_SIZE {
             return None;
         }
-        // SAFETY: length checked; DenyEvent is plain data valid for any bytes.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<DenyEvent>()) })
+        // SAFETY: length checked; FlowEvent is plain data valid for any bytes.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEvent>()) })
     }
 
     /// The bytes of this event as the kernel writes them.
-    pub fn as_bytes(&self) -> &[u8; DENY_EVENT_SIZE] {
+    pub fn as_bytes(&self) -> &[u8; FLOW_EVENT_SIZE] {
         // SAFETY: repr(C) plain data without implicit padding (size asserted).
-        unsafe { &*(self as *const DenyEvent).cast::<[u8; DENY_EVENT_SIZE]>() }
+        unsafe { &*(self as *const FlowEvent).cast::<[u8; FLOW_EVENT_SIZE]>() }
     }
 
     pub fn sport(&self) -> u16 {
@@ -80,7 +86,7 @@ mod tests {
 
     #[test]
     fn event_round_trips_through_bytes() {
-        let ev = DenyEvent {
+        let ev = FlowEvent {
             ts_ns: 7,
             sport_be: 1234u16.to_be_bytes(),
             dport_be: 80u16.to_be_bytes(),
@@ -91,9 +97,9 @@ mod tests {
             reason: Reason::Isolated as u8,
             ..Default::default()
         };
-        let back = DenyEvent::decode(ev.as_bytes()).expect("decodes");
+        let back = FlowEvent::decode(ev.as_bytes()).expect("decodes");
         assert_eq!(back, ev);
         assert_eq!(back.dport(), 80);
-        assert!(DenyEvent::decode(&ev.as_bytes()[..10]).is_none());
+        assert!(FlowEvent::decode(&ev.as_bytes()[..10]).is_none());
     }
 }

@@ -9,5 +9,5 @@
 pub mod event;
 pub mod maps;
 
-pub use event::{DenyEvent, Reason};
+pub use event::{FlowEvent, Reason};
 pub use maps::*;

@@ -40,10 +40,12 @@ pub const GLOBAL_FLOW_INTERVAL_NS: &str = "FLOW_INTERVAL_NS";
 pub const GLOBAL_FLOW_TOLERANCE_NS: &str = "FLOW_TOLERANCE_NS";
 pub const GLOBAL_EVENT_INTERVAL_NS: &str = "EVENT_INTERVAL_NS";
 pub const GLOBAL_EVENT_TOLERANCE_NS: &str = "EVENT_TOLERANCE_NS";
+pub const GLOBAL_OBSERVE_INTERVAL_NS: &str = "OBSERVE_INTERVAL_NS";
+pub const GLOBAL_OBSERVE_TOLERANCE_NS: &str = "OBSERVE_TOLERANCE_NS";
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another
 /// version are replaced, never reinterpreted.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_IPCACHE: u32 = 262_144;
@@ -173,6 +175,11 @@ pub mod endpoint_flags {
     /// Isolation comes from the default-deny profile alone (for attribution).
     pub const INGRESS_DEFAULT_DENY: u32 = 1 << 3;
     pub const EGRESS_DEFAULT_DENY: u32 = 1 << 4;
+    /// Allowed new flows in this direction are sent to user space (within
+    /// the endpoint's observation budget): flow observation, audit-mode
+    /// policies and Calico `Log` rules are judged there.
+    pub const OBSERVE_INGRESS: u32 = 1 << 5;
+    pub const OBSERVE_EGRESS: u32 = 1 << 6;
 }
 
 #[repr(C)]
@@ -269,12 +276,14 @@ pub struct CtValue {
 }
 
 /// Value of [`MAP_BUDGETS`]: the theoretical arrival time (CLOCK_MONOTONIC
-/// ns) of the next new flow and of the next deny event of one endpoint.
+/// ns) of the next new flow, deny event and observed flow of one endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Budget {
     pub flow_tat_ns: u64,
     pub event_tat_ns: u64,
+    /// Of the next observed (allowed) new flow sent to user space.
+    pub observe_tat_ns: u64,
 }
 
 /// Key of [`MAP_FRAGMENTS`]: a datagram as the fragment header names it.
@@ -321,9 +330,11 @@ pub enum Counter {
     FragmentTracked = 22,
     RateLimited = 23,
     EventBudget = 24,
+    Observed = 25,
+    ObserveBudget = 26,
 }
 
-pub const COUNTER_COUNT: u32 = 25;
+pub const COUNTER_COUNT: u32 = 27;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -352,6 +363,8 @@ impl Counter {
         Counter::FragmentTracked,
         Counter::RateLimited,
         Counter::EventBudget,
+        Counter::Observed,
+        Counter::ObserveBudget,
     ];
 
     /// Outcomes: every packet the tc programs see adds exactly one of these.
@@ -397,6 +410,8 @@ impl Counter {
             Counter::FragmentTracked => "fragment_tracked",
             Counter::RateLimited => "rate_limited",
             Counter::EventBudget => "event_budget",
+            Counter::Observed => "observed",
+            Counter::ObserveBudget => "observe_budget",
         }
     }
 }
@@ -409,7 +424,7 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 40);
     assert!(core::mem::size_of::<CtValue>() == 32);
     assert!(core::mem::size_of::<FragKey>() == 40);
-    assert!(core::mem::size_of::<Budget>() == 16);
+    assert!(core::mem::size_of::<Budget>() == 24);
 };
 
 #[cfg(feature = "user")]
@@ -423,5 +438,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::Budget {}
-    unsafe impl aya::Pod for super::super::DenyEvent {}
+    unsafe impl aya::Pod for super::super::FlowEvent {}
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    Addr, Budget, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, DenyEvent,
+    Addr, Budget, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FlowEvent,
     EVENTS_BYTES, EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue,
     MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IFACES, MAX_IPCACHE, MAX_POLICY,
     POLICY_PREFIX_FULL, PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags,
@@ -70,31 +70,49 @@ static EVENT_INTERVAL_NS: u64 = 0;
 #[unsafe(no_mangle)]
 static EVENT_TOLERANCE_NS: u64 = 0;
 
-/// Whether one more new flow (`events == false`) or deny event fits the
-/// endpoint's budget (generic cell rate algorithm: one timestamp a bucket).
+#[unsafe(no_mangle)]
+static OBSERVE_INTERVAL_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static OBSERVE_TOLERANCE_NS: u64 = 0;
+
+/// What an endpoint's budget is spent on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spend {
+    NewFlow,
+    DenyEvent,
+    Observation,
+}
+
+/// Whether one more `spend` fits the endpoint's budget (generic cell rate
+/// algorithm: one timestamp a budget).
 #[inline(always)]
-fn within_budget(endpoint: u32, now: u64, events: bool) -> bool {
+fn within_budget(endpoint: u32, now: u64, spend: Spend) -> bool {
     // SAFETY: reads of load-time constants; volatile so they are not folded.
     let (interval, tolerance) = unsafe {
-        if events {
-            (
-                core::ptr::read_volatile(&EVENT_INTERVAL_NS),
-                core::ptr::read_volatile(&EVENT_TOLERANCE_NS),
-            )
-        } else {
-            (
+        match spend {
+            Spend::NewFlow => (
                 core::ptr::read_volatile(&FLOW_INTERVAL_NS),
                 core::ptr::read_volatile(&FLOW_TOLERANCE_NS),
-            )
+            ),
+            Spend::DenyEvent => (
+                core::ptr::read_volatile(&EVENT_INTERVAL_NS),
+                core::ptr::read_volatile(&EVENT_TOLERANCE_NS),
+            ),
+            Spend::Observation => (
+                core::ptr::read_volatile(&OBSERVE_INTERVAL_NS),
+                core::ptr::read_volatile(&OBSERVE_TOLERANCE_NS),
+            ),
         }
     };
     if interval == 0 {
         return true;
     }
     let Some(b) = BUDGETS.get_ptr_mut(endpoint) else {
+        let next = now + interval;
         let fresh = Budget {
-            flow_tat_ns: if events { 0 } else { now + interval },
-            event_tat_ns: if events { now + interval } else { 0 },
+            flow_tat_ns: if spend == Spend::NewFlow { next } else { 0 },
+            event_tat_ns: if spend == Spend::DenyEvent { next } else { 0 },
+            observe_tat_ns: if spend == Spend::Observation { next } else { 0 },
         };
         let _ = BUDGETS.insert(endpoint, fresh, 0);
         return true;
@@ -102,10 +120,10 @@ fn within_budget(endpoint: u32, now: u64, events: bool) -> bool {
     // SAFETY: pointer from a successful lookup; a racing CPU may lose an
     // update, which admits a little more than the budget, never less.
     let tat = unsafe {
-        if events {
-            &mut (*b).event_tat_ns
-        } else {
-            &mut (*b).flow_tat_ns
+        match spend {
+            Spend::NewFlow => &mut (*b).flow_tat_ns,
+            Spend::DenyEvent => &mut (*b).event_tat_ns,
+            Spend::Observation => &mut (*b).observe_tat_ns,
         }
     };
     let start = if *tat > now { *tat } else { now };
@@ -495,7 +513,7 @@ fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64)
     // Policy ports are the server's: the local port on ingress, the remote on egress.
     let port = flow.dport;
     match verdict(ep, dir, flow.proto, &peer, port, ports_known) {
-        Ok(_) if !flow.later_fragment && !within_budget(ep.id, now, false) => {
+        Ok(_) if !flow.later_fragment && !within_budget(ep.id, now, Spend::NewFlow) => {
             // Over its budget of new flows: dropped before it can take a
             // conntrack entry from anyone else.
             count(Counter::RateLimited);
@@ -513,6 +531,7 @@ fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64)
                 if !flow.later_fragment {
                     open(flow, dir, ep, &peer, rule, now, 0);
                     remember_fragment(flow, dir, rule);
+                    observe(flow, dir, ep, peer.identity, now);
                 }
                 count(Counter::Allowed);
             }
@@ -566,15 +585,40 @@ fn deny(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, reason: Reason,
     if reason == Reason::MetadataBlock {
         count(Counter::MetadataBlocked);
     }
-    if !within_budget(ep.id, now, true) {
+    if !within_budget(ep.id, now, Spend::DenyEvent) {
         count(Counter::EventBudget);
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) else {
+    send_event(flow, dir, ep, identity, reason, now);
+}
+
+/// Sends an allowed new flow to user space, where the endpoint observes
+/// its flows and the observation budget has room (else only counted).
+#[inline(always)]
+fn observe(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, now: u64) {
+    let bit = if dir == DIR_INGRESS {
+        endpoint_flags::OBSERVE_INGRESS
+    } else {
+        endpoint_flags::OBSERVE_EGRESS
+    };
+    if ep.flags & bit == 0 {
+        return;
+    }
+    if !within_budget(ep.id, now, Spend::Observation) {
+        count(Counter::ObserveBudget);
+        return;
+    }
+    count(Counter::Observed);
+    send_event(flow, dir, ep, identity, Reason::Observed, now);
+}
+
+#[inline(always)]
+fn send_event(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, reason: Reason, now: u64) {
+    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         count(Counter::EventLost);
         return;
     };
-    entry.write(DenyEvent {
+    entry.write(FlowEvent {
         ts_ns: now,
         cgroup: 0,
         saddr: flow.saddr,

@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use palisade_common::{
-    Addr, Counter, DIR_EGRESS, DenyEvent, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, ipcache_flags,
+    Addr, Counter, DIR_EGRESS, FlowEvent, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, ipcache_flags,
     metadata_blocks, v4_mapped,
 };
 
@@ -201,10 +201,10 @@ fn judge(
     count(Counter::Denied);
     count(Counter::DeniedEgress);
     count(Counter::MetadataBlocked);
-    if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
+    if let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) {
         // SAFETY: plain helper without preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
-        entry.write(DenyEvent {
+        entry.write(FlowEvent {
             ts_ns: now,
             // The sending socket's cgroup (a retransmission may run in
             // softirq context, where the current task's would be wrong).

@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use palisade_common::{Counter, DIR_EGRESS, DenyEvent, Reason, metadata_blocks};
+use palisade_common::{Counter, DIR_EGRESS, FlowEvent, Reason, metadata_blocks};
 
 use crate::datapath::{EVENTS, count, identity_of};
 
@@ -76,12 +76,12 @@ fn reject(daddr: [u8; 16], port_be_u32: u32, proto: u32) -> i32 {
     count(Counter::Denied);
     count(Counter::DeniedEgress);
     count(Counter::MetadataBlocked);
-    if let Some(mut entry) = EVENTS.reserve::<DenyEvent>(0) {
+    if let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) {
         // SAFETY: plain helpers without preconditions.
         let (now, cgroup) = unsafe { (bpf_ktime_get_ns(), bpf_get_current_cgroup_id()) };
         // user_port holds the port in network order in its low 16 bits.
         let port = (port_be_u32 as u16).to_ne_bytes();
-        entry.write(DenyEvent {
+        entry.write(FlowEvent {
             ts_ns: now,
             cgroup,
             saddr: [0; 16],

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuArray};
-use palisade_common::DenyEvent;
+use palisade_common::{FlowEvent, Reason};
 use tracing::{info, warn};
 
 use super::{Options, backoff::Backoff};
@@ -24,7 +24,12 @@ use crate::{
         counters, interfaces,
     },
     error_chain::chain,
-    flows::{self, PolicyCache, log::DenyLog, sink::Sink},
+    flows::{
+        self, PolicyCache,
+        allowed::{self, Directory},
+        log::DenyLog,
+        sink::Sink,
+    },
     index::{Index, Kind},
     model::{Model, Node, ObjectRef, policy::Policy},
     policy::{
@@ -85,7 +90,8 @@ pub(super) struct Agent {
 
     deny_log: DenyLog,
     sink: Sink,
-    pods: BTreeMap<IpAddr, ObjectRef>,
+    /// Who holds each address, for attributing events.
+    directory: Directory,
     /// The isolating policies' names per endpoint, shared by deny records.
     names: PolicyCache,
 
@@ -131,7 +137,7 @@ impl Agent {
             last_metrics: Instant::now() - Duration::from_secs(60),
             deny_log: DenyLog::new(&opts.node_name, opts.log_settings.clone()),
             sink,
-            pods: flows::pods_by_ip(index.model()),
+            directory: Directory::new(index.model(), &opts.profile, &opts.node_addresses),
             names: PolicyCache::default(),
             attacher: Attacher::new(opts.interface_prefixes.clone()),
             cgroups: CgroupBlocks::new(opts.cgroup_root.clone().or_else(cgroups::cgroup2_root)),
@@ -145,7 +151,7 @@ impl Agent {
         for batch in batches {
             apply_batch(&mut self.index, &mut self.listed, &mut self.digest, batch);
         }
-        self.pods = flows::pods_by_ip(self.index.model());
+        self.directory = Directory::new(self.index.model(), &self.profile, &self.node.addresses);
         let owners = address_owners(self.index.model());
         self.reassigned
             .extend(changed_owners(&self.owners, &owners));
@@ -155,23 +161,52 @@ impl Agent {
         self.backoff.wake();
     }
 
-    /// Deny events (from the ring, or flows the conntrack thread cut),
-    /// attributed by the state programmed now.
-    pub(super) fn on_events(&mut self, events: impl IntoIterator<Item = DenyEvent>) {
+    /// Events from the ring (denials and observed allowed flows) or flows
+    /// the conntrack thread cut, attributed by the state programmed now.
+    pub(super) fn on_events(&mut self, events: impl IntoIterator<Item = FlowEvent>) {
         let now = SystemTime::now();
         let model = self.index.model();
-        // Ordered policies name the rule or tier end that denied; built
-        // once per batch, and only when there are any.
+        // Built once per batch, and only what the policies need: ordered
+        // policies name the rule or tier end that denied (and Log rules),
+        // audited ones need the policy set as it would be without audit.
         let network: Vec<Policy> = if model.ordered.is_empty() {
             Vec::new()
         } else {
             ordered::network_policies(model, &self.profile)
         };
         let layers = (!model.ordered.is_empty()).then(|| Layers::new(model, &network));
+        let with_audited: Vec<Policy> = if model.audited.is_empty() {
+            Vec::new()
+        } else {
+            ordered::network_policies_with_audited(model, &self.profile)
+        };
+        let would_be =
+            (!model.audited.is_empty()).then(|| Layers::with_audited(model, &with_audited));
+        let audited = allowed::audited_origins(model);
+        let judges = allowed::Judges {
+            logging: layers
+                .as_ref()
+                .filter(|_| model.ordered.values().any(|p| p.logs())),
+            would_be: would_be.as_ref(),
+            audited: &audited,
+        };
+        let mut observed = self.shared.observed();
         for ev in events {
-            if let Some(mut d) =
-                flows::attribute(&ev, self.syncer.state(), &mut self.names, &self.pods)
-            {
+            if ev.reason == Reason::Observed as u8 {
+                for c in allowed::connections(&ev, model, &self.directory) {
+                    observed.record(c, now);
+                }
+                for d in allowed::rejudge(&ev, model, &self.directory, &judges) {
+                    self.deny_log.observe(d, now);
+                }
+                continue;
+            }
+            if let Some(mut d) = flows::attribute(
+                &ev,
+                self.syncer.state(),
+                &mut self.names,
+                self.directory.pods(),
+            ) {
                 if let Some(layers) = &layers {
                     flows::name_deciding_policy(&mut d, model, layers);
                 }

@@ -34,6 +34,10 @@ pub struct Options {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Cut established flows that a policy change denies (with a deny record).
     pub revoke_on_policy_change: bool,
+    /// Allowed new flows go to user space (see `endpoint_flags::OBSERVE_*`).
+    pub observe_flows: bool,
+    /// Bound of the observed flows table.
+    pub max_observed_flows: usize,
     /// What one policy and one namespace may cost.
     pub budgets: crate::policy::Budgets,
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use palisade_common::DenyEvent;
+use palisade_common::FlowEvent;
 use tokio::{io::unix::AsyncFd, sync::Notify};
 use tracing::{error, info, warn};
 
@@ -26,7 +26,7 @@ pub(super) struct Wakes {
     /// Deny events from the datapath.
     pub events: AsyncFd<RingBuf<MapData>>,
     /// Flows the conntrack thread cut, as deny events.
-    pub revoked: tokio::sync::mpsc::Receiver<DenyEvent>,
+    pub revoked: tokio::sync::mpsc::Receiver<FlowEvent>,
     /// Link, address and route changes.
     pub netlink_changed: Arc<Notify>,
 }
@@ -48,7 +48,7 @@ pub(super) fn open_kernel(opts: &Options, shared: &Shared) -> anyhow::Result<(Ke
     let events =
         unsafe { AsyncFd::register(dp.take_events()?) }.context("polling the event ring")?;
     let (sweeps, sweep_rx) = std::sync::mpsc::channel();
-    let (revoked_tx, revoked) = tokio::sync::mpsc::channel::<DenyEvent>(4096);
+    let (revoked_tx, revoked) = tokio::sync::mpsc::channel::<FlowEvent>(4096);
     let ct = dp.take_conntrack()?;
     let view = PinnedMaps::open(dp.pins()).context("opening the pinned maps")?;
     std::thread::Builder::new()
@@ -63,7 +63,9 @@ pub(super) fn open_kernel(opts: &Options, shared: &Shared) -> anyhow::Result<(Ke
         warn!(error = %e, "no rtnetlink notifications; interfaces are found by polling only");
         Arc::default()
     });
-    let syncer = Syncer::new(dp.kernel_maps()?, observed).with_budgets(opts.budgets);
+    let syncer = Syncer::new(dp.kernel_maps()?, observed)
+        .with_budgets(opts.budgets)
+        .with_observation(opts.observe_flows);
     let kernel = Kernel {
         dp,
         syncer,

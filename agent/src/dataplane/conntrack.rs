@@ -20,7 +20,7 @@ use std::{
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use palisade_common::{
-    Addr, CtKey, CtValue, DIR_EGRESS, DenyEvent, EndpointValue, IDENTITY_WORLD, IpcacheValue,
+    Addr, CtKey, CtValue, DIR_EGRESS, EndpointValue, FlowEvent, IDENTITY_WORLD, IpcacheValue,
     MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, POLICY_PREFIX_FULL, PROTO_TCP, PROTO_UDP,
     PolicyKeyData, PolicyValue, Reason, ct_flags,
 };
@@ -146,7 +146,7 @@ pub fn pass(
     ct: &mut HashMap<MapData, CtKey, CtValue>,
     view: &impl MapView,
     sweep: Option<&Sweep>,
-    mut revoked: impl FnMut(DenyEvent),
+    mut revoked: impl FnMut(FlowEvent),
 ) -> PassReport {
     let now = monotonic_ns();
     let mut report = PassReport::default();
@@ -200,7 +200,7 @@ pub fn pass(
         };
         let _ = ct.insert(k, tombstone, 0);
         report.revoked += 1;
-        revoked(DenyEvent {
+        revoked(FlowEvent {
             ts_ns: now,
             cgroup: 0,
             saddr: k.saddr,
@@ -224,7 +224,7 @@ pub fn run(
     mut ct: HashMap<MapData, CtKey, CtValue>,
     view: PinnedMaps,
     sweeps: Receiver<Sweep>,
-    revoked: tokio::sync::mpsc::Sender<DenyEvent>,
+    revoked: tokio::sync::mpsc::Sender<FlowEvent>,
 ) {
     let mut last_pass: Option<std::time::Instant> = None;
     loop {

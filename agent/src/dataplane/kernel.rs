@@ -129,6 +129,10 @@ pub struct Budgets {
     pub new_flow_burst: u32,
     pub deny_events_per_sec: u32,
     pub deny_event_burst: u32,
+    /// Allowed new flows sent to user space for observation, audit and
+    /// `Log` rules; past it they are counted (`observe_budget`), not sent.
+    pub observed_flows_per_sec: u32,
+    pub observed_flow_burst: u32,
 }
 
 impl Default for Budgets {
@@ -138,6 +142,8 @@ impl Default for Budgets {
             new_flow_burst: 40_000,
             deny_events_per_sec: 500,
             deny_event_burst: 2_000,
+            observed_flows_per_sec: 200,
+            observed_flow_burst: 1_000,
         }
     }
 }
@@ -419,6 +425,10 @@ impl Datapath {
             sizes.budgets.deny_events_per_sec,
             sizes.budgets.deny_event_burst,
         );
+        let (observe_interval, observe_tolerance) = Budgets::spacing(
+            sizes.budgets.observed_flows_per_sec,
+            sizes.budgets.observed_flow_burst,
+        );
         let mut ebpf = loader
             .default_map_pin_directory(pins.maps())
             .override_global(
@@ -444,6 +454,16 @@ impl Datapath {
             .override_global(
                 palisade_common::GLOBAL_EVENT_TOLERANCE_NS,
                 &event_tolerance,
+                true,
+            )
+            .override_global(
+                palisade_common::GLOBAL_OBSERVE_INTERVAL_NS,
+                &observe_interval,
+                true,
+            )
+            .override_global(
+                palisade_common::GLOBAL_OBSERVE_TOLERANCE_NS,
+                &observe_tolerance,
                 true,
             )
             .load(PROGRAMS)

@@ -57,8 +57,74 @@ pub fn human(v: &Value) -> String {
             v["time"].as_str().unwrap_or(""),
             v["suppressed"].as_u64().unwrap_or(0)
         ),
+        Some("would-deny" | "log") => {
+            let mut out = format!(
+                "{} {} {} {} {} -> {}  ({})",
+                v["time"].as_str().unwrap_or(""),
+                v["type"].as_str().unwrap_or("?").to_uppercase(),
+                v["direction"].as_str().unwrap_or("?"),
+                v["protocol"].as_str().unwrap_or("?"),
+                side(&v["src"]),
+                side(&v["dst"]),
+                names(&v["policies"]),
+            );
+            if let Some(n) = v["count"].as_u64().filter(|n| *n > 1) {
+                let _ = write!(out, " x{n}");
+            }
+            out
+        }
+        None if v.get("first_seen").is_some() => observed(v),
         _ => v.to_string(),
     }
+}
+
+fn names(v: &Value) -> String {
+    v.as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// An observed allowed connection (see `flows::observed`) in a line.
+fn observed(v: &Value) -> String {
+    let peer = |p: &Value| {
+        let who = match (p["namespace"].as_str(), p["workload"].is_object()) {
+            (Some(ns), true) => format!(
+                "{ns}/{} ({})",
+                p["workload"]["name"].as_str().unwrap_or("?"),
+                p["workload"]["kind"].as_str().unwrap_or("?")
+            ),
+            (Some(ns), false) => format!("{ns}/{}", p["pod"].as_str().unwrap_or("?")),
+            (None, _) => format!(
+                "{} [{}]",
+                p["ip"].as_str().unwrap_or("?"),
+                p["kind"].as_str().unwrap_or("?")
+            ),
+        };
+        match p["service"].as_str() {
+            Some(svc) => format!("{who} via service {svc}"),
+            None => who,
+        }
+    };
+    let port = match (v["port"].as_u64(), v["named_port"].as_str()) {
+        (Some(p), Some(n)) => format!(":{p} ({n})"),
+        (Some(p), None) => format!(":{p}"),
+        _ => String::new(),
+    };
+    format!(
+        "{} ALLOW {} {} {} -> {}{port} x{} (last {})",
+        v["first_seen"].as_str().unwrap_or(""),
+        v["direction"].as_str().unwrap_or("?"),
+        v["protocol"].as_str().unwrap_or("?"),
+        peer(&v["src"]),
+        peer(&v["dst"]),
+        v["count"].as_u64().unwrap_or(0),
+        v["last_seen"].as_str().unwrap_or("")
+    )
 }
 
 fn query(follow: bool, namespace: Option<&str>, pod: Option<&str>) -> String {
@@ -72,26 +138,64 @@ fn query(follow: bool, namespace: Option<&str>, pod: Option<&str>) -> String {
     q.join("&")
 }
 
+/// Which records `palisade flows` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// Deny records (and would-deny and log records).
+    Denied,
+    /// The observed allowed connections.
+    Allowed,
+    /// Both: the allowed connections, then the denied.
+    All,
+}
+
 /// Streams records to stdout until the agent closes (or forever with `follow`).
 pub async fn run(
     addr: &str,
+    which: Which,
     follow: bool,
     namespace: Option<&str>,
     pod: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
+    if which != Which::Denied {
+        get_lines(
+            addr,
+            &format!("/flows/allowed?{}", query(false, namespace, pod)),
+            |l| print_line(l, json),
+        )
+        .await?;
+    }
+    if which != Which::Allowed {
+        get_lines(
+            addr,
+            &format!("/flows?{}", query(follow, namespace, pod)),
+            |l| print_line(l, json),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn print_line(l: &str, json: bool) {
+    if json {
+        println!("{l}");
+    } else if let Ok(v) = serde_json::from_str::<Value>(l) {
+        println!("{}", human(&v));
+    }
+}
+
+/// `GET path` on the agent's local endpoint, each body line to `each`.
+pub async fn get_lines(addr: &str, path: &str, mut each: impl FnMut(&str)) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect(addr).await.with_context(|| {
         format!("connecting to the agent at {addr} (is it running with --listen {addr}?)")
     })?;
-    let req = format!(
-        "GET /flows?{} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
-        query(follow, namespace, pod)
-    );
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream.write_all(req.as_bytes()).await?;
     let mut lines = BufReader::new(stream).lines();
     let status = lines.next_line().await?.unwrap_or_default();
     if !status.contains(" 200 ") {
-        bail!("the agent answered {status:?}");
+        bail!("the agent answered {status:?} to GET {path}");
     }
     // Headers end at the first empty line.
     while let Some(l) = lines.next_line().await? {
@@ -100,11 +204,7 @@ pub async fn run(
         }
     }
     while let Some(l) = lines.next_line().await? {
-        if json {
-            println!("{l}");
-        } else if let Ok(v) = serde_json::from_str::<Value>(&l) {
-            println!("{}", human(&v));
-        }
+        each(&l);
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::Denial;
+use super::{Denial, RecordAction};
 
 #[derive(Clone, Debug)]
 pub struct LogSettings {
@@ -47,21 +47,18 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+/// A record as the agent writes it: `type` is `deny`, `would-deny` (an
+/// audited policy's), `log` (a Calico `Log` rule's) or `suppressed`.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Record {
-    Deny {
-        #[serde(serialize_with = "rfc3339")]
+    Flow {
         time: SystemTime,
         node: String,
-        #[serde(flatten)]
         flow: Denial,
         count: u64,
-        #[serde(serialize_with = "rfc3339")]
         first: SystemTime,
     },
     Suppressed {
-        #[serde(serialize_with = "rfc3339")]
         time: SystemTime,
         node: String,
         /// Whose records: a namespace, or `-` for senders outside the cluster.
@@ -70,15 +67,87 @@ pub enum Record {
     },
 }
 
-fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
+impl Record {
+    /// The record's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Flow { flow, .. } => match flow.action {
+                RecordAction::Deny => "deny",
+                RecordAction::Audit => "would-deny",
+                RecordAction::Log => "log",
+            },
+            Record::Suppressed { .. } => "suppressed",
+        }
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct FlowLine<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(serialize_with = "rfc3339")]
+            time: &'a SystemTime,
+            node: &'a str,
+            #[serde(flatten)]
+            flow: &'a Denial,
+            count: u64,
+            #[serde(serialize_with = "rfc3339")]
+            first: &'a SystemTime,
+        }
+        #[derive(Serialize)]
+        struct SuppressedLine<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(serialize_with = "rfc3339")]
+            time: &'a SystemTime,
+            node: &'a str,
+            source: &'a str,
+            suppressed: u64,
+        }
+        match self {
+            Record::Flow {
+                time,
+                node,
+                flow,
+                count,
+                first,
+            } => FlowLine {
+                kind: self.kind(),
+                time,
+                node,
+                flow,
+                count: *count,
+                first,
+            }
+            .serialize(s),
+            Record::Suppressed {
+                time,
+                node,
+                source,
+                suppressed,
+            } => SuppressedLine {
+                kind: self.kind(),
+                time,
+                node,
+                source,
+                suppressed: *suppressed,
+            }
+            .serialize(s),
+        }
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &&SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(**t))
 }
 
 impl Record {
     /// One line for people.
     pub fn human(&self) -> String {
         match self {
-            Record::Deny {
+            Record::Flow {
                 time, flow, count, ..
             } => {
                 let side = |s: &super::Side| {
@@ -90,12 +159,15 @@ impl Record {
                 };
                 let why = if flow.policies.is_empty() {
                     flow.reason.to_string()
+                } else if flow.action == RecordAction::Log {
+                    format!("logged-by: {}", flow.policies.join(", "))
                 } else {
                     format!("isolated-by: {}", flow.policies.join(", "))
                 };
                 format!(
-                    "{} DENY {} {} {} -> {} ({why}) x{count}",
+                    "{} {} {} {} {} -> {} ({why}) x{count}",
                     humantime::format_rfc3339_seconds(*time),
+                    self.kind().to_uppercase(),
                     flow.direction,
                     flow.protocol,
                     side(&flow.src),
@@ -237,7 +309,7 @@ impl DenyLog {
             };
             let source = source_of(&flow);
             if self.admit(&source, now) {
-                out.push(Record::Deny {
+                out.push(Record::Flow {
                     time: now,
                     node: self.node.clone(),
                     flow,
@@ -277,6 +349,7 @@ mod tests {
 
     fn flow(sport: u16) -> Denial {
         Denial {
+            action: crate::flows::RecordAction::Deny,
             direction: Direction::Ingress,
             protocol: crate::flows::IpProtocol(palisade_common::PROTO_TCP),
             src: Side {
@@ -307,7 +380,7 @@ mod tests {
         );
         let out = log.flush(t0 + Duration::from_secs(4));
         assert_eq!(out.len(), 1);
-        assert!(matches!(&out[0], Record::Deny { count: 2, .. }));
+        assert!(matches!(&out[0], Record::Flow { count: 2, .. }));
         assert!(log.flush(t0 + Duration::from_secs(60)).is_empty());
     }
 
@@ -326,7 +399,7 @@ mod tests {
         let out = log.flush(t0 + Duration::from_secs(3));
         let denies = out
             .iter()
-            .filter(|r| matches!(r, Record::Deny { .. }))
+            .filter(|r| matches!(r, Record::Flow { .. }))
             .count();
         assert!(denies <= 20, "burst respected: {denies}");
         let out2 = log.flush(t0 + Duration::from_secs(4));
@@ -374,11 +447,11 @@ mod tests {
         let out = log.flush(t0 + Duration::from_secs(3));
         let from_b = out
             .iter()
-            .filter(|r| matches!(r, Record::Deny { flow, .. } if flow.src.pod.as_deref() == Some("b/p")))
+            .filter(|r| matches!(r, Record::Flow { flow, .. } if flow.src.pod.as_deref() == Some("b/p")))
             .count();
         let from_a = out
             .iter()
-            .filter(|r| matches!(r, Record::Deny { flow, .. } if flow.src.pod.as_deref() == Some("a/p")))
+            .filter(|r| matches!(r, Record::Flow { flow, .. } if flow.src.pod.as_deref() == Some("a/p")))
             .count();
         assert!(from_a <= 20, "a's records stay within its budget: {from_a}");
         // b's denial was aggregated only if the table had room when it came;
@@ -417,7 +490,7 @@ mod tests {
         let out = log.flush(t0 + Duration::from_secs(3));
         assert!(
             out.iter().any(
-                |r| matches!(r, Record::Deny { flow, .. } if flow.src.pod.as_deref() == Some("b/p"))
+                |r| matches!(r, Record::Flow { flow, .. } if flow.src.pod.as_deref() == Some("b/p"))
             ),
             "b's denial is recorded whatever a sends"
         );

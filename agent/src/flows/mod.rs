@@ -1,6 +1,7 @@
 //! Deny events: decode (pure), attribute to pods and policies (pure),
 //! aggregate per flow and rate-limit (pure, clock passed in), print.
 
+pub mod allowed;
 pub mod client;
 pub mod file;
 pub mod log;
@@ -14,7 +15,7 @@ use std::{
     sync::Arc,
 };
 
-use palisade_common::{DenyEvent, Reason, endpoint_flags};
+use palisade_common::{FlowEvent, Reason, endpoint_flags};
 use serde::Serialize;
 
 use crate::{
@@ -34,9 +35,24 @@ pub struct Side {
     pub pod: Option<String>,
 }
 
-/// A denied flow, attributed.
+/// What a record says happened to its flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordAction {
+    /// Dropped.
+    #[default]
+    Deny,
+    /// Passed, but the policies with their audited ones would deny it.
+    Audit,
+    /// Passed or not, a Calico `Log` rule matched it.
+    Log,
+}
+
+/// A denied flow (or one an audited policy would deny, or a `Log` rule
+/// logs), attributed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Denial {
+    pub action: RecordAction,
     #[serde(serialize_with = "crate::model::as_display")]
     pub direction: Direction,
     pub protocol: IpProtocol,
@@ -197,6 +213,8 @@ pub enum DenyReason {
     Revoked,
     /// Isolated by `policies`, and no rule of theirs allows it.
     Policy,
+    /// A `Log` rule of `policies` matched (not a denial).
+    LogRule,
 }
 
 impl DenyReason {
@@ -206,6 +224,7 @@ impl DenyReason {
             DenyReason::MetadataBlock => profile::METADATA_BLOCK,
             DenyReason::Revoked => "revoked",
             DenyReason::Policy => "policy",
+            DenyReason::LogRule => "log-rule",
         }
     }
 }
@@ -253,7 +272,7 @@ pub fn pods_by_ip(model: &Model) -> BTreeMap<IpAddr, ObjectRef> {
 /// (`cache` holding that state's names); `None` for a record with a
 /// direction the kernel never writes.
 pub fn attribute(
-    ev: &DenyEvent,
+    ev: &FlowEvent,
     state: &DesiredState,
     cache: &mut PolicyCache,
     pods: &BTreeMap<IpAddr, ObjectRef>,
@@ -302,6 +321,7 @@ pub fn attribute(
         }
     };
     Some(Denial {
+        action: RecordAction::Deny,
         direction: dir,
         protocol: IpProtocol(ev.proto),
         src,
@@ -317,10 +337,10 @@ mod tests {
     use super::*;
     use crate::{model::policy::PolicyOrigin, policy::state::EndpointInfo};
 
-    fn event(sport: u16) -> DenyEvent {
+    fn event(sport: u16) -> FlowEvent {
         let mut daddr = [0u8; 16];
         daddr[10..].copy_from_slice(&[0xff, 0xff, 10, 0, 0, 2]);
-        DenyEvent {
+        FlowEvent {
             ts_ns: 0,
             cgroup: 0,
             saddr: [0; 16],

@@ -4,7 +4,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Namespace as ApiNamespace, Pod as ApiPod};
 
-use crate::model::{ContainerPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, Protocol};
+use crate::model::{
+    ContainerPort, Labels, NAMESPACE_NAME_LABEL, Namespace, Pod, Protocol, Workload,
+};
 use crate::policy::addr::canonical_ip;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,7 +118,42 @@ pub fn pod_from_api(pod: &ApiPod) -> Result<Option<Pod>, ConvertError> {
         node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         ports,
+        workload: workload_of(pod),
     }))
+}
+
+/// The pod's controller, with a Deployment's ReplicaSet seen through: a
+/// ReplicaSet named `<deployment>-<pod-template-hash>` stands for the
+/// Deployment, as `kubectl` shows it.
+fn workload_of(pod: &ApiPod) -> Option<Workload> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    if owner.kind == "ReplicaSet"
+        && let Some(deployment) = hash.and_then(|h| {
+            owner
+                .name
+                .strip_suffix(h.as_str())
+                .and_then(|n| n.strip_suffix('-'))
+        })
+    {
+        return Some(Workload {
+            kind: "Deployment".to_string(),
+            name: deployment.to_string(),
+        });
+    }
+    Some(Workload {
+        kind: owner.kind.clone(),
+        name: owner.name.clone(),
+    })
 }
 
 fn pod_ip(field: String, value: &str) -> Result<IpAddr, ConvertError> {

@@ -5,6 +5,7 @@ pub mod calico;
 pub mod cluster_network_policy;
 mod convert;
 mod label_selector;
+mod mode;
 mod network_policy;
 mod ordered;
 mod service;
@@ -19,6 +20,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 pub use label_selector::selector_from_api;
+pub use mode::{ANNOTATION_PREFIX, MODE_ANNOTATION, ModeError, mode_of};
 pub use network_policy::{PolicyError, policy_from_api};
 pub use ordered::{OrderedError, from_value_strict};
 pub use service::{endpoint_slice_from_api, service_from_api};
@@ -212,10 +214,20 @@ impl Index {
                 }
             }),
             Object::NetworkPolicy(np) => {
-                return match policy_from_api(np) {
-                    Ok(p) => {
+                let converted = mode_of(&np.metadata)
+                    .map_err(PolicyError::from)
+                    .and_then(|mode| Ok((mode, policy_from_api(np)?)));
+                return match converted {
+                    Ok((mode, p)) => {
                         self.rejected.remove(&key);
-                        self.model.policies.insert(key.object, p);
+                        let m = &mut self.model;
+                        crate::model::place(
+                            &mut m.policies,
+                            &mut m.audited.policies,
+                            key.object,
+                            p,
+                            mode,
+                        );
                         Ok(())
                     }
                     Err(source) => {
@@ -283,6 +295,7 @@ impl Index {
             }
             Kind::NetworkPolicy => {
                 self.model.policies.remove(&key.object);
+                self.model.audited.policies.remove(&key.object);
             }
             Kind::Service => {
                 self.model.services.remove(&key.object);
@@ -295,6 +308,7 @@ impl Index {
             | Kind::CalicoGlobalNetworkPolicy => {
                 if let Some(r) = ordered_ref(key) {
                     self.model.ordered.remove(&r);
+                    self.model.audited.ordered.remove(&r);
                 }
             }
             Kind::CalicoTier => {
@@ -308,6 +322,18 @@ impl Index {
     /// The ordered kinds: converted, then put in the model (a Tier
     /// re-resolves every Calico policy's tier).
     fn apply_ordered(&mut self, obj: &Object) -> Result<(), OrderedError> {
+        let meta = match obj {
+            Object::ClusterNetworkPolicy(o) => &o.metadata,
+            Object::CalicoNetworkPolicy(o) => &o.metadata,
+            Object::CalicoGlobalNetworkPolicy(o) => &o.metadata,
+            Object::CalicoTier(o) => &o.metadata,
+            Object::Namespace(_)
+            | Object::Pod(_)
+            | Object::NetworkPolicy(_)
+            | Object::Service(_)
+            | Object::EndpointSlice(_) => return Ok(()),
+        };
+        let mode = mode_of(meta)?;
         let (r, policy) = match obj {
             Object::ClusterNetworkPolicy(o) => {
                 cluster_network_policy::cluster_network_policy_from_api(o)?
@@ -331,13 +357,15 @@ impl Index {
             | Object::Service(_)
             | Object::EndpointSlice(_) => return Ok(()),
         };
-        self.model.ordered.insert(r, policy);
+        let m = &mut self.model;
+        crate::model::place(&mut m.ordered, &mut m.audited.ordered, r, policy, mode);
         Ok(())
     }
 
     /// Every Calico policy's tier, from the Tier objects known now.
     fn resolve_calico_tiers(&mut self) {
-        for p in self.model.ordered.values_mut() {
+        let m = &mut self.model;
+        for p in m.ordered.values_mut().chain(m.audited.ordered.values_mut()) {
             if let OrderedOrigin::Calico { tier, .. } = &p.origin {
                 p.tier = calico::resolve_tier(tier, &self.calico_tiers);
             }
@@ -366,7 +394,13 @@ impl Index {
                 })
                 .collect(),
             Kind::Pod => refs(&mut self.model.pods.keys()),
-            Kind::NetworkPolicy => refs(&mut self.model.policies.keys()),
+            Kind::NetworkPolicy => refs(
+                &mut self
+                    .model
+                    .policies
+                    .keys()
+                    .chain(self.model.audited.policies.keys()),
+            ),
             Kind::Service => refs(&mut self.model.services.keys()),
             Kind::EndpointSlice => refs(&mut self.model.endpoint_slices.keys()),
             Kind::ClusterNetworkPolicy
@@ -375,6 +409,7 @@ impl Index {
                 .model
                 .ordered
                 .keys()
+                .chain(self.model.audited.ordered.keys())
                 .map(ordered_key)
                 .filter(|k| k.kind == kind)
                 .collect(),

@@ -23,6 +23,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
+    #[error(transparent)]
+    Mode(#[from] super::ModeError),
     #[error("metadata.name and metadata.namespace are required")]
     MissingName,
     #[error("spec is required")]

@@ -21,6 +21,8 @@ use crate::{
 /// missing name names the field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OrderedError {
+    #[error(transparent)]
+    Mode(#[from] super::ModeError),
     #[error("metadata.name is required")]
     MissingName,
     #[error("metadata.namespace is required")]

@@ -278,6 +278,16 @@ pub struct OrderedPolicy {
 }
 
 impl OrderedPolicy {
+    /// Whether a rule of this policy logs (Calico `Log`): its pods' flows
+    /// are observed so that user space can write the records.
+    pub fn logs(&self) -> bool {
+        self.ingress
+            .iter()
+            .chain(self.egress.iter())
+            .flatten()
+            .any(|r| r.action == Action::Log)
+    }
+
     /// The key that sorts policies into evaluation order.
     pub fn position(&self) -> (&TierKey, &PolicyOrder) {
         (&self.tier.key, &self.order)

@@ -70,6 +70,9 @@ pub struct Compiler {
     /// Which policies fit their budgets, remembered so that what is
     /// enforced keeps its place.
     admission: Admission,
+    /// Every endpoint observes its allowed flows (else only those that
+    /// audited policies or `Log` rules select).
+    observe: bool,
     stats: CompileStats,
 }
 
@@ -96,6 +99,7 @@ impl Default for Compiler {
             identity_layer: IdentityLayer::default(),
             matches: MatchCache::default(),
             admission: Admission::new(Budgets::default()),
+            observe: false,
             stats: CompileStats::default(),
         }
     }
@@ -105,6 +109,12 @@ impl Compiler {
     /// A compiler that admits policies within `budgets`.
     pub fn with_budgets(mut self, budgets: Budgets) -> Self {
         self.admission = Admission::new(budgets);
+        self
+    }
+
+    /// Whether every endpoint sends its allowed new flows to user space.
+    pub fn with_observation(mut self, observe: bool) -> Self {
+        self.observe = observe;
         self
     }
 }
@@ -239,8 +249,25 @@ impl Compiler {
         }
 
         let layers = Layers::new(model, policies());
+        // Pods whose flows user space judges again: those of audited
+        // policies (would-deny records) and of `Log` rules.
+        let audited_here: Vec<&Policy> = model
+            .audited
+            .policies
+            .values()
+            .filter(|p| local_namespaces.contains(p.namespace.as_str()))
+            .collect();
+        let watched = Layers::from_parts(
+            model
+                .audited
+                .ordered
+                .values()
+                .chain(model.ordered.values().filter(|p| p.logs())),
+            audited_here,
+        );
         let mut endpoints = Endpoints {
             layers: &layers,
+            watched: (!self.observe).then_some(&watched),
             rules: &mut self.rules,
             matches: &mut self.matches,
             identities,
@@ -431,6 +458,8 @@ fn host_network_blocks(
 /// borrowed next to the identities it holds.
 struct Endpoints<'a> {
     layers: &'a Layers<'a>,
+    /// Whose pods observe their flows; `None`: every pod does.
+    watched: Option<&'a Layers<'a>>,
     rules: &'a mut Allocator<RuleRef>,
     matches: &'a mut MatchCache,
     identities: &'a BTreeMap<u32, Arc<Signature>>,
@@ -487,6 +516,15 @@ impl Endpoints<'_> {
                 self.rules_of(&mut state.maps.policy, emit, candidates)
             };
             flags |= isolation_flags(dir, &isolated_by);
+            if self
+                .watched
+                .is_none_or(|w| w.any_selects(self.model, pod, dir))
+            {
+                flags |= match dir {
+                    Direction::Ingress => endpoint_flags::OBSERVE_INGRESS,
+                    Direction::Egress => endpoint_flags::OBSERVE_EGRESS,
+                };
+            }
             match dir {
                 Direction::Ingress => info.ingress_isolated_by = isolated_by,
                 Direction::Egress => info.egress_isolated_by = isolated_by,

@@ -102,6 +102,24 @@ pub struct Layers<'a> {
 impl<'a> Layers<'a> {
     /// `network` are the NetworkPolicies (and profile policies) in force.
     pub fn new(model: &'a Model, network: impl IntoIterator<Item = &'a Policy>) -> Self {
+        Self::from_parts(model.ordered.values(), network)
+    }
+
+    /// Every policy, the audited ones too: what would be enforced without
+    /// their `palisade.dev/mode: audit` annotation. `network` are the
+    /// NetworkPolicies (audited ones included) and profile policies.
+    pub fn with_audited(model: &'a Model, network: impl IntoIterator<Item = &'a Policy>) -> Self {
+        Self::from_parts(
+            model.ordered.values().chain(model.audited.ordered.values()),
+            network,
+        )
+    }
+
+    /// Layers of exactly these policies.
+    pub fn from_parts(
+        ordered: impl IntoIterator<Item = &'a OrderedPolicy>,
+        network: impl IntoIterator<Item = &'a Policy>,
+    ) -> Self {
         let mut layers: Vec<Layer<'a>> = Vec::new();
         let mut push =
             |key: TierKey, end_of_tier_deny: bool, order: PolicyOrder, m: Member<'a>| match layers
@@ -115,7 +133,9 @@ impl<'a> Layers<'a> {
                     members: vec![(order, m)],
                 }),
             };
-        for p in model.ordered.values() {
+        let mut any_ordered = false;
+        for p in ordered {
+            any_ordered = true;
             push(
                 p.tier.key.clone(),
                 p.tier.end_of_tier_deny,
@@ -123,7 +143,6 @@ impl<'a> Layers<'a> {
                 Member::Ordered(p),
             );
         }
-        let any_ordered = !model.ordered.is_empty();
         for p in network {
             push(
                 default_tier(),
@@ -154,6 +173,14 @@ impl<'a> Layers<'a> {
                     matches!(m, Member::Ordered(_)) && member_rules(model, *m, pod, dir).is_some()
                 })
             })
+    }
+
+    /// Whether any policy here selects `pod` in `dir`.
+    pub fn any_selects(&self, model: &Model, pod: &Pod, dir: Direction) -> bool {
+        self.layers
+            .iter()
+            .flat_map(|l| &l.members)
+            .any(|(_, m)| member_rules(model, *m, pod, dir).is_some())
     }
 
     /// The policies that select `pod` in `dir`, in evaluation order.
@@ -645,10 +672,22 @@ fn origin(m: Member<'_>) -> PolicyOrigin {
 /// NetworkPolicies and the profile's policies for every namespace with a
 /// pod: what sits in the default tier, for [`Layers::new`] outside a compile.
 pub fn network_policies(model: &Model, profile: &super::Profile) -> Vec<Policy> {
+    network_policies_of(model, profile, false)
+}
+
+/// [`network_policies`] with the audited NetworkPolicies, for
+/// [`Layers::with_audited`].
+pub fn network_policies_with_audited(model: &Model, profile: &super::Profile) -> Vec<Policy> {
+    network_policies_of(model, profile, true)
+}
+
+fn network_policies_of(model: &Model, profile: &super::Profile, audited: bool) -> Vec<Policy> {
     let namespaces: BTreeSet<&str> = model.pods.values().map(|p| p.namespace.as_str()).collect();
+    let audited = audited.then_some(&model.audited.policies);
     model
         .policies
         .values()
+        .chain(audited.into_iter().flat_map(|a| a.values()))
         .cloned()
         .chain(
             namespaces

@@ -295,11 +295,22 @@ async fn report_missing(crd: &Crd, tx: &Sender<Batch>) -> bool {
 }
 
 /// Drops the metadata the index never reads (managed fields and
-/// annotations are most of many objects' size).
+/// annotations are most of many objects' size): of annotations, Palisade's
+/// own are kept (`palisade.dev/mode`), of owners the controller.
 fn trim(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    meta.annotations = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(crate::index::ANNOTATION_PREFIX));
+    }
+    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        meta.annotations = None;
+    }
     meta.managed_fields = None;
-    meta.owner_references = None;
+    if let Some(o) = meta.owner_references.as_mut() {
+        o.retain(|r| r.controller == Some(true));
+        for r in o.iter_mut() {
+            r.uid = String::new();
+        }
+    }
 }
 
 /// Keeps of a Pod what the index reads: name, namespace, uid, labels, node,
@@ -438,11 +449,11 @@ mod tests {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": "web-1", "namespace": "shop", "uid": "u-1",
-                "labels": {"app": "web"},
+                "labels": {"app": "web", "pod-template-hash": "5d8f9c"},
                 "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(4000)},
                 "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1",
                                    "fieldsV1": {"f:status": {"f:conditions": {}}}}],
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "r"}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f9c", "uid": "r", "controller": true}],
                 "finalizers": ["example.com/x"],
             },
             "spec": {
@@ -484,6 +495,16 @@ mod tests {
             index.apply(&Object::Pod(Box::new(p))).expect("valid");
             index.model().pods.clone()
         };
-        assert_eq!(model(trimmed), model(full));
+        let pods = model(trimmed);
+        assert_eq!(pods, model(full));
+        let workload = pods.values().next().and_then(|p| p.workload.clone());
+        assert_eq!(
+            workload,
+            Some(crate::model::Workload {
+                kind: "Deployment".into(),
+                name: "web".into()
+            }),
+            "a ReplicaSet's pods are its Deployment's"
+        );
     }
 }
