@@ -42,6 +42,18 @@ pub fn load_sized(
     unknown: UnknownEndpoint,
     sizes: MapSizes,
 ) -> (Pins, Datapath, Syncer<KernelMaps>, usize) {
+    load_with(model, profile, unknown, sizes, false)
+}
+
+/// [`load_sized`], with every endpoint observing its allowed flows when
+/// `observe` (as the agent's `--observe-flows`).
+pub fn load_with(
+    model: &str,
+    profile: &Profile,
+    unknown: UnknownEndpoint,
+    sizes: MapSizes,
+    observe: bool,
+) -> (Pins, Datapath, Syncer<KernelMaps>, usize) {
     // SAFETY: no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -57,7 +69,8 @@ pub fn load_sized(
     let mut dp = Datapath::open_sized(pins.0.clone(), unknown, sizes)
         .expect("load the programs (the verifier must accept them)");
     let model = parse_model(model);
-    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default());
+    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default())
+        .with_observation(observe);
     let r = syncer.sync(&model, &node(&model), profile);
     (pins, dp, syncer, r.failed)
 }
