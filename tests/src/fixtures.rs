@@ -69,8 +69,8 @@ pub fn load_with(
     let mut dp = Datapath::open_sized(pins.0.clone(), unknown, sizes)
         .expect("load the programs (the verifier must accept them)");
     let model = parse_model(model);
-    let mut syncer = Syncer::new(dp.kernel_maps().expect("maps"), Maps::default())
-        .with_observation(observe);
+    let mut syncer =
+        Syncer::new(dp.kernel_maps().expect("maps"), Maps::default()).with_observation(observe);
     let r = syncer.sync(&model, &node(&model), profile);
     (pins, dp, syncer, r.failed)
 }

@@ -299,3 +299,118 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A Calico `Log` rule writes a log record for what it matched and leaves
+/// the verdict to the rules after it; the would-deny metric moves for an
+/// audited policy.
+#[test]
+fn log_rules_and_audited_policies_write_their_records() -> anyhow::Result<()> {
+    palisade_tests::fixtures::require_root();
+    let bin = agent_bin()?;
+    let run = format!("l{}", std::process::id() % 100_000);
+    let mut cluster = Cluster::new(&run, Family::Ipv4)?;
+    let web = vec![PortSpec {
+        port: 80,
+        protocol: "TCP".into(),
+        name: None,
+    }];
+    let ips = [
+        Ipv4Addr::new(10, 6, 0, 10),
+        Ipv4Addr::new(10, 6, 0, 11),
+        Ipv4Addr::new(10, 6, 0, 12),
+    ];
+    let a = cluster.add_wired("x/a", Some(ips[0]), None, web.clone())?;
+    let b = cluster.add_wired("x/b", Some(ips[1]), None, web.clone())?;
+    let c = cluster.add_wired("x/c", Some(ips[2]), None, web.clone())?;
+    let _l: Vec<_> = [&b, &c]
+        .iter()
+        .map(|h| probe::listen(h.netns.as_deref(), &web))
+        .collect::<Result<_, _>>()?;
+    let na = a.netns.clone().unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("palisade-log-{run}"));
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source)?;
+    let policies = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: log-then-allow, namespace: x}
+spec:
+  selector: 'pod == "b"'
+  types: [Ingress]
+  ingress:
+    - action: Log
+    - action: Allow
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: c-closed
+  namespace: x
+  annotations: {palisade.dev/mode: audit}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  policyTypes: [Ingress]
+"#;
+    std::fs::write(
+        source.join("cluster.yaml"),
+        format!(
+            "{policies}{}{}{}",
+            fixtures::pod_yaml("x", "a", ips[0]),
+            fixtures::pod_yaml("x", "b", ips[1]),
+            fixtures::pod_yaml("x", "c", ips[2]),
+        ),
+    )?;
+    let agent = AgentProcess::start(AgentSpec {
+        extra: ["--poll-ms", "50", "--deny-idle-secs", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..AgentSpec::in_dir(
+            bin.clone(),
+            &cluster.node_netns,
+            &dir,
+            format!("/sys/fs/bpf/palisade-log-{run}").into(),
+        )
+    })?;
+    agent.wait_programmed(&cluster.interfaces(), Duration::from_secs(20))?;
+    let node = cluster.node_netns.clone();
+    let short = Duration::from_millis(1500);
+    assert!(
+        fixtures::connects(&na, SocketAddr::from((ips[1], 80)), short),
+        "a Log rule does not change the verdict"
+    );
+    assert!(
+        fixtures::connects(&na, SocketAddr::from((ips[2], 80)), short),
+        "an audited policy does not deny"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let recs = records(&http_get(&node, "/flows")?);
+    let logged: Vec<&Value> = recs.iter().filter(|r| r["type"] == "log").collect();
+    assert_eq!(logged.len(), 1, "{recs:?}");
+    assert_eq!(logged[0]["action"], "log");
+    assert_eq!(logged[0]["dst"]["pod"], "x/b");
+    assert_eq!(
+        logged[0]["policies"],
+        serde_json::json!(["calico/default/x/log-then-allow"])
+    );
+    let audited: Vec<&Value> = recs.iter().filter(|r| r["type"] == "would-deny").collect();
+    assert_eq!(audited.len(), 1, "{recs:?}");
+    assert_eq!(audited[0]["action"], "audit");
+    assert_eq!(audited[0]["dst"]["pod"], "x/c");
+    assert_eq!(audited[0]["policies"], serde_json::json!(["x/c-closed"]));
+    assert!(
+        recs.iter().all(|r| r["type"] != "deny"),
+        "nothing was denied: {recs:?}"
+    );
+    let metrics = http_get(&node, "/metrics")?;
+    assert!(
+        metrics.contains("palisade_would_deny_flows_total{direction=\"ingress\",reason=\"policy\",policy=\"x/c-closed\"} 1"),
+        "{metrics}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

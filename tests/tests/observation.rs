@@ -131,7 +131,11 @@ fn observations_have_a_budget_of_their_own() {
     let (a, b) = (ip("10.0.1.10"), ip("10.0.1.11"));
     for sport in 0..50u16 {
         let syn = packets::packet(b, a, TCP, 41000 + sport, 80, SYN);
-        assert_eq!(run(&mut dp, &syn), TC_ACT_UNSPEC, "allowed, observed or not");
+        assert_eq!(
+            run(&mut dp, &syn),
+            TC_ACT_UNSPEC,
+            "allowed, observed or not"
+        );
     }
     // Denials still get their events: the budgets are apart.
     let denied = packets::packet(b, a, TCP, 42000, 81, SYN);

@@ -741,8 +741,22 @@ fn measure(bed: &Bed, quick: bool) -> anyhow::Result<(f64, f64)> {
     Ok((gbps, cps))
 }
 
-/// The setups of one rule count, measured back to back in one round.
-const SETUPS: [&str; 4] = ["bare", "palisade", "nft-linear", "nft-set"];
+/// The setups of one rule count, measured back to back in one round. At
+/// 1k rules also Palisade without flow observation (`--observe-flows
+/// false`), for what recording allowed flows costs.
+fn setups(n: usize) -> &'static [&'static str] {
+    if n == 1_000 {
+        &[
+            "bare",
+            "palisade",
+            "nft-linear",
+            "nft-set",
+            "palisade-unobserved",
+        ]
+    } else {
+        &["bare", "palisade", "nft-linear", "nft-set"]
+    }
+}
 
 /// One setup, measured once: Palisade's agent or an nftables ruleset is
 /// put in place, measured, and removed again.
@@ -756,7 +770,8 @@ fn measure_setup(
     let node = &bed.cluster.node_netns;
     match setup {
         "bare" => measure(bed, quick),
-        "palisade" => {
+        "palisade" | "palisade-unobserved" => {
+            let observe = if setup == "palisade" { "true" } else { "false" };
             let source = dir.join(format!("src-{n}"));
             std::fs::create_dir_all(&source)?;
             std::fs::write(source.join("bench.yaml"), source_yaml(n))?;
@@ -772,6 +787,8 @@ fn measure_setup(
                     "0",
                     "--max-namespace-cidrs",
                     "0",
+                    "--observe-flows",
+                    observe,
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -827,8 +844,9 @@ fn datapath(quick: bool) -> anyhow::Result<Value> {
     for round in 0..rounds {
         for n in [10usize, 1_000, 10_000] {
             let mut got: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-            for k in 0..SETUPS.len() {
-                let setup = SETUPS[(k + round) % SETUPS.len()];
+            let setups = setups(n);
+            for k in 0..setups.len() {
+                let setup = setups[(k + round) % setups.len()];
                 let r = measure_setup(&bed, setup, n, &dir, quick)?;
                 println!(
                     "round {round}, {setup}-{n}: {:.2} Gbit/s, {:.0} conn/s",
@@ -1135,7 +1153,7 @@ fn markdown(r: &Value) -> String {
     let d = &r["datapath"];
     s.push_str(&format!(
         "## Datapath: two pod namespaces on one node\n\n\
-         {} rounds; in each, every rule count's four setups run back to back in an order rotating \
+         {} rounds; in each, every rule count's setups (four; five at 1k, with Palisade unobserved) run back to back in an order rotating \
          from round to round, and each is compared with the bare run of its own round. Medians over \
          the rounds, the ratio's range after it.\n\n\
          | setup | Gbit/s | vs bare | conn/s | vs bare |\n|---|---|---|---|---|\n",
@@ -1147,6 +1165,7 @@ fn markdown(r: &Value) -> String {
         "nft-linear-10",
         "nft-set-10",
         "palisade-1000",
+        "palisade-unobserved-1000",
         "nft-linear-1000",
         "nft-set-1000",
         "palisade-10000",
@@ -1178,6 +1197,14 @@ fn markdown(r: &Value) -> String {
                 f(&v["max"])
             ));
         }
+    }
+    if let (Some(on), Some(off)) = (d.get("palisade-1000"), d.get("palisade-unobserved-1000")) {
+        s.push_str(&format!(
+            "\n\nRecording allowed flows (`--observe-flows`, on by default) at 1k rules: connection rate \
+             {:.3} of bare with it, {:.3} without it (same rounds).",
+            f(&on["conn_rate_vs_bare"]),
+            f(&off["conn_rate_vs_bare"])
+        ));
     }
     let verdict = |name: &str, mid: f64, lo: f64, target: f64| {
         if lo >= target {
