@@ -175,7 +175,7 @@ fn log_rejections(old: &DesiredState, new: &DesiredState) {
     }
     for policy in old.rejected.keys() {
         if !new.rejected.contains_key(policy) {
-            info!(%policy, "NetworkPolicy within its budgets again (or deleted): enforced as written");
+            info!(%policy, "policy within its budgets again (or deleted): enforced as written");
         }
     }
 }

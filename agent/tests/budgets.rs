@@ -138,7 +138,7 @@ fn an_abusive_policy_is_rejected_whole_and_a_new_pod_elsewhere_is_enforced() {
     let profile = Profile::default();
     let state = compiler.compile(idx.model(), &node(), &profile);
 
-    let r = &state.rejected[&ObjectRef::new("tenant", "flood")];
+    let r = &state.rejected[&PolicyOrigin::NetworkPolicy(ObjectRef::new("tenant", "flood"))];
     assert_eq!(r.reason, Reason::PolicyEntries);
     assert_eq!((r.cost, r.limit), (1_200_000, 50_000));
     assert_eq!(r.in_force, InForce::IsolationOnly);
@@ -210,7 +210,7 @@ fn an_edit_over_budget_keeps_the_last_admitted_version_in_force() {
 
     apply(&mut idx, &flood("grow", 400, 1000));
     let after = compiler.compile(idx.model(), &node(), &profile);
-    let r = &after.rejected[&ObjectRef::new("tenant", "grow")];
+    let r = &after.rejected[&PolicyOrigin::NetworkPolicy(ObjectRef::new("tenant", "grow"))];
     assert_eq!(r.in_force, InForce::LastAdmitted);
     assert_eq!(
         canonical(&after),
@@ -250,7 +250,7 @@ fn a_namespace_budget_rejects_the_newcomer_never_what_is_enforced() {
     let state = compiler.compile(idx.model(), &node(), &profile);
     let rejected: Vec<_> = state.rejected.keys().map(ToString::to_string).collect();
     assert_eq!(rejected, ["tenant/aa-second"]);
-    let r = &state.rejected[&ObjectRef::new("tenant", "aa-second")];
+    let r = &state.rejected[&PolicyOrigin::NetworkPolicy(ObjectRef::new("tenant", "aa-second"))];
     assert_eq!(
         (r.reason, r.cost, r.limit),
         (Reason::NamespaceEntries, 120, 100)
@@ -291,7 +291,7 @@ fn a_tenants_excepts_cannot_multiply_another_namespaces_identities() {
     let abusive = model(&(yaml.clone() + &excepts("split", 0..5)));
     let state = compile(&abusive, &node(), &profile);
     assert_eq!(
-        state.rejected[&ObjectRef::new("tenant", "split")].reason,
+        state.rejected[&PolicyOrigin::NetworkPolicy(ObjectRef::new("tenant", "split"))].reason,
         Reason::PolicyCidrs
     );
     assert_eq!(state.maps.policy.len(), clean_entries);
@@ -349,7 +349,7 @@ fn a_modest_policy_selecting_many_pods_is_held_by_the_namespace_budget() {
     let m = model(&(yaml + &wide));
     let profile = Profile::default();
     let state = compile(&m, &node(), &profile);
-    let r = &state.rejected[&ObjectRef::new("tenant", "wide")];
+    let r = &state.rejected[&PolicyOrigin::NetworkPolicy(ObjectRef::new("tenant", "wide"))];
     assert_eq!(r.reason, Reason::NamespaceEntries);
     assert_eq!(r.limit, 200_000);
     assert!(r.cost > 200_000, "{r}");
@@ -448,4 +448,88 @@ fn a_tenant_at_its_budget_adds_no_work_to_another_namespaces_edit() {
         PROTO_TCP,
         80
     ));
+}
+
+/// A tenant's Calico NetworkPolicy of `peers` selectors x `ports` ports.
+fn calico_flood(name: &str, peers: usize, ports: usize) -> String {
+    let mut s = format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: tenant}}\n\
+         spec:\n  selector: all()\n  types: [Ingress]\n  ingress:\n"
+    );
+    for i in 0..peers {
+        s += &format!(
+            "  - action: Allow\n    protocol: TCP\n    source: {{selector: 'peer == \"p{i}\"'}}\n    destination:\n      ports: [{}]\n",
+            (0..ports)
+                .map(|p| (1000 + p).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    s
+}
+
+#[test]
+fn a_tenants_oversized_calico_policy_is_rejected_and_fails_closed() {
+    // 100 rules of 1,000 ports: 100,000 entries asked for, over 50,000.
+    let yaml = base() + &calico_flood("flood", 100, 1000);
+    let idx = index(&yaml);
+    let mut compiler = Compiler::default();
+    let profile = Profile::default();
+    let state = compiler.compile(idx.model(), &node(), &profile);
+    assert_eq!(state.rejected.len(), 1, "{:?}", state.rejected);
+    let r = state.rejected.values().next().expect("one");
+    assert_eq!(r.reason, Reason::PolicyEntries);
+    assert_eq!((r.cost, r.limit), (100_000, 50_000));
+    assert_eq!(r.in_force, InForce::IsolationOnly);
+    let text = r.to_string();
+    assert!(
+        text.contains("NetworkPolicy.projectcalico.org") && text.contains("tenant/flood"),
+        "{text}"
+    );
+    // Fail closed: the tenant's pod admits nothing; the victim is as before.
+    let t0: std::net::IpAddr = "10.3.0.10".parse().expect("ip");
+    let cli: std::net::IpAddr = "10.2.0.11".parse().expect("ip");
+    assert!(!sim::connection_allowed(
+        &state.maps,
+        cli,
+        t0,
+        PROTO_TCP,
+        1000
+    ));
+    let alone = compiler.compile(&without_tenant_calico(idx.model()), &node(), &profile);
+    assert_eq!(victims_part(&state), victims_part(&alone));
+
+    // Within budget, the same tenant's policy is enforced as written.
+    let small = index(&(base() + &calico_flood("flood", 3, 10)));
+    let state = Compiler::default().compile(small.model(), &node(), &profile);
+    assert!(state.rejected.is_empty(), "{:?}", state.rejected);
+}
+
+#[test]
+fn calico_policies_share_their_namespaces_budget_with_network_policies() {
+    // 39,960 and 20,000 entries on one pod: each fits a namespace budget
+    // of 50,000 alone, not together. NetworkPolicies are counted first, so
+    // the Calico policy is the one rejected.
+    let mut yaml = base() + &flood("np", 40, 333);
+    yaml += &calico_flood("calico", 40, 500);
+    let idx = index(&yaml);
+    let budgets = Budgets {
+        namespace_entries: 50_000,
+        ..Budgets::default()
+    };
+    let state = Compiler::default().with_budgets(budgets).compile(
+        idx.model(),
+        &node(),
+        &Profile::default(),
+    );
+    assert_eq!(state.rejected.len(), 1, "{:?}", state.rejected);
+    let r = state.rejected.values().next().expect("one");
+    assert_eq!(r.reason, Reason::NamespaceEntries);
+    assert!(matches!(r.policy, PolicyOrigin::Ordered(_)), "{r}");
+}
+
+fn without_tenant_calico(m: &Model) -> Model {
+    let mut m = m.clone();
+    m.ordered.clear();
+    m
 }

@@ -139,6 +139,21 @@ pub enum OrderedOrigin {
     },
 }
 
+impl OrderedOrigin {
+    /// The API kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OrderedOrigin::Admin(_) | OrderedOrigin::Baseline(_) => "ClusterNetworkPolicy",
+            OrderedOrigin::Calico {
+                namespace: Some(_), ..
+            } => "NetworkPolicy.projectcalico.org",
+            OrderedOrigin::Calico {
+                namespace: None, ..
+            } => "GlobalNetworkPolicy.projectcalico.org",
+        }
+    }
+}
+
 impl fmt::Display for OrderedOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -21,8 +21,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::compile::port_prefixes;
-use crate::model::ObjectRef;
-use crate::model::policy::{Peer, Policy, PortRef};
+use crate::model::{
+    ObjectRef,
+    ordered::{Action, OrderedPolicy, OrderedRef, OrderedRule},
+    policy::{Peer, Policy, PolicyOrigin, PortRef, PortSpec},
+};
 
 /// Limits per policy and per namespace; 0 means no limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,28 +79,61 @@ impl Cost {
     pub fn of(policy: &Policy) -> Self {
         let mut cost = Cost::default();
         for rule in policy.ingress.iter().chain(policy.egress.iter()).flatten() {
-            let peers = rule.peers.len().max(1) as u64;
-            let ports: u64 = if rule.ports.is_empty() {
-                1
-            } else {
-                rule.ports
-                    .iter()
-                    .map(|p| match &p.port {
-                        Some(PortRef::Range { start, end }) => {
-                            port_prefixes(*start, *end).len() as u64
-                        }
-                        _ => 1,
-                    })
-                    .sum()
-            };
-            cost.entries = cost.entries.saturating_add(peers.saturating_mul(ports));
-            for peer in &rule.peers {
-                if let Peer::IpBlock { except, .. } = peer {
-                    cost.cidrs = cost.cidrs.saturating_add(1 + except.len() as u64);
-                }
-            }
+            let cidrs = rule
+                .peers
+                .iter()
+                .map(|peer| match peer {
+                    Peer::IpBlock { except, .. } => 1 + except.len() as u64,
+                    Peer::Pods { .. } => 0,
+                })
+                .sum();
+            cost = cost.plus(Cost::rule(rule.peers.len(), &rule.ports, cidrs));
         }
         cost
+    }
+
+    /// An ordered policy's, estimated alike: peers x port prefixes per
+    /// rule (excluded ports split ranges as ports do), nets and notNets
+    /// as CIDRs.
+    pub fn of_ordered(policy: &OrderedPolicy) -> Self {
+        let mut cost = Cost::default();
+        for rule in policy.ingress.iter().chain(policy.egress.iter()).flatten() {
+            let peers = rule.peers.as_deref().unwrap_or_default();
+            let cidrs = peers
+                .iter()
+                .chain(rule.local.iter())
+                .map(|m| (m.nets.as_ref().map_or(0, Vec::len) + m.not_nets.len()) as u64)
+                .sum();
+            let ports = rule.ports.as_deref().unwrap_or_default();
+            let mut c = Cost::rule(peers.len(), ports, cidrs);
+            if !rule.not_ports.is_empty() {
+                c.entries = c
+                    .entries
+                    .saturating_add(Cost::rule(peers.len(), &rule.not_ports, 0).entries);
+            }
+            cost = cost.plus(c);
+        }
+        cost
+    }
+
+    /// One rule: `peers` peers (0: any) times the prefixes of `ports`
+    /// (none: every port).
+    fn rule(peers: usize, ports: &[PortSpec], cidrs: u64) -> Self {
+        let ports: u64 = if ports.is_empty() {
+            1
+        } else {
+            ports
+                .iter()
+                .map(|p| match &p.port {
+                    Some(PortRef::Range { start, end }) => port_prefixes(*start, *end).len() as u64,
+                    _ => 1,
+                })
+                .sum()
+        };
+        Cost {
+            entries: (peers.max(1) as u64).saturating_mul(ports),
+            cidrs,
+        }
     }
 
     /// What it takes of a node where it selects `pods` pods.
@@ -169,7 +205,7 @@ pub enum InForce {
 /// Why a policy is not enforced as written.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rejection {
-    pub policy: ObjectRef,
+    pub policy: PolicyOrigin,
     pub reason: Reason,
     /// The policy's cost (per-policy limits) or the namespace's total with it.
     pub cost: u64,
@@ -193,13 +229,20 @@ impl std::fmt::Display for Rejection {
             Reason::PolicyEntries | Reason::PolicyCidrs => "per-policy",
             Reason::NamespaceEntries | Reason::NamespaceCidrs => "per-namespace",
         };
-        let in_force = match self.in_force {
-            InForce::LastAdmitted => "its last admitted version stays in force",
-            InForce::IsolationOnly => "it isolates the pods it selects and allows nothing",
+        let in_force = match (self.in_force, &self.policy) {
+            (InForce::LastAdmitted, _) => "its last admitted version stays in force",
+            (InForce::IsolationOnly, PolicyOrigin::Ordered(_)) => {
+                "it denies everything to and from the pods it selects"
+            }
+            (InForce::IsolationOnly, _) => "it isolates the pods it selects and allows nothing",
+        };
+        let kind = match &self.policy {
+            PolicyOrigin::Ordered(o) => o.kind(),
+            PolicyOrigin::NetworkPolicy(_) | PolicyOrigin::Profile(_) => "NetworkPolicy",
         };
         write!(
             f,
-            "NetworkPolicy {}: {} {what} exceed the {scope} budget of {} (budgets.{}); {in_force}",
+            "{kind} {}: {} {what} exceed the {scope} budget of {} (budgets.{}); {in_force}",
             self.policy,
             self.cost,
             self.limit,
@@ -208,12 +251,85 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-/// The outcome of one admission pass.
-#[derive(Clone, Debug, Default)]
-pub struct Admitted {
+/// What budgets weigh, and what stands in for a rejected policy that
+/// never had an admitted version (fail closed).
+pub trait Budgeted: Clone + PartialEq {
+    fn cost(&self) -> Cost;
+    fn origin(&self) -> PolicyOrigin;
+    fn isolation_only(&self) -> Self;
+}
+
+impl Budgeted for Policy {
+    fn cost(&self) -> Cost {
+        Cost::of(self)
+    }
+
+    fn origin(&self) -> PolicyOrigin {
+        self.origin.clone()
+    }
+
+    /// Its selection and policy types but no rules.
+    fn isolation_only(&self) -> Self {
+        Policy {
+            origin: self.origin.clone(),
+            namespace: self.namespace.clone(),
+            pod_selector: self.pod_selector.clone(),
+            ingress: self.ingress.as_ref().map(|_| Vec::new()),
+            egress: self.egress.as_ref().map(|_| Vec::new()),
+        }
+    }
+}
+
+impl Budgeted for OrderedPolicy {
+    fn cost(&self) -> Cost {
+        Cost::of_ordered(self)
+    }
+
+    fn origin(&self) -> PolicyOrigin {
+        PolicyOrigin::Ordered(self.origin.clone())
+    }
+
+    /// Its place and selection, denying everything in its directions: an
+    /// admin's deny must not open by being too large, and a tenant's
+    /// policy closes what it selects, as an isolating NetworkPolicy does.
+    fn isolation_only(&self) -> Self {
+        let deny_all = || {
+            vec![OrderedRule {
+                action: Action::Deny,
+                peers: None,
+                protocol: None,
+                not_protocol: None,
+                ports: None,
+                not_ports: Vec::new(),
+                local: None,
+            }]
+        };
+        OrderedPolicy {
+            ingress: self.ingress.as_ref().map(|_| deny_all()),
+            egress: self.egress.as_ref().map(|_| deny_all()),
+            ..self.clone()
+        }
+    }
+}
+
+/// The outcome of one admission pass over policies keyed by `K`.
+#[derive(Clone, Debug)]
+pub struct Admitted<K, P> {
     /// Policy -> what is compiled instead of its current version.
-    pub substitutes: BTreeMap<ObjectRef, Policy>,
-    pub rejected: BTreeMap<ObjectRef, Rejection>,
+    pub substitutes: BTreeMap<K, P>,
+    pub rejected: BTreeMap<PolicyOrigin, Rejection>,
+    /// The namespaces' admitted costs, for the next kind counted there.
+    pub totals: BTreeMap<String, Cost>,
+}
+
+impl<K, P> Default for Admitted<K, P> {
+    fn default() -> Self {
+        Self {
+            substitutes: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            totals: BTreeMap::new(),
+        }
+    }
 }
 
 /// Admission with memory: the versions admitted last time, with their cost.
@@ -221,6 +337,7 @@ pub struct Admitted {
 pub struct Admission {
     budgets: Budgets,
     admitted: BTreeMap<ObjectRef, (Policy, Cost)>,
+    admitted_ordered: BTreeMap<OrderedRef, (OrderedPolicy, Cost)>,
 }
 
 fn over(limit: u64, value: u64) -> bool {
@@ -232,27 +349,12 @@ impl Admission {
         Self {
             budgets,
             admitted: BTreeMap::new(),
+            admitted_ordered: BTreeMap::new(),
         }
     }
 
     pub fn budgets(&self) -> Budgets {
         self.budgets
-    }
-
-    /// The first limit `cost` (for `selected` local pods) breaks on top of
-    /// `total` (the namespace's admitted cost so far, entries weighted by
-    /// the pods selected), as (reason, value, limit).
-    fn check(&self, total: Cost, cost: Cost, selected: u64) -> Option<(Reason, u64, u64)> {
-        let b = &self.budgets;
-        let sum = total.plus(cost.on(selected));
-        [
-            (Reason::PolicyEntries, cost.entries, b.policy_entries),
-            (Reason::PolicyCidrs, cost.cidrs, b.policy_cidrs),
-            (Reason::NamespaceEntries, sum.entries, b.namespace_entries),
-            (Reason::NamespaceCidrs, sum.cidrs, b.namespace_cidrs),
-        ]
-        .into_iter()
-        .find(|(_, value, limit)| over(*limit, *value))
     }
 
     /// Decides, for every NetworkPolicy, what is compiled: it as written,
@@ -262,32 +364,108 @@ impl Admission {
         &mut self,
         policies: &BTreeMap<ObjectRef, Policy>,
         selected: impl Fn(&Policy) -> u64,
-    ) -> Admitted {
-        let mut out = Admitted::default();
-        let mut prev = std::mem::take(&mut self.admitted);
-        // Policies are keyed namespace first: one run per namespace.
-        let all: Vec<(&ObjectRef, &Policy)> = policies.iter().collect();
-        let mut start = 0;
-        while start < all.len() {
-            let ns = &all[start].0.namespace;
-            let end = all[start..]
-                .iter()
-                .position(|(k, _)| &k.namespace != ns)
-                .map_or(all.len(), |n| start + n);
-            self.admit_namespace(&all[start..end], &selected, &mut prev, &mut out);
-            start = end;
+    ) -> Admitted<ObjectRef, Policy> {
+        let prev = std::mem::take(&mut self.admitted);
+        let groups = group_by(policies, |k| Some(k.namespace.as_str()));
+        let mut pass = Pass {
+            budgets: self.budgets,
+            prev,
+            admitted: BTreeMap::new(),
+            out: Admitted::default(),
+        };
+        for (ns, members) in groups {
+            pass.namespace(ns, &members, &selected);
         }
-        out
+        self.admitted = pass.admitted;
+        pass.out
     }
 
-    /// Moves what stays admitted from `prev` into `self.admitted` (no
-    /// policy is copied unless it changed).
-    fn admit_namespace(
+    /// The same for ClusterNetworkPolicies and Calico policies, after the
+    /// NetworkPolicies (`totals`: their namespaces' costs): a Calico
+    /// NetworkPolicy counts against its namespace's budgets with them;
+    /// cluster-scoped ones (an administrator's) against the per-policy
+    /// budgets only.
+    pub fn admit_ordered(
         &mut self,
-        policies: &[(&ObjectRef, &Policy)],
-        selected: &impl Fn(&Policy) -> u64,
-        prev: &mut BTreeMap<ObjectRef, (Policy, Cost)>,
-        out: &mut Admitted,
+        policies: &BTreeMap<OrderedRef, OrderedPolicy>,
+        totals: BTreeMap<String, Cost>,
+        selected: impl Fn(&OrderedPolicy) -> u64,
+    ) -> Admitted<OrderedRef, OrderedPolicy> {
+        let prev = std::mem::take(&mut self.admitted_ordered);
+        let groups = group_by(policies, |k| match k {
+            OrderedRef::CalicoNetworkPolicy(o) => Some(o.namespace.as_str()),
+            OrderedRef::ClusterNetworkPolicy(_)
+            | OrderedRef::CalicoGlobalNetworkPolicy(_)
+            | OrderedRef::CalicoTier(_) => None,
+        });
+        let mut pass = Pass {
+            budgets: self.budgets,
+            prev,
+            admitted: BTreeMap::new(),
+            out: Admitted {
+                totals,
+                ..Admitted::default()
+            },
+        };
+        for (ns, members) in groups {
+            pass.namespace(ns, &members, &selected);
+        }
+        self.admitted_ordered = pass.admitted;
+        pass.out
+    }
+}
+
+/// Policies by namespace (`None`: cluster-scoped), in key order within each.
+fn group_by<K: Ord, P>(
+    policies: &BTreeMap<K, P>,
+    namespace: impl Fn(&K) -> Option<&str>,
+) -> BTreeMap<Option<String>, Vec<(&K, &P)>> {
+    let mut groups: BTreeMap<Option<String>, Vec<(&K, &P)>> = BTreeMap::new();
+    for (k, p) in policies {
+        groups
+            .entry(namespace(k).map(str::to_string))
+            .or_default()
+            .push((k, p));
+    }
+    groups
+}
+
+/// One admission pass: what was admitted before (`prev`) and what is now.
+struct Pass<K, P> {
+    budgets: Budgets,
+    prev: BTreeMap<K, (P, Cost)>,
+    admitted: BTreeMap<K, (P, Cost)>,
+    out: Admitted<K, P>,
+}
+
+impl<K: Ord + Clone, P: Budgeted> Pass<K, P> {
+    /// The first limit `cost` (for `selected` local pods) breaks on top of
+    /// `total` (the namespace's admitted cost so far, entries weighted by
+    /// the pods selected; `None`: no namespace budget applies), as
+    /// (reason, value, limit).
+    fn check(&self, total: Option<Cost>, cost: Cost, selected: u64) -> Option<(Reason, u64, u64)> {
+        let b = &self.budgets;
+        let mut checks = vec![
+            (Reason::PolicyEntries, cost.entries, b.policy_entries),
+            (Reason::PolicyCidrs, cost.cidrs, b.policy_cidrs),
+        ];
+        if let Some(total) = total {
+            let sum = total.plus(cost.on(selected));
+            checks.push((Reason::NamespaceEntries, sum.entries, b.namespace_entries));
+            checks.push((Reason::NamespaceCidrs, sum.cidrs, b.namespace_cidrs));
+        }
+        checks
+            .into_iter()
+            .find(|(_, value, limit)| over(*limit, *value))
+    }
+
+    /// Moves what stays admitted from `prev` into `admitted` (no policy is
+    /// copied unless it changed).
+    fn namespace(
+        &mut self,
+        ns: Option<String>,
+        policies: &[(&K, &P)],
+        selected: &impl Fn(&P) -> u64,
     ) {
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         enum Seen {
@@ -297,10 +475,10 @@ impl Admission {
         }
         // Unchanged admitted policies first, then edited ones, then new ones,
         // each group by name (stable sort): what is enforced keeps its place.
-        let mut order: Vec<(Seen, &ObjectRef, &Policy)> = policies
+        let mut order: Vec<(Seen, &K, &P)> = policies
             .iter()
             .map(|(k, p)| {
-                let seen = match prev.get(*k) {
+                let seen = match self.prev.get(*k) {
                     Some((old, _)) if old == *p => Seen::Unchanged,
                     Some(_) => Seen::Edited,
                     None => Seen::New,
@@ -309,16 +487,23 @@ impl Admission {
             })
             .collect();
         order.sort_by_key(|(seen, _, _)| *seen);
-        let mut total = Cost::default();
+        let mut total = ns
+            .as_ref()
+            .map(|n| self.out.totals.get(n).copied().unwrap_or_default());
         for (seen, key, policy) in order {
-            let cost = match (seen, prev.get(key)) {
+            let cost = match (seen, self.prev.get(key)) {
                 (Seen::Unchanged, Some((_, c))) => *c,
-                _ => Cost::of(policy),
+                _ => policy.cost(),
             };
             let pods = selected(policy);
+            let add = |total: &mut Option<Cost>, c: Cost, pods: u64| {
+                if let Some(t) = total.as_mut() {
+                    *t = t.plus(c.on(pods));
+                }
+            };
             let Some((reason, value, limit)) = self.check(total, cost, pods) else {
-                total = total.plus(cost.on(pods));
-                let kept = match (seen, prev.remove(key)) {
+                add(&mut total, cost, pods);
+                let kept = match (seen, self.prev.remove(key)) {
                     (Seen::Unchanged, Some(entry)) => entry,
                     _ => (policy.clone(), cost),
                 };
@@ -326,25 +511,28 @@ impl Admission {
                 continue;
             };
             // Rejected: the last admitted version if it still fits, else isolation.
-            let last = prev
+            let last = self
+                .prev
                 .remove(key)
                 .filter(|(old, c)| self.check(total, *c, selected(old)).is_none());
             let in_force = match last {
                 Some((old, c)) => {
-                    total = total.plus(c.on(selected(&old)));
-                    out.substitutes.insert(key.clone(), old.clone());
+                    add(&mut total, c, selected(&old));
+                    self.out.substitutes.insert(key.clone(), old.clone());
                     self.admitted.insert(key.clone(), (old, c));
                     InForce::LastAdmitted
                 }
                 None => {
-                    out.substitutes.insert(key.clone(), isolation_only(policy));
+                    self.out
+                        .substitutes
+                        .insert(key.clone(), policy.isolation_only());
                     InForce::IsolationOnly
                 }
             };
-            out.rejected.insert(
-                key.clone(),
+            self.out.rejected.insert(
+                policy.origin(),
                 Rejection {
-                    policy: key.clone(),
+                    policy: policy.origin(),
                     reason,
                     cost: value,
                     limit,
@@ -352,17 +540,9 @@ impl Admission {
                 },
             );
         }
-    }
-}
-
-/// The policy with its selection and policy types but no rules.
-fn isolation_only(policy: &Policy) -> Policy {
-    Policy {
-        origin: policy.origin.clone(),
-        namespace: policy.namespace.clone(),
-        pod_selector: policy.pod_selector.clone(),
-        ingress: policy.ingress.as_ref().map(|_| Vec::new()),
-        egress: policy.egress.as_ref().map(|_| Vec::new()),
+        if let (Some(ns), Some(total)) = (ns, total) {
+            self.out.totals.insert(ns, total);
+        }
     }
 }
 
@@ -407,9 +587,13 @@ mod tests {
 
     impl Admission {
         /// Every policy selecting one pod.
-        fn admit_all(&mut self, ps: &BTreeMap<ObjectRef, Policy>) -> Admitted {
+        fn admit_all(&mut self, ps: &BTreeMap<ObjectRef, Policy>) -> Admitted<ObjectRef, Policy> {
             self.admit(ps, |_| 1)
         }
+    }
+
+    fn np(ns: &str, name: &str) -> PolicyOrigin {
+        PolicyOrigin::NetworkPolicy(ObjectRef::new(ns, name))
     }
 
     fn map(ps: &[Policy]) -> BTreeMap<ObjectRef, Policy> {
@@ -456,12 +640,12 @@ mod tests {
         // "b" sorts first but comes second: it is the one rejected.
         let b = policy("a", "b", 10, 3);
         let out = adm.admit_all(&map(&[b.clone(), z.clone()]));
-        let r = &out.rejected[&ObjectRef::new("a", "b")];
+        let r = &out.rejected[&np("a", "b")];
         assert_eq!(
             (r.reason, r.cost, r.limit, r.in_force),
             (Reason::NamespaceEntries, 110, 100, InForce::IsolationOnly)
         );
-        assert!(!out.rejected.contains_key(&ObjectRef::new("a", "z")));
+        assert!(!out.rejected.contains_key(&np("a", "z")));
         // Another namespace has its own budget.
         let other = policy("c", "b", 10, 3);
         let out = adm.admit_all(&map(&[b, z, other]));
@@ -478,7 +662,7 @@ mod tests {
         let ps = map(std::slice::from_ref(&p));
         assert!(adm.admit(&ps, |_| 10).rejected.is_empty(), "10 x 10 fits");
         let out = adm.admit(&ps, |_| 11);
-        let r = &out.rejected[&ObjectRef::new("a", "p")];
+        let r = &out.rejected[&np("a", "p")];
         assert_eq!(
             (r.reason, r.cost, r.in_force),
             (Reason::NamespaceEntries, 110, InForce::IsolationOnly)
@@ -503,7 +687,7 @@ mod tests {
         );
         let big = policy("a", "p", 20, 20);
         let out = adm.admit_all(&map(std::slice::from_ref(&big)));
-        let r = &out.rejected[&ObjectRef::new("a", "p")];
+        let r = &out.rejected[&np("a", "p")];
         assert_eq!(r.in_force, InForce::LastAdmitted);
         assert_eq!(out.substitutes[&ObjectRef::new("a", "p")], small);
         let text = r.to_string();

@@ -43,7 +43,7 @@ use palisade_common::{
 use super::{
     addr::{IPV4_ROOT, canonical_ip},
     alloc::Allocator,
-    budget::{Admission, Admitted, Budgets},
+    budget::{Admission, Admitted, Budgets, Cost},
     flatten::Flatten,
     identity::{Blocks, IdentityLayer, Kind, Signature},
     matching::{MatchCache, PeerMatch},
@@ -56,7 +56,10 @@ use super::{
     },
 };
 use crate::model::policy::{Peer, Policy, PolicyOrigin, PortRef, Rule};
-use crate::model::{Model, Node, ObjectRef, Pod, Protocol};
+use crate::model::{
+    Model, Node, ObjectRef, Pod, Protocol,
+    ordered::{OrderedPolicy, OrderedRef},
+};
 
 /// Compiles with ids and intermediate results that persist across calls,
 /// so that an edit changes, and costs, only what it touches.
@@ -221,7 +224,8 @@ impl Compiler {
             .iter()
             .flat_map(|ns| profile.policies_for(ns))
             .collect();
-        let admitted = self.admit(model, &local);
+        let mut admitted = self.admit(model, &local);
+        let ordered = self.admit_ordered(model, &local, std::mem::take(&mut admitted.totals));
         let by_namespace = by_namespace(model, &admitted, &local_namespaces, &synthetic);
         let policies = || by_namespace.values().flatten().copied();
 
@@ -248,7 +252,13 @@ impl Compiler {
             state.identities.insert(*id, identity_info(sig));
         }
 
-        let layers = Layers::new(model, policies());
+        let layers = Layers::from_parts(
+            model
+                .ordered
+                .iter()
+                .map(|(k, p)| ordered.substitutes.get(k).unwrap_or(p)),
+            policies(),
+        );
         // Pods whose flows user space judges again: those of audited
         // policies (would-deny records) and of `Log` rules.
         let audited_here: Vec<&Policy> = model
@@ -290,6 +300,7 @@ impl Compiler {
         self.name_rules(&mut state, policies());
 
         state.rejected = admitted.rejected;
+        state.rejected.extend(ordered.rejected);
         self.identities.release_unused();
         self.endpoints.release_unused();
         self.rules.release_unused();
@@ -329,7 +340,7 @@ impl Compiler {
 
     /// Budgets are judged before anything is compiled: a policy over one
     /// is compiled as its substitute (last admitted version or isolation).
-    fn admit(&mut self, model: &Model, local: &[&Pod]) -> Admitted {
+    fn admit(&mut self, model: &Model, local: &[&Pod]) -> Admitted<ObjectRef, Policy> {
         let mut local_by_namespace: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
         for pod in local {
             local_by_namespace
@@ -343,6 +354,28 @@ impl Compiler {
                 .into_iter()
                 .flatten()
                 .filter(|pod| p.pod_selector.matches(&pod.labels))
+                .count() as u64
+        })
+    }
+
+    /// The ordered policies' budgets, after the NetworkPolicies' (whose
+    /// namespace costs are `totals`); a policy's pods are the local pods
+    /// its subject selects.
+    fn admit_ordered(
+        &mut self,
+        model: &Model,
+        local: &[&Pod],
+        totals: BTreeMap<String, Cost>,
+    ) -> Admitted<OrderedRef, OrderedPolicy> {
+        self.admission.admit_ordered(&model.ordered, totals, |p| {
+            local
+                .iter()
+                .filter(|pod| {
+                    p.subject
+                        .namespaces
+                        .matches(&pod.namespace, &model.namespace_labels(&pod.namespace))
+                        && p.subject.pods.matches(&pod.labels)
+                })
                 .count() as u64
         })
     }
@@ -388,7 +421,7 @@ impl Compiler {
 /// of NetworkPolicies in `local_namespaces`, then the profile's.
 fn by_namespace<'a>(
     model: &'a Model,
-    admitted: &'a Admitted,
+    admitted: &'a Admitted<ObjectRef, Policy>,
     local_namespaces: &BTreeSet<&str>,
     synthetic: &'a [Policy],
 ) -> BTreeMap<&'a str, Vec<&'a Policy>> {

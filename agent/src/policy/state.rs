@@ -116,7 +116,7 @@ pub struct DesiredState {
     pub rules: BTreeMap<u32, RuleRef>,
     pub identities: BTreeMap<u32, IdentityInfo>,
     /// NetworkPolicies over a budget, and what is enforced instead.
-    pub rejected: BTreeMap<ObjectRef, super::budget::Rejection>,
+    pub rejected: BTreeMap<crate::model::policy::PolicyOrigin, super::budget::Rejection>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
