@@ -1,0 +1,767 @@
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+
+use super::{
+    check::{Judge, advise_and_judge, assert_observed_allowed, ip, model_of},
+    input::parse_flows,
+    *,
+};
+use crate::{
+    flows::observed::{Connection, Workload},
+    policy::Direction,
+};
+
+fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn pod(ns: &str, workload: &str, name: &str, addr: &str, kv: &[(&str, &str)]) -> Peer {
+    Peer {
+        kind: PeerKind::Pod,
+        ip: ip(addr),
+        namespace: Some(ns.into()),
+        pod: Some(name.into()),
+        workload: Some(Workload {
+            kind: "Deployment".into(),
+            name: workload.into(),
+        }),
+        labels: labels(kv),
+        service: None,
+    }
+}
+
+fn bare(ns: &str, name: &str, addr: &str, kv: &[(&str, &str)]) -> Peer {
+    Peer {
+        workload: None,
+        ..pod(ns, "-", name, addr, kv)
+    }
+}
+
+fn address(kind: PeerKind, addr: &str) -> Peer {
+    Peer {
+        kind,
+        ip: ip(addr),
+        namespace: None,
+        pod: None,
+        workload: None,
+        labels: Labels::new(),
+        service: None,
+    }
+}
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000 + secs)
+}
+
+fn record(
+    direction: Direction,
+    protocol: &str,
+    port: Option<u16>,
+    named: Option<&str>,
+    src: &Peer,
+    dst: &Peer,
+) -> ObservedFlow {
+    ObservedFlow {
+        connection: Connection {
+            direction,
+            protocol: protocol.into(),
+            port,
+            named_port: named.map(str::to_string),
+            src: src.clone(),
+            dst: dst.clone(),
+        },
+        count: 1,
+        first_seen: t(0),
+        last_seen: t(60),
+    }
+}
+
+/// The records the agents write for one connection: egress where the
+/// client is a pod, ingress where the server is.
+fn seen(
+    protocol: &str,
+    port: u16,
+    named: Option<&str>,
+    src: &Peer,
+    dst: &Peer,
+) -> Vec<ObservedFlow> {
+    let mut v = Vec::new();
+    if src.kind == PeerKind::Pod {
+        v.push(record(
+            Direction::Egress,
+            protocol,
+            Some(port),
+            named,
+            src,
+            dst,
+        ));
+    }
+    if dst.kind == PeerKind::Pod {
+        v.push(record(
+            Direction::Ingress,
+            protocol,
+            Some(port),
+            named,
+            src,
+            dst,
+        ));
+    }
+    v
+}
+
+fn web() -> Peer {
+    pod(
+        "shop",
+        "web",
+        "web-7d9f-abcde",
+        "10.244.1.10",
+        &[("app", "web"), ("pod-template-hash", "7d9f")],
+    )
+}
+
+fn api() -> Peer {
+    pod(
+        "shop",
+        "api",
+        "api-5c4b-xyz12",
+        "10.244.1.20",
+        &[("app", "api"), ("pod-template-hash", "5c4b")],
+    )
+}
+
+fn db() -> Peer {
+    Peer {
+        workload: Some(Workload {
+            kind: "StatefulSet".into(),
+            name: "db".into(),
+        }),
+        ..pod(
+            "data",
+            "db",
+            "db-0",
+            "10.244.2.30",
+            &[
+                ("app", "db"),
+                ("controller-revision-hash", "db-6b8"),
+                ("statefulset.kubernetes.io/pod-name", "db-0"),
+                ("apps.kubernetes.io/pod-index", "0"),
+            ],
+        )
+    }
+}
+
+fn coredns() -> Peer {
+    pod(
+        "kube-system",
+        "coredns",
+        "coredns-1",
+        "10.244.0.5",
+        &[("k8s-app", "kube-dns"), ("pod-template-hash", "66")],
+    )
+}
+
+fn shop() -> Vec<ObservedFlow> {
+    [
+        seen("TCP", 8080, Some("http"), &web(), &api()),
+        seen("TCP", 5432, Some("pg"), &api(), &db()),
+        seen(
+            "TCP",
+            443,
+            None,
+            &api(),
+            &address(PeerKind::External, "192.0.2.7"),
+        ),
+        seen("UDP", 53, Some("dns"), &api(), &coredns()),
+        seen(
+            "TCP",
+            8080,
+            Some("http"),
+            &address(PeerKind::External, "203.0.113.9"),
+            &web(),
+        ),
+    ]
+    .concat()
+}
+
+fn policy<'a>(a: &'a Advice, name: &str) -> &'a AdvisedPolicy {
+    a.policies
+        .iter()
+        .find(|p| p.workload.name == name)
+        .unwrap_or_else(|| panic!("no policy for {name}"))
+}
+
+fn pods(ns: &str, kv: &[(&str, &str)]) -> Target {
+    Target::Pods {
+        namespace: ns.into(),
+        selection: Selection {
+            match_labels: labels(kv),
+            absent: Default::default(),
+        },
+    }
+}
+
+fn tcp(n: u16) -> Port {
+    Port {
+        protocol: Protocol::Tcp,
+        port: PortRef::Number(n),
+    }
+}
+
+fn named(protocol: Protocol, n: &str) -> Port {
+    Port {
+        protocol,
+        port: PortRef::Named(n.into()),
+    }
+}
+
+#[test]
+fn selectors_keep_only_stable_labels() {
+    let a = advise(&shop(), &Options::default());
+    assert_eq!(
+        policy(&a, "web").selection.match_labels,
+        labels(&[("app", "web")])
+    );
+    assert_eq!(
+        policy(&a, "db").selection.match_labels,
+        labels(&[("app", "db")])
+    );
+    let yaml = a.to_yaml().expect("renders");
+    for unstable in UNSTABLE_LABELS {
+        assert!(!yaml.contains(unstable), "{unstable} in\n{yaml}");
+    }
+}
+
+#[test]
+fn named_ports_where_every_record_names_them() {
+    let a = advise(&shop(), &Options::default());
+    assert_eq!(
+        policy(&a, "api").ingress,
+        [Rule {
+            peers: vec![pods("shop", &[("app", "web")])],
+            ports: vec![named(Protocol::Tcp, "http")],
+        }]
+    );
+    // One record without the name: the number, which holds on every pod.
+    let mut flows = shop();
+    flows.extend(seen("TCP", 8080, None, &web(), &api()));
+    let a = advise(&flows, &Options::default());
+    assert_eq!(policy(&a, "api").ingress[0].ports, [tcp(8080)]);
+    assert_eq!(policy(&a, "web").egress[0].ports, [tcp(8080)]);
+}
+
+#[test]
+fn outside_addresses_are_single_address_blocks() {
+    let mut flows = shop();
+    flows.extend(seen(
+        "TCP",
+        443,
+        None,
+        &api(),
+        &address(PeerKind::External, "2001:db8::7"),
+    ));
+    // The datapath's v4-mapped form is written as IPv4.
+    flows.extend(seen(
+        "TCP",
+        443,
+        None,
+        &api(),
+        &address(PeerKind::External, "::ffff:198.51.100.4"),
+    ));
+    let a = advise(&flows, &Options::default());
+    let egress = &policy(&a, "api").egress;
+    let blocks: Vec<String> = egress
+        .iter()
+        .flat_map(|r| &r.peers)
+        .filter_map(|t| match t {
+            Target::Block(n) => Some(n.to_string()),
+            Target::Pods { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        ["192.0.2.7/32", "198.51.100.4/32", "2001:db8::7/128"]
+    );
+    // Three peers on the same port make one rule.
+    assert_eq!(egress.iter().filter(|r| r.ports == [tcp(443)]).count(), 1);
+    assert_eq!(
+        policy(&a, "web").ingress,
+        [Rule {
+            peers: vec![Target::Block("203.0.113.9/32".parse().expect("net"))],
+            ports: vec![named(Protocol::Tcp, "http")],
+        }]
+    );
+}
+
+#[test]
+fn the_two_records_of_a_connection_are_one() {
+    let flows = seen("TCP", 8080, Some("http"), &web(), &api());
+    assert_eq!(flows.len(), 2);
+    let a = advise(&flows, &Options::default());
+    assert_eq!((a.records, a.connections), (2, 1));
+    assert_eq!(policy(&a, "api").ingress.len(), 1);
+    assert_eq!(policy(&a, "web").egress.len(), 1);
+    // Another replica, another node's record: still one rule, one peer.
+    let mut other = web();
+    other.pod = Some("web-7d9f-fghij".into());
+    other.ip = ip("10.244.3.11");
+    let mut flows = flows;
+    flows.extend(seen("TCP", 8080, Some("http"), &other, &api()));
+    let a = advise(&flows, &Options::default());
+    assert_eq!(a.connections, 1);
+    assert_eq!(policy(&a, "api").ingress[0].peers.len(), 1);
+}
+
+#[test]
+fn dns_to_the_resolver_is_kept_and_the_resolver_left_alone() {
+    let flows = shop();
+    let (a, yaml, judge) = advise_and_judge(&flows, &Options::default(), &[]);
+    assert!(a.policies.iter().all(|p| p.workload.name != "coredns"));
+    assert!(
+        a.notes.iter().any(|n| n.contains("coredns")),
+        "{:?}",
+        a.notes
+    );
+    // The observed DNS flow makes no rule of its own: the DNS rule holds it.
+    assert!(policy(&a, "api").egress.iter().all(|r| {
+        !r.peers
+            .contains(&pods("kube-system", &[("k8s-app", "kube-dns")]))
+    }));
+    for p in &a.policies {
+        let np = a.network_policy(p);
+        let egress = np.spec.and_then(|s| s.egress).expect("egress");
+        let last = serde_json::to_value(egress.last()).expect("json");
+        assert_eq!(
+            last,
+            serde_json::json!({
+                "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+            })
+        );
+    }
+    // Every workload reaches the resolver, seen or not, on 53 only.
+    for client in [web(), api(), db()] {
+        assert!(
+            judge.allowed(&client, &coredns(), Protocol::Udp, 53),
+            "{yaml}"
+        );
+        assert!(
+            judge.allowed(&client, &coredns(), Protocol::Tcp, 53),
+            "{yaml}"
+        );
+        assert!(
+            !judge.allowed(&client, &coredns(), Protocol::Udp, 54),
+            "{yaml}"
+        );
+    }
+}
+
+#[test]
+fn the_dns_target_is_configurable() {
+    let resolver = pod(
+        "dns",
+        "unbound",
+        "unbound-1",
+        "10.244.0.9",
+        &[("app", "unbound")],
+    );
+    let mut flows = shop();
+    flows.extend(seen("UDP", 53, None, &web(), &resolver));
+    let options = Options {
+        dns_namespace: "dns".into(),
+        dns_selector: labels(&[("app", "unbound")]),
+        ..Options::default()
+    };
+    let (a, yaml, judge) = advise_and_judge(&flows, &options, &[]);
+    assert!(yaml.contains("kubernetes.io/metadata.name: dns"), "{yaml}");
+    assert!(judge.allowed(&db(), &resolver, Protocol::Udp, 53), "{yaml}");
+    // kube-dns is now an ordinary workload: api's flow to it is a rule.
+    assert!(a.policies.iter().any(|p| p.workload.name == "coredns"));
+    assert!(judge.allowed(&api(), &coredns(), Protocol::Udp, 53));
+    assert!(!judge.allowed(&web(), &coredns(), Protocol::Udp, 53));
+}
+
+#[test]
+fn the_shop_is_allowed_exactly() {
+    let flows = shop();
+    let stranger = pod("shop", "x", "x-1", "10.244.1.99", &[("app", "x")]);
+    let (_, yaml, judge) =
+        advise_and_judge(&flows, &Options::default(), std::slice::from_ref(&stranger));
+    assert_observed_allowed(&judge, &flows, &yaml);
+    let outsider = address(PeerKind::External, "198.51.100.1");
+    for (src, dst, proto, port) in [
+        (web(), api(), Protocol::Tcp, 8081),
+        (web(), api(), Protocol::Udp, 8080),
+        (web(), db(), Protocol::Tcp, 5432),
+        (api(), web(), Protocol::Tcp, 8080),
+        (stranger.clone(), api(), Protocol::Tcp, 8080),
+        (api(), stranger.clone(), Protocol::Tcp, 443),
+        (api(), outsider.clone(), Protocol::Tcp, 443),
+        (outsider.clone(), web(), Protocol::Tcp, 8080),
+        (
+            db(),
+            address(PeerKind::External, "192.0.2.7"),
+            Protocol::Tcp,
+            443,
+        ),
+    ] {
+        assert!(
+            !judge.allowed(&src, &dst, proto, port),
+            "{proto} {:?} -> {:?}:{port} allowed by\n{yaml}",
+            src.pod,
+            dst.pod
+        );
+    }
+}
+
+#[test]
+fn a_workload_whose_labels_another_extends_excludes_it() {
+    let shop_all = pod("shop", "shop", "shop-1", "10.244.1.40", &[("app", "shop")]);
+    let shop_db = pod(
+        "shop",
+        "shop-db",
+        "shop-db-1",
+        "10.244.1.41",
+        &[("app", "shop"), ("tier", "db")],
+    );
+    let flows = [
+        seen("TCP", 80, None, &shop_all, &api()),
+        seen("TCP", 5432, None, &web(), &shop_db),
+    ]
+    .concat();
+    let (a, yaml, judge) = advise_and_judge(&flows, &Options::default(), &[]);
+    assert_eq!(
+        policy(&a, "shop").selection.absent,
+        ["tier".to_string()].into()
+    );
+    assert_observed_allowed(&judge, &flows, &yaml);
+    assert!(
+        !judge.allowed(&shop_db, &api(), Protocol::Tcp, 80),
+        "{yaml}"
+    );
+    assert!(
+        !judge.allowed(&web(), &shop_all, Protocol::Tcp, 5432),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn without_stable_labels_the_fallback_is_said() {
+    let only_unstable = bare(
+        "shop",
+        "job-x",
+        "10.244.1.50",
+        &[("job-name", "x"), ("controller-uid", "u1")],
+    );
+    let unlabelled = bare("shop", "debug", "10.244.1.51", &[]);
+    let flows = [
+        seen("TCP", 8080, None, &only_unstable, &api()),
+        seen("TCP", 8080, None, &unlabelled, &api()),
+    ]
+    .concat();
+    let (a, yaml, judge) = advise_and_judge(&flows, &Options::default(), &[]);
+    let job = policy(&a, "job-x");
+    assert_eq!(
+        job.selection.match_labels,
+        labels(&[("controller-uid", "u1"), ("job-name", "x")])
+    );
+    assert!(
+        job.notes.iter().any(|n| n.contains("no stable label")),
+        "{:?}",
+        job.notes
+    );
+    assert!(a.policies.iter().all(|p| p.workload.name != "debug"));
+    assert!(
+        a.notes.iter().any(|n| n.contains("Pod shop/debug")),
+        "{:?}",
+        a.notes
+    );
+    assert!(yaml.contains("cidr: 10.244.1.51/32"), "{yaml}");
+    assert_observed_allowed(&judge, &flows, &yaml);
+}
+
+#[test]
+fn node_peers_and_what_policies_cannot_say() {
+    let node = address(PeerKind::Node, "172.18.0.3");
+    let mut flows = seen("TCP", 8080, None, &node, &api());
+    flows.push(record(Direction::Egress, "ICMP", None, None, &api(), &node));
+    let (a, yaml, judge) = advise_and_judge(&flows, &Options::default(), &[]);
+    let p = policy(&a, "api");
+    assert_eq!(
+        p.ingress[0].peers,
+        [Target::Block("172.18.0.3/32".parse().expect("net"))]
+    );
+    assert!(
+        p.notes.iter().any(|n| n.contains("own node")),
+        "{:?}",
+        p.notes
+    );
+    assert!(
+        p.notes
+            .iter()
+            .any(|n| n.contains("left out") && n.contains("ICMP"))
+    );
+    assert!(yaml.contains("# left out"), "{yaml}");
+    assert_observed_allowed(&judge, &flows, &yaml);
+}
+
+#[test]
+fn options_namespace_audit_and_names() {
+    let mut flows = shop();
+    // A StatefulSet named like a Deployment of the same namespace.
+    let mut twin = api();
+    twin.workload = Some(Workload {
+        kind: "StatefulSet".into(),
+        name: "api".into(),
+    });
+    twin.labels = labels(&[("app", "api-state")]);
+    twin.pod = Some("api-0".into());
+    twin.ip = ip("10.244.1.21");
+    flows.extend(seen("TCP", 9000, None, &web(), &twin));
+    let options = Options {
+        namespace: Some("shop".into()),
+        audit: true,
+        name_prefix: "np-".into(),
+        ..Options::default()
+    };
+    let a = advise(&flows, &options);
+    let names: Vec<&str> = a.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "np-api-deployment-least-privilege",
+            "np-web-least-privilege",
+            "np-api-statefulset-least-privilege"
+        ]
+    );
+    let yaml = a.to_yaml().expect("renders");
+    assert_eq!(
+        yaml.matches("    palisade.dev/mode: audit\n").count(),
+        3,
+        "{yaml}"
+    );
+    assert!(!yaml.contains("name: db"), "{yaml}");
+}
+
+#[test]
+fn output_is_stable_whatever_the_order_of_records() {
+    let flows = shop();
+    let want = advise(&flows, &Options::default())
+        .to_yaml()
+        .expect("renders");
+    let mut reversed = flows.clone();
+    reversed.reverse();
+    assert_eq!(
+        advise(&reversed, &Options::default())
+            .to_yaml()
+            .expect("renders"),
+        want
+    );
+    assert!(want.starts_with(
+        "# NetworkPolicies proposed by `palisade advise` from 5 observed connections (8 records), seen between 2026-11-30T"
+    ), "{want}");
+}
+
+#[test]
+fn flows_are_read_as_lines_or_as_an_array() {
+    let flows = shop();
+    let lines: String = flows
+        .iter()
+        .map(|f| serde_json::to_string(f).expect("json") + "\n\n")
+        .collect();
+    assert_eq!(parse_flows("a", &lines).expect("lines"), flows);
+    let array = serde_json::to_string(&flows).expect("json");
+    assert_eq!(parse_flows("b", &array).expect("array"), flows);
+    let e = parse_flows("c", "{\"direction\":\"sideways\"}\n")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert_eq!(e, "c: line 1: not an observed flow");
+}
+
+/// A small random world: workloads (each with a label of its own, extra
+/// stable and unstable labels, replicas, named ports), outside addresses,
+/// a node, and connections among them.
+#[derive(Clone, Debug)]
+struct World {
+    workloads: Vec<Wl>,
+    conns: Vec<(usize, usize, Protocol, u16, usize, usize)>,
+}
+
+#[derive(Clone, Debug)]
+struct Wl {
+    namespace: &'static str,
+    kind: &'static str,
+    tier: Option<&'static str>,
+    replicas: usize,
+    /// Ports the template names, by index into PORTS.
+    named: Vec<bool>,
+}
+
+const PORTS: [u16; 4] = [80, 443, 5432, 8080];
+const OUTSIDE: [&str; 3] = ["192.0.2.1", "2001:db8::1", "172.18.0.2"];
+
+fn world() -> impl Strategy<Value = World> {
+    let wl = (
+        prop::sample::select(vec!["shop", "data"]),
+        prop::sample::select(vec!["Deployment", "StatefulSet", "Pod"]),
+        prop::option::of(prop::sample::select(vec!["web", "db"])),
+        1..3usize,
+        prop::collection::vec(any::<bool>(), PORTS.len()),
+    )
+        .prop_map(|(namespace, kind, tier, replicas, named)| Wl {
+            namespace,
+            kind,
+            tier,
+            replicas: if kind == "Pod" { 1 } else { replicas },
+            named,
+        });
+    prop::collection::vec(wl, 1..5).prop_flat_map(|workloads| {
+        let ends = workloads.len() + OUTSIDE.len();
+        let conn = (
+            0..ends,
+            0..ends,
+            prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
+            0..PORTS.len(),
+            0..3usize,
+            0..3usize,
+        )
+            .prop_map(|(s, d, p, port, rs, rd)| (s, d, p, PORTS[port], rs, rd));
+        (Just(workloads), prop::collection::vec(conn, 1..10))
+            .prop_map(|(workloads, conns)| World { workloads, conns })
+    })
+}
+
+impl World {
+    /// End `i`: replica `r` of workload `i`, or an outside address.
+    fn end(&self, i: usize, r: usize) -> Peer {
+        let Some(w) = self.workloads.get(i) else {
+            let addr = OUTSIDE[i - self.workloads.len()];
+            let kind = if addr.starts_with("172.") {
+                PeerKind::Node
+            } else {
+                PeerKind::External
+            };
+            return address(kind, addr);
+        };
+        let r = r % w.replicas;
+        let name = format!("w{i}");
+        let mut kv = vec![
+            ("app".to_string(), name.clone()),
+            ("pod-template-hash".to_string(), format!("h{r}")),
+        ];
+        if let Some(tier) = w.tier {
+            kv.push(("tier".into(), tier.into()));
+        }
+        Peer {
+            kind: PeerKind::Pod,
+            ip: ip(&format!("10.244.{i}.{}", r + 1)),
+            namespace: Some(w.namespace.into()),
+            pod: Some(format!("{name}-{r}")),
+            workload: (w.kind != "Pod").then(|| Workload {
+                kind: w.kind.into(),
+                name: name.clone(),
+            }),
+            labels: kv.into_iter().collect(),
+            service: None,
+        }
+    }
+
+    fn is_pod(&self, i: usize) -> bool {
+        i < self.workloads.len()
+    }
+
+    fn name_of(&self, d: usize, port: u16) -> Option<String> {
+        let w = self.workloads.get(d)?;
+        let k = PORTS.iter().position(|p| *p == port)?;
+        w.named[k].then(|| format!("p{port}"))
+    }
+
+    fn flows(&self) -> Vec<ObservedFlow> {
+        let mut out = Vec::new();
+        for &(s, d, protocol, port, rs, rd) in &self.conns {
+            // Outside to outside never reaches a pod's veth.
+            if !self.is_pod(s) && !self.is_pod(d) {
+                continue;
+            }
+            let named = self.name_of(d, port);
+            out.extend(seen(
+                &protocol.to_string(),
+                port,
+                named.as_deref(),
+                &self.end(s, rs),
+                &self.end(d, rd),
+            ));
+        }
+        out
+    }
+
+    /// Whether ends `s` -> `d` were seen on (protocol, port).
+    fn seen(&self, s: usize, d: usize, protocol: Protocol, port: u16) -> bool {
+        self.conns.iter().any(|&(cs, cd, p, n, _, _)| {
+            cs == s && cd == d && p == protocol && n == port && (self.is_pod(s) || self.is_pod(d))
+        })
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Applying the advice allows every observed connection and denies
+    /// the unobserved ones next to them: another port, another protocol,
+    /// another pod, another outside address.
+    #[test]
+    fn advice_allows_exactly_what_was_seen(w in world()) {
+        let flows = w.flows();
+        prop_assume!(!flows.is_empty());
+        let stranger = |ns: &str| {
+            let addr = if ns == "shop" { "10.244.99.1" } else { "10.244.99.2" };
+            pod(ns, "stranger", "stranger-1", addr, &[("app", "stranger")])
+        };
+        let (_, yaml, judge) =
+            advise_and_judge(&flows, &Options::default(), &[stranger("shop"), stranger("data")]);
+        assert_observed_allowed(&judge, &flows, &yaml);
+        let outsider = address(PeerKind::External, "198.51.100.1");
+        for &(s, d, protocol, port, rs, rd) in &w.conns {
+            if !w.is_pod(s) && !w.is_pod(d) {
+                continue;
+            }
+            let (src, dst) = (w.end(s, rs), w.end(d, rd));
+            for other in PORTS.iter().copied().chain([port + 1]) {
+                if !w.seen(s, d, protocol, other) {
+                    prop_assert!(!judge.allowed(&src, &dst, protocol, other),
+                        "unseen {protocol} {s}->{d}:{other} allowed by\n{yaml}");
+                }
+            }
+            for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                if !w.seen(s, d, p, port) {
+                    prop_assert!(!judge.allowed(&src, &dst, p, port),
+                        "unseen {p} {s}->{d}:{port} allowed by\n{yaml}");
+                }
+            }
+            if w.is_pod(d) {
+                let ns = dst.namespace.clone().unwrap_or_default();
+                prop_assert!(!judge.allowed(&stranger(&ns), &dst, protocol, port), "stranger -> {d}\n{yaml}");
+                if !w.is_pod(s) {
+                    prop_assert!(!judge.allowed(&outsider, &dst, protocol, port), "outsider -> {d}\n{yaml}");
+                }
+            }
+            if w.is_pod(s) {
+                let ns = src.namespace.clone().unwrap_or_default();
+                prop_assert!(!judge.allowed(&src, &stranger(&ns), protocol, port), "{s} -> stranger\n{yaml}");
+                if !w.is_pod(d) {
+                    prop_assert!(!judge.allowed(&src, &outsider, protocol, port), "{s} -> outsider\n{yaml}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_judge_sees_an_empty_advice_as_no_policy() {
+    let j = Judge::new(model_of("", &shop(), &[]));
+    assert!(j.allowed(&web(), &db(), Protocol::Tcp, 1));
+}
