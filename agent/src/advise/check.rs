@@ -137,6 +137,41 @@ impl Judge {
     }
 }
 
+impl Judge {
+    /// Whether `src` may open a connection to a Service frontend, as the
+    /// client's veth judges it (every backend allowed on its target port).
+    pub(super) fn service_allowed(
+        &self,
+        src: &Peer,
+        frontend: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> bool {
+        let by_reference = reference::service_egress_allowed(
+            &self.model,
+            &self.profile,
+            self.party(src),
+            frontend,
+            protocol,
+            port,
+        );
+        let by_maps = sim::judge(
+            &self.maps,
+            src.ip,
+            frontend,
+            crate::policy::Direction::Egress,
+            protocol.number(),
+            port,
+        )
+        .allows();
+        assert_eq!(
+            by_reference, by_maps,
+            "reference and maps disagree on {src:?} -> {frontend}:{port}"
+        );
+        by_reference
+    }
+}
+
 /// The advice for `flows`, its YAML, and a judge of it that knows the
 /// pods of `probes` too.
 pub(super) fn advise_and_judge(

@@ -55,14 +55,21 @@ pub(super) struct PodLabels {
     pub(super) common: Labels,
     /// Every key any pod seen carries.
     pub(super) keys: BTreeSet<String>,
+    filled: bool,
 }
 
 impl PodLabels {
-    pub(super) fn add(&mut self, labels: &Labels, first: bool) {
-        if first {
-            self.common = labels.clone();
-        } else {
+    pub(super) fn add(&mut self, labels: &Labels) {
+        // A record without labels says the agent did not know them (a
+        // controller's pods always carry some): it must not erase them.
+        if labels.is_empty() {
+            return;
+        }
+        if self.filled {
             self.common.retain(|k, v| labels.get(k) == Some(v));
+        } else {
+            self.common = labels.clone();
+            self.filled = true;
         }
         self.keys.extend(labels.keys().cloned());
     }

@@ -186,8 +186,7 @@ impl Seen {
             let (src, dst) = (end(&c.src), end(&c.dst));
             for (e, p) in [(&src, &c.src), (&dst, &c.dst)] {
                 if let End::Pod(w) = e {
-                    let first = !s.pods.contains_key(w);
-                    s.pods.entry(w.clone()).or_default().add(&p.labels, first);
+                    s.pods.entry(w.clone()).or_default().add(&p.labels);
                     s.addresses
                         .entry(w.clone())
                         .or_default()

@@ -418,6 +418,70 @@ fn the_shop_is_allowed_exactly() {
 }
 
 #[test]
+fn a_record_without_labels_does_not_erase_them() {
+    let mut unknown = api();
+    unknown.labels.clear();
+    let flows = [
+        seen("TCP", 8080, None, &web(), &api()),
+        vec![record(
+            Direction::Egress,
+            "TCP",
+            Some(9090),
+            None,
+            &web(),
+            &unknown,
+        )],
+    ]
+    .concat();
+    let a = advise(&flows, &Options::default());
+    assert_eq!(
+        policy(&a, "api").selection.match_labels,
+        labels(&[("app", "api")])
+    );
+}
+
+/// A client reaches a Service when its egress allows every backend on the
+/// target port: the records name the backend and its port, so the advice
+/// opens the frontend too.
+#[test]
+fn a_connection_through_a_service_stays_open() {
+    let mut replica = api();
+    replica.pod = Some("api-5c4b-other".into());
+    replica.ip = ip("10.244.1.21");
+    let mut flows = Vec::new();
+    for backend in [api(), replica.clone()] {
+        let mut dst = backend;
+        dst.service = Some("shop/api".into());
+        flows.extend(seen("TCP", 8080, Some("http"), &web(), &dst));
+    }
+    let service = "---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80, targetPort: http}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.20]}, {addresses: [10.244.1.21]}]
+ports: [{port: 8080}]
+";
+    let yaml = advise(&flows, &Options::default())
+        .to_yaml()
+        .expect("renders");
+    let judge = Judge::new(model_of(&(yaml.clone() + service), &flows, &[]));
+    let frontend = ip("10.96.0.20");
+    assert!(
+        judge.service_allowed(&web(), frontend, Protocol::Tcp, 80),
+        "{yaml}"
+    );
+    // The egress side only: a workload with a policy that never used it.
+    assert!(!judge.service_allowed(&api(), frontend, Protocol::Tcp, 80));
+    assert!(!judge.service_allowed(&web(), frontend, Protocol::Tcp, 81));
+}
+
+#[test]
 fn a_workload_whose_labels_another_extends_excludes_it() {
     let shop_all = pod("shop", "shop", "shop-1", "10.244.1.40", &[("app", "shop")]);
     let shop_db = pod(
