@@ -17,6 +17,8 @@ pub mod render;
 #[cfg(test)]
 mod check;
 #[cfg(test)]
+mod property;
+#[cfg(test)]
 mod tests;
 
 use std::{

@@ -1,7 +1,5 @@
 use std::time::{Duration, SystemTime};
 
-use proptest::prelude::*;
-
 use super::{
     check::{Judge, advise_and_judge, assert_observed_allowed, ip, model_of},
     input::parse_flows,
@@ -12,13 +10,13 @@ use crate::{
     policy::Direction,
 };
 
-fn labels(kv: &[(&str, &str)]) -> Labels {
+pub(super) fn labels(kv: &[(&str, &str)]) -> Labels {
     kv.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn pod(ns: &str, workload: &str, name: &str, addr: &str, kv: &[(&str, &str)]) -> Peer {
+pub(super) fn pod(ns: &str, workload: &str, name: &str, addr: &str, kv: &[(&str, &str)]) -> Peer {
     Peer {
         kind: PeerKind::Pod,
         ip: ip(addr),
@@ -40,7 +38,7 @@ fn bare(ns: &str, name: &str, addr: &str, kv: &[(&str, &str)]) -> Peer {
     }
 }
 
-fn address(kind: PeerKind, addr: &str) -> Peer {
+pub(super) fn address(kind: PeerKind, addr: &str) -> Peer {
     Peer {
         kind,
         ip: ip(addr),
@@ -56,7 +54,7 @@ fn t(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000 + secs)
 }
 
-fn record(
+pub(super) fn record(
     direction: Direction,
     protocol: &str,
     port: Option<u16>,
@@ -81,7 +79,7 @@ fn record(
 
 /// The records the agents write for one connection: egress where the
 /// client is a pod, ingress where the server is.
-fn seen(
+pub(super) fn seen(
     protocol: &str,
     port: u16,
     named: Option<&str>,
@@ -644,184 +642,6 @@ fn flows_are_read_as_lines_or_as_an_array() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert_eq!(e, "c: line 1: not an observed flow");
-}
-
-/// A small random world: workloads (each with a label of its own, extra
-/// stable and unstable labels, replicas, named ports), outside addresses,
-/// a node, and connections among them.
-#[derive(Clone, Debug)]
-struct World {
-    workloads: Vec<Wl>,
-    conns: Vec<(usize, usize, Protocol, u16, usize, usize)>,
-}
-
-#[derive(Clone, Debug)]
-struct Wl {
-    namespace: &'static str,
-    kind: &'static str,
-    tier: Option<&'static str>,
-    replicas: usize,
-    /// Ports the template names, by index into PORTS.
-    named: Vec<bool>,
-}
-
-const PORTS: [u16; 4] = [80, 443, 5432, 8080];
-const OUTSIDE: [&str; 3] = ["192.0.2.1", "2001:db8::1", "172.18.0.2"];
-
-fn world() -> impl Strategy<Value = World> {
-    let wl = (
-        prop::sample::select(vec!["shop", "data"]),
-        prop::sample::select(vec!["Deployment", "StatefulSet", "Pod"]),
-        prop::option::of(prop::sample::select(vec!["web", "db"])),
-        1..3usize,
-        prop::collection::vec(any::<bool>(), PORTS.len()),
-    )
-        .prop_map(|(namespace, kind, tier, replicas, named)| Wl {
-            namespace,
-            kind,
-            tier,
-            replicas: if kind == "Pod" { 1 } else { replicas },
-            named,
-        });
-    prop::collection::vec(wl, 1..5).prop_flat_map(|workloads| {
-        let ends = workloads.len() + OUTSIDE.len();
-        let conn = (
-            0..ends,
-            0..ends,
-            prop::sample::select(vec![Protocol::Tcp, Protocol::Udp, Protocol::Sctp]),
-            0..PORTS.len(),
-            0..3usize,
-            0..3usize,
-        )
-            .prop_map(|(s, d, p, port, rs, rd)| (s, d, p, PORTS[port], rs, rd));
-        (Just(workloads), prop::collection::vec(conn, 1..10))
-            .prop_map(|(workloads, conns)| World { workloads, conns })
-    })
-}
-
-impl World {
-    /// End `i`: replica `r` of workload `i`, or an outside address.
-    fn end(&self, i: usize, r: usize) -> Peer {
-        let Some(w) = self.workloads.get(i) else {
-            let addr = OUTSIDE[i - self.workloads.len()];
-            let kind = if addr.starts_with("172.") {
-                PeerKind::Node
-            } else {
-                PeerKind::External
-            };
-            return address(kind, addr);
-        };
-        let r = r % w.replicas;
-        let name = format!("w{i}");
-        let mut kv = vec![
-            ("app".to_string(), name.clone()),
-            ("pod-template-hash".to_string(), format!("h{r}")),
-        ];
-        if let Some(tier) = w.tier {
-            kv.push(("tier".into(), tier.into()));
-        }
-        Peer {
-            kind: PeerKind::Pod,
-            ip: ip(&format!("10.244.{i}.{}", r + 1)),
-            namespace: Some(w.namespace.into()),
-            pod: Some(format!("{name}-{r}")),
-            workload: (w.kind != "Pod").then(|| Workload {
-                kind: w.kind.into(),
-                name: name.clone(),
-            }),
-            labels: kv.into_iter().collect(),
-            service: None,
-        }
-    }
-
-    fn is_pod(&self, i: usize) -> bool {
-        i < self.workloads.len()
-    }
-
-    fn name_of(&self, d: usize, port: u16) -> Option<String> {
-        let w = self.workloads.get(d)?;
-        let k = PORTS.iter().position(|p| *p == port)?;
-        w.named[k].then(|| format!("p{port}"))
-    }
-
-    fn flows(&self) -> Vec<ObservedFlow> {
-        let mut out = Vec::new();
-        for &(s, d, protocol, port, rs, rd) in &self.conns {
-            // Outside to outside never reaches a pod's veth.
-            if !self.is_pod(s) && !self.is_pod(d) {
-                continue;
-            }
-            let named = self.name_of(d, port);
-            out.extend(seen(
-                &protocol.to_string(),
-                port,
-                named.as_deref(),
-                &self.end(s, rs),
-                &self.end(d, rd),
-            ));
-        }
-        out
-    }
-
-    /// Whether ends `s` -> `d` were seen on (protocol, port).
-    fn seen(&self, s: usize, d: usize, protocol: Protocol, port: u16) -> bool {
-        self.conns.iter().any(|&(cs, cd, p, n, _, _)| {
-            cs == s && cd == d && p == protocol && n == port && (self.is_pod(s) || self.is_pod(d))
-        })
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
-
-    /// Applying the advice allows every observed connection and denies
-    /// the unobserved ones next to them: another port, another protocol,
-    /// another pod, another outside address.
-    #[test]
-    fn advice_allows_exactly_what_was_seen(w in world()) {
-        let flows = w.flows();
-        prop_assume!(!flows.is_empty());
-        let stranger = |ns: &str| {
-            let addr = if ns == "shop" { "10.244.99.1" } else { "10.244.99.2" };
-            pod(ns, "stranger", "stranger-1", addr, &[("app", "stranger")])
-        };
-        let (_, yaml, judge) =
-            advise_and_judge(&flows, &Options::default(), &[stranger("shop"), stranger("data")]);
-        assert_observed_allowed(&judge, &flows, &yaml);
-        let outsider = address(PeerKind::External, "198.51.100.1");
-        for &(s, d, protocol, port, rs, rd) in &w.conns {
-            if !w.is_pod(s) && !w.is_pod(d) {
-                continue;
-            }
-            let (src, dst) = (w.end(s, rs), w.end(d, rd));
-            for other in PORTS.iter().copied().chain([port + 1]) {
-                if !w.seen(s, d, protocol, other) {
-                    prop_assert!(!judge.allowed(&src, &dst, protocol, other),
-                        "unseen {protocol} {s}->{d}:{other} allowed by\n{yaml}");
-                }
-            }
-            for p in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
-                if !w.seen(s, d, p, port) {
-                    prop_assert!(!judge.allowed(&src, &dst, p, port),
-                        "unseen {p} {s}->{d}:{port} allowed by\n{yaml}");
-                }
-            }
-            if w.is_pod(d) {
-                let ns = dst.namespace.clone().unwrap_or_default();
-                prop_assert!(!judge.allowed(&stranger(&ns), &dst, protocol, port), "stranger -> {d}\n{yaml}");
-                if !w.is_pod(s) {
-                    prop_assert!(!judge.allowed(&outsider, &dst, protocol, port), "outsider -> {d}\n{yaml}");
-                }
-            }
-            if w.is_pod(s) {
-                let ns = src.namespace.clone().unwrap_or_default();
-                prop_assert!(!judge.allowed(&src, &stranger(&ns), protocol, port), "{s} -> stranger\n{yaml}");
-                if !w.is_pod(d) {
-                    prop_assert!(!judge.allowed(&src, &outsider, protocol, port), "{s} -> outsider\n{yaml}");
-                }
-            }
-        }
-    }
 }
 
 #[test]
