@@ -149,9 +149,11 @@ impl Advice {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# NetworkPolicies proposed by `palisade advise` from {} observed connections ({} records){}.",
+            "# NetworkPolicies proposed by `palisade advise` from {} observed connection{} ({} record{}){}.",
             self.connections,
+            plural(self.connections),
             self.records,
+            plural(self.records),
             match self.span {
                 Some((a, b)) => format!(
                     ", seen between {} and {}",
@@ -181,10 +183,20 @@ impl Advice {
             for n in &p.notes {
                 let _ = writeln!(out, "# {n}");
             }
+            if p.ingress.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "# nothing was seen connecting to it: all ingress denied"
+                );
+            }
             out.push_str(&serde_yaml::to_string(&self.network_policy(p))?);
         }
         Ok(out)
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn describe(s: &Selection) -> String {

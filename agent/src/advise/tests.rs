@@ -627,6 +627,91 @@ fn output_is_stable_whatever_the_order_of_records() {
     ), "{want}");
 }
 
+/// The whole output for one connection, as a reader gets it.
+#[test]
+fn one_connection_reads_as_two_policies() {
+    let flows = seen("TCP", 8080, Some("http"), &web(), &api());
+    let got = advise(&flows, &Options::default())
+        .to_yaml()
+        .expect("renders");
+    let want = r#"# NetworkPolicies proposed by `palisade advise` from 1 observed connection (2 records), seen between 2026-11-30T00:53:20Z and 2026-11-30T00:54:20Z.
+# Each isolates one workload both ways and allows what was seen, plus DNS to
+# pods k8s-app=kube-dns in namespace kube-system (UDP and TCP 53). Connections not seen are denied.
+---
+# Deployment shop/api (app=api)
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: api-least-privilege
+  namespace: shop
+spec:
+  egress:
+  - ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+    to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: kube-system
+      podSelector:
+        matchLabels:
+          k8s-app: kube-dns
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels:
+          app: web
+    ports:
+    - port: http
+      protocol: TCP
+  podSelector:
+    matchLabels:
+      app: api
+  policyTypes:
+  - Ingress
+  - Egress
+---
+# Deployment shop/web (app=web)
+# nothing was seen connecting to it: all ingress denied
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-least-privilege
+  namespace: shop
+spec:
+  egress:
+  - ports:
+    - port: http
+      protocol: TCP
+    to:
+    - podSelector:
+        matchLabels:
+          app: api
+  - ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+    to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: kube-system
+      podSelector:
+        matchLabels:
+          k8s-app: kube-dns
+  ingress: []
+  podSelector:
+    matchLabels:
+      app: web
+  policyTypes:
+  - Ingress
+  - Egress
+"#;
+    assert_eq!(got, want, "got:\n{got}");
+}
+
 #[test]
 fn flows_are_read_as_lines_or_as_an_array() {
     let flows = shop();
