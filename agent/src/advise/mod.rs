@@ -224,15 +224,10 @@ impl Seen {
 /// The policies that allow exactly `flows` (see the module doc).
 pub fn advise(flows: &[ObservedFlow], options: &Options) -> Advice {
     let seen = Seen::new(flows);
-    let chosen = labels::choose(&seen.pods);
-    let is_dns = |w: &WorkloadRef| {
-        w.namespace == options.dns_namespace
-            && seen.pods.get(w).is_some_and(|l| {
-                options
-                    .dns_selector
-                    .iter()
-                    .all(|(k, v)| l.common.get(k) == Some(v))
-            })
+    let ctx = Ctx {
+        chosen: labels::choose(&seen.pods),
+        seen: &seen,
+        options,
     };
     let mut notes = Vec::new();
     let mut subjects = Vec::new();
@@ -244,13 +239,13 @@ pub fn advise(flows: &[ObservedFlow], options: &Options) -> Advice {
         {
             continue;
         }
-        if is_dns(w) {
+        if ctx.is_dns(w) {
             notes.push(format!(
                 "{w}: no policy, it is the cluster resolver every pod keeps reaching"
             ));
             continue;
         }
-        match &chosen[w].selection {
+        match &ctx.chosen[w].selection {
             Some(sel) => subjects.push((w, sel)),
             None => notes.push(format!(
                 "{w}: no policy, its pods have no label a selector could use"
@@ -258,81 +253,11 @@ pub fn advise(flows: &[ObservedFlow], options: &Options) -> Advice {
         }
     }
     let names = policy_names(&subjects, options);
-    let target = |e: &End| -> Vec<Target> {
-        match e {
-            End::Pod(w) => match &chosen[w].selection {
-                Some(sel) => vec![Target::Pods {
-                    namespace: w.namespace.clone(),
-                    selection: sel.clone(),
-                }],
-                None => seen.addresses[w].iter().map(|ip| host(*ip)).collect(),
-            },
-            End::Address(_, ip) => vec![host(*ip)],
-        }
-    };
-    let mut policies = Vec::new();
-    for ((w, sel), name) in subjects.into_iter().zip(names) {
-        let mut p_notes: Vec<String> = chosen[w].notes.clone();
-        let mut ingress: BTreeMap<Target, BTreeSet<Port>> = BTreeMap::new();
-        let mut egress: BTreeMap<Target, BTreeSet<Port>> = BTreeMap::new();
-        for (proto, port, src, dst) in &seen.connections {
-            let here_dst = *dst == End::Pod(w.clone());
-            let here_src = *src == End::Pod(w.clone());
-            if !here_dst && !here_src {
-                continue;
-            }
-            let (Some(protocol), Some(number)) = (Protocol::parse(proto), *port) else {
-                note(
-                    &mut p_notes,
-                    format!(
-                        "left out, NetworkPolicy cannot name it: {proto} {} -> {}",
-                        show_end(src),
-                        show_end(dst)
-                    ),
-                );
-                continue;
-            };
-            let port = Port {
-                protocol,
-                port: match (dst, &seen.names) {
-                    (End::Pod(d), names) => match names.get(&(d.clone(), protocol, number)) {
-                        Some(Naming::One(n)) => PortRef::Named(n.clone()),
-                        _ => PortRef::Number(number),
-                    },
-                    _ => PortRef::Number(number),
-                },
-            };
-            if here_dst {
-                if let End::Address(PeerKind::Node, ip) = src {
-                    note(
-                        &mut p_notes,
-                        format!(
-                            "ingress from node {ip} by ipBlock: the pod's own node (kubelet probes) is always allowed, another node's address is a peer like any"
-                        ),
-                    );
-                }
-                for t in target(src) {
-                    ingress.entry(t).or_default().insert(port.clone());
-                }
-            }
-            let to_dns = matches!(dst, End::Pod(d) if is_dns(d))
-                && matches!(protocol, Protocol::Udp | Protocol::Tcp)
-                && number == 53;
-            if here_src && !to_dns {
-                for t in target(dst) {
-                    egress.entry(t).or_default().insert(port.clone());
-                }
-            }
-        }
-        policies.push(AdvisedPolicy {
-            workload: w.clone(),
-            name,
-            selection: sel.clone(),
-            ingress: rules(ingress),
-            egress: rules(egress),
-            notes: p_notes,
-        });
-    }
+    let policies = subjects
+        .into_iter()
+        .zip(names)
+        .map(|((w, sel), name)| ctx.policy(w, sel, name))
+        .collect();
     Advice {
         policies,
         notes,
@@ -340,6 +265,106 @@ pub fn advise(flows: &[ObservedFlow], options: &Options) -> Advice {
         connections: seen.connections.len(),
         span: seen.span,
         options: options.clone(),
+    }
+}
+
+/// What one policy is built from.
+struct Ctx<'a> {
+    seen: &'a Seen,
+    chosen: BTreeMap<WorkloadRef, labels::Chosen>,
+    options: &'a Options,
+}
+
+impl Ctx<'_> {
+    /// The cluster resolver's pods, which every policy's DNS rule reaches.
+    fn is_dns(&self, w: &WorkloadRef) -> bool {
+        w.namespace == self.options.dns_namespace
+            && self.seen.pods.get(w).is_some_and(|l| {
+                self.options
+                    .dns_selector
+                    .iter()
+                    .all(|(k, v)| l.common.get(k) == Some(v))
+            })
+    }
+
+    /// How rules name an end: by selector, or by address where no
+    /// selector picks only it.
+    fn targets(&self, e: &End) -> Vec<Target> {
+        match e {
+            End::Pod(w) => match &self.chosen[w].selection {
+                Some(sel) => vec![Target::Pods {
+                    namespace: w.namespace.clone(),
+                    selection: sel.clone(),
+                }],
+                None => self.seen.addresses[w].iter().map(|ip| host(*ip)).collect(),
+            },
+            End::Address(_, ip) => vec![host(*ip)],
+        }
+    }
+
+    /// The server's port: by name where every record names it so.
+    fn port(&self, dst: &End, protocol: Protocol, number: u16) -> Port {
+        let named = match dst {
+            End::Pod(d) => self.seen.names.get(&(d.clone(), protocol, number)),
+            End::Address(..) => None,
+        };
+        Port {
+            protocol,
+            port: match named {
+                Some(Naming::One(n)) => PortRef::Named(n.clone()),
+                _ => PortRef::Number(number),
+            },
+        }
+    }
+
+    fn policy(&self, w: &WorkloadRef, sel: &Selection, name: String) -> AdvisedPolicy {
+        let me = End::Pod(w.clone());
+        let mut notes: Vec<String> = self.chosen[w].notes.clone();
+        let mut ingress: BTreeMap<Target, BTreeSet<Port>> = BTreeMap::new();
+        let mut egress: BTreeMap<Target, BTreeSet<Port>> = BTreeMap::new();
+        for (proto, port, src, dst) in &self.seen.connections {
+            if *src != me && *dst != me {
+                continue;
+            }
+            let (Some(protocol), Some(number)) = (Protocol::parse(proto), *port) else {
+                let n = format!(
+                    "left out, NetworkPolicy cannot name it: {proto} {} -> {}",
+                    show_end(src),
+                    show_end(dst)
+                );
+                note(&mut notes, n);
+                continue;
+            };
+            let port = self.port(dst, protocol, number);
+            if *dst == me {
+                if let End::Address(PeerKind::Node, ip) = src {
+                    let n = format!(
+                        "ingress from node {ip} by ipBlock: the pod's own node (kubelet probes) is always allowed, another node's address is a peer like any"
+                    );
+                    note(&mut notes, n);
+                }
+                for t in self.targets(src) {
+                    ingress.entry(t).or_default().insert(port.clone());
+                }
+            }
+            // The DNS rule already holds it.
+            let to_dns = matches!(dst, End::Pod(d) if self.is_dns(d))
+                && matches!(protocol, Protocol::Udp | Protocol::Tcp)
+                && number == 53;
+            if *src == me && !to_dns {
+                for t in self.targets(dst) {
+                    egress.entry(t).or_default().insert(port.clone());
+                }
+            }
+        }
+        AdvisedPolicy {
+            workload: w.clone(),
+            name,
+            selection: sel.clone(),
+            ingress: rules(ingress),
+            egress: rules(egress),
+            notes,
+        }
     }
 }
 
@@ -388,7 +413,7 @@ fn policy_names(subjects: &[(&WorkloadRef, &Selection)], o: &Options) -> Vec<Str
     subjects
         .iter()
         .map(|(w, _)| {
-            if count[&(w.namespace.as_str(), w.name.as_str())] > 1 {
+            let name = if count[&(w.namespace.as_str(), w.name.as_str())] > 1 {
                 format!(
                     "{}{}-{}{}",
                     o.name_prefix,
@@ -398,7 +423,17 @@ fn policy_names(subjects: &[(&WorkloadRef, &Selection)], o: &Options) -> Vec<Str
                 )
             } else {
                 format!("{}{}{}", o.name_prefix, w.name, o.name_suffix)
-            }
+            };
+            fit(name)
         })
         .collect()
+}
+
+/// Object names are at most 253 characters and end alphanumeric.
+fn fit(name: String) -> String {
+    if name.len() <= 253 {
+        return name;
+    }
+    let cut: String = name.chars().take(253).collect();
+    cut.trim_end_matches(['-', '.']).to_string()
 }

@@ -605,6 +605,18 @@ fn options_namespace_audit_and_names() {
         3,
         "{yaml}"
     );
+    // The agent reads annotated policies as any others.
+    model_of(&yaml, &flows, &[]);
+    let long = Options {
+        name_suffix: format!("-{}", "x".repeat(300)),
+        ..Options::default()
+    };
+    assert!(
+        advise(&flows, &long)
+            .policies
+            .iter()
+            .all(|p| p.name.len() == 253)
+    );
     assert!(!yaml.contains("name: db"), "{yaml}");
 }
 
