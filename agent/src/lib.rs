@@ -3,6 +3,7 @@
 //! Data flows one way: `source` -> `index` -> `policy` (compile, diff) ->
 //! `dataplane` (kernel); deny events flow back through `flows`.
 
+pub mod advise;
 pub mod api;
 pub mod cni;
 pub mod config;

@@ -78,11 +78,49 @@ enum Command {
         #[arg(long, default_value = palisade_agent::api::DEFAULT_LISTEN)]
         agent: String,
     },
+    /// Propose NetworkPolicies (YAML) that allow exactly the observed
+    /// connections: one per workload, isolating it both ways, DNS kept.
+    Advise(AdviseArgs),
     /// Remove every pinned program and map (enforcement stops).
     Uninstall {
         #[arg(long, default_value = DEFAULT_ROOT)]
         pin_root: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct AdviseArgs {
+    /// Observed flows, JSON lines or one JSON array (as `palisade flows
+    /// --allowed --json` prints them); `-` reads stdin. Repeatable.
+    #[arg(long)]
+    from: Vec<String>,
+    /// An agent's --listen address, read with `GET /flows/allowed`.
+    /// Repeatable; without --from or --agent, the local agent.
+    #[arg(long)]
+    agent: Vec<String>,
+    /// Only policies for workloads of this namespace.
+    #[arg(long, short)]
+    namespace: Option<String>,
+    /// Annotate the policies `palisade.dev/mode: audit` (evaluated, not enforced).
+    #[arg(long)]
+    audit: bool,
+    /// Namespace of the cluster resolver every policy keeps reaching (UDP and TCP 53).
+    #[arg(long, default_value = "kube-system")]
+    dns_namespace: String,
+    /// Label (`key=value`, repeatable) of the resolver's pods.
+    #[arg(long, value_parser = label, default_value = "k8s-app=kube-dns")]
+    dns_selector: Vec<(String, String)>,
+    #[arg(long, default_value = "")]
+    name_prefix: String,
+    #[arg(long, default_value = "-least-privilege")]
+    name_suffix: String,
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: want key=value")),
+    }
 }
 
 #[derive(clap::Args)]
@@ -270,6 +308,7 @@ async fn cli_main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Advise(a) => advise(a).await,
         Command::Uninstall { pin_root } => {
             Datapath::uninstall(&PinPaths::new(&pin_root))
                 .with_context(|| format!("removing {}", pin_root.display()))?;
@@ -370,6 +409,41 @@ fn agent_options(
             )
         },
     })
+}
+
+/// `palisade advise`: reads every source, then prints the advice.
+async fn advise(a: AdviseArgs) -> anyhow::Result<()> {
+    use palisade_agent::advise::{self, input};
+    let mut agents = a.agent;
+    if a.from.is_empty() && agents.is_empty() {
+        agents.push(palisade_agent::api::DEFAULT_LISTEN.to_string());
+    }
+    let mut flows = Vec::new();
+    for f in &a.from {
+        let text = if f == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+        } else {
+            std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?
+        };
+        flows.extend(input::parse_flows(f, &text)?);
+    }
+    for addr in &agents {
+        let text = input::fetch_allowed(addr).await?;
+        flows.extend(input::parse_flows(addr, &text)?);
+    }
+    if flows.is_empty() {
+        eprintln!("no observed flows: nothing to advise");
+    }
+    let options = advise::Options {
+        namespace: a.namespace,
+        name_prefix: a.name_prefix,
+        name_suffix: a.name_suffix,
+        audit: a.audit,
+        dns_namespace: a.dns_namespace,
+        dns_selector: a.dns_selector.into_iter().collect(),
+    };
+    print!("{}", advise::advise(&flows, &options).to_yaml()?);
+    Ok(())
 }
 
 /// `palisade compile`: what the agent would program, without a kernel.
