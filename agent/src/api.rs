@@ -7,6 +7,9 @@
 //! * `GET /flows[?follow=true][&namespace=NS][&pod=NS/POD][&limit=N]`: deny
 //!   records as JSON lines, the recent ones, then (follow) new ones as they come.
 //!   `palisade flows` reads this.
+//! * `GET /explain?from=..&to=..[&port=PORT/PROTO][&format=json]`: why a
+//!   connection is allowed or denied, from the model of the last sync, with
+//!   the verdict of this node's pinned maps beside it (`palisade explain`).
 //!
 //! `--metrics-listen` serves only `/metrics`, `/healthz` and `/readyz`
 //! ([`public_router`]): flows and status name pods and addresses, so they
@@ -30,7 +33,15 @@ use axum::{
 use tokio::sync::broadcast;
 use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
 
-use crate::{flows::log::Record, metrics::Metrics, status::Status};
+use crate::{
+    dataplane::{PinPaths, conntrack::PinnedMaps},
+    explain::{self, EndpointArg, NodeMaps, PortArg},
+    flows::log::Record,
+    metrics::Metrics,
+    model::{Model, Node, ObjectRef},
+    policy::{Profile, sim::MapView},
+    status::Status,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9965";
 /// Deny records kept for `GET /flows` without `follow`.
@@ -41,6 +52,17 @@ pub struct Shared {
     pub status: RwLock<Status>,
     recent: Mutex<VecDeque<Record>>,
     tx: broadcast::Sender<Record>,
+    /// What `GET /explain` reads; none before the first sync.
+    model: RwLock<Option<Arc<ModelSnapshot>>>,
+}
+
+/// The agent's view as of its last sync, for `GET /explain`.
+pub struct ModelSnapshot {
+    pub model: Model,
+    pub profile: Profile,
+    pub node: Node,
+    /// Where this node's maps are pinned: the kernel side of the check.
+    pub pins: PinPaths,
 }
 
 impl Default for Shared {
@@ -56,6 +78,14 @@ impl Shared {
             status: RwLock::new(Status::default()),
             recent: Mutex::new(VecDeque::new()),
             tx: broadcast::channel(4096).0,
+            model: RwLock::new(None),
+        }
+    }
+
+    /// Replaces what `GET /explain` answers from.
+    pub fn publish_model(&self, snapshot: ModelSnapshot) {
+        if let Ok(mut m) = self.model.write() {
+            *m = Some(Arc::new(snapshot));
         }
     }
 
@@ -166,12 +196,82 @@ async fn flows(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Resp
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ExplainQuery {
+    pub from: String,
+    pub to: String,
+    pub port: Option<String>,
+    /// `json`, or text for people (the default).
+    pub format: Option<String>,
+}
+
+/// This node's pinned maps, and the hostNetwork pods whose cgroups carry
+/// the metadata block now.
+struct PinnedNode {
+    node: String,
+    maps: PinnedMaps,
+    cgroups: Vec<String>,
+}
+
+impl NodeMaps for PinnedNode {
+    fn maps(&self, node: &str) -> Option<&dyn MapView> {
+        (node == self.node).then_some(&self.maps as &dyn MapView)
+    }
+
+    fn cgroup_blocked(&self, node: &str, pod: &ObjectRef) -> Option<bool> {
+        (node == self.node).then(|| self.cgroups.contains(&pod.to_string()))
+    }
+}
+
+async fn explain_handler(State(s): State<Arc<Shared>>, Query(q): Query<ExplainQuery>) -> Response {
+    let bad =
+        |e: explain::ExplainError| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+    let query = match (
+        q.from.parse::<EndpointArg>(),
+        q.to.parse::<EndpointArg>(),
+        q.port.as_deref().map_or(Ok(PortArg::default()), str::parse),
+    ) {
+        (Ok(from), Ok(to), Ok(port)) => explain::Query { from, to, port },
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
+    };
+    let Some(snap) = s.model.read().ok().and_then(|m| m.clone()) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no model yet: first sync not programmed\n",
+        )
+            .into_response();
+    };
+    let cgroups = s
+        .status
+        .read()
+        .map(|st| st.cgroups.clone())
+        .unwrap_or_default();
+    // Without pinned maps (not enforcing yet) the kernel side is not checked.
+    let kernel = PinnedMaps::open(&snap.pins).ok().map(|maps| PinnedNode {
+        node: snap.node.name.clone(),
+        maps,
+        cgroups,
+    });
+    let world = explain::World {
+        model: &snap.model,
+        profile: &snap.profile,
+        nodes: std::slice::from_ref(&snap.node),
+        maps: kernel.as_ref().map(|k| k as &dyn NodeMaps),
+    };
+    match explain::explain(&world, &query) {
+        Ok(e) if q.format.as_deref() == Some("json") => axum::Json(e).into_response(),
+        Ok(e) => explain::human(&e).into_response(),
+        Err(e) => bad(e),
+    }
+}
+
 /// Everything: the loopback endpoint.
 pub fn router(shared: Arc<Shared>) -> Router {
     public_router(shared.clone()).merge(
         Router::new()
             .route("/status", get(status))
             .route("/flows", get(flows))
+            .route("/explain", get(explain_handler))
             .with_state(shared),
     )
 }

@@ -5,6 +5,8 @@
 //! lookups), and the two are compared. The agent feeds it its model and its
 //! pinned maps; `palisade explain --source` a directory and compiled maps.
 
+pub mod client;
+mod compiled;
 mod render;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
@@ -24,6 +26,7 @@ use crate::{
     },
 };
 
+pub use compiled::CompiledNodes;
 pub use render::human;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,6 +79,16 @@ impl FromStr for EndpointArg {
                 Ok(EndpointArg::Pod(ObjectRef::new(ns, name)))
             }
             _ => Err(ExplainError::Endpoint(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for EndpointArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointArg::Pod(r) => write!(f, "{r}"),
+            EndpointArg::Node => f.write_str("node"),
+            EndpointArg::Address(ip) => write!(f, "{ip}"),
         }
     }
 }
