@@ -867,7 +867,7 @@ impl<'a> Cx<'a> {
             }
             .into(),
             allowed: !blocked,
-            agrees: !blocked == semantic,
+            agrees: blocked != semantic,
         })
     }
 

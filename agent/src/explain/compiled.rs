@@ -37,7 +37,7 @@ impl CompiledNodes {
                         ..Node::default()
                     });
                 let state = Compiler::default()
-                    .with_budgets(budgets.clone())
+                    .with_budgets(budgets)
                     .compile(model, &node, profile);
                 (name.to_string(), state)
             })
