@@ -319,6 +319,66 @@ mod tests {
         out.lines().next().unwrap_or_default().to_string()
     }
 
+    /// The whole answer of `GET path`.
+    async fn get(router: Router, path: &str) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(axum::serve(l, router).into_future());
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn explain_answers_from_the_published_model_on_loopback_only() {
+        let shared = Arc::new(Shared::new());
+        let path = "/explain?from=x%2Fa&to=10.0.0.2&port=80%2Ftcp";
+        assert!(get(router(shared.clone()), path).await.contains(" 503 "));
+        let mut model = Model::default();
+        model.pods.insert(
+            ObjectRef::new("x", "a"),
+            crate::model::Pod {
+                namespace: "x".into(),
+                name: "a".into(),
+                uid: "u".into(),
+                labels: Default::default(),
+                ips: vec!["10.0.0.1".parse().expect("ip")],
+                node: "n1".into(),
+                host_network: false,
+                ports: Vec::new(),
+            },
+        );
+        shared.publish_model(ModelSnapshot {
+            model,
+            profile: Profile::default(),
+            node: Node {
+                name: "n1".into(),
+                ..Node::default()
+            },
+            pins: PinPaths::new("/nonexistent/palisade"),
+        });
+        let text = get(router(shared.clone()), path).await;
+        assert!(
+            text.contains("x/a (10.0.0.1, n1) -> 10.0.0.2 on 80/TCP: ALLOWED"),
+            "{text}"
+        );
+        assert!(text.contains("kernel maps: not checked"), "{text}");
+        let json = get(router(shared.clone()), &format!("{path}&format=json")).await;
+        assert!(json.contains("\"allowed\":true"), "{json}");
+        assert!(
+            get(router(shared.clone()), "/explain?from=x&to=y")
+                .await
+                .contains(" 400 ")
+        );
+        assert!(get(public_router(shared), path).await.contains(" 404 "));
+    }
+
     #[tokio::test]
     async fn the_public_endpoint_serves_metrics_and_health_but_no_flows_or_status() {
         let shared = Arc::new(Shared::new());
