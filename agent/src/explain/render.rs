@@ -128,8 +128,11 @@ fn write_side(out: &mut String, s: &Side, indent: &str, what: &str) {
     if !s.logged.is_empty() {
         let _ = writeln!(out, "{deeper}logged by: {}", s.logged.join(", "));
     }
-    if let Some(m) = &s.maps {
-        write_maps(out, m, &deeper);
+    match &s.maps {
+        Some(m) => write_maps(out, m, &deeper),
+        None => {
+            let _ = writeln!(out, "{deeper}maps on {}: not checked here", s.node);
+        }
     }
 }
 

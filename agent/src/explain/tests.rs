@@ -310,3 +310,33 @@ fn a_service_frontend_is_explained_by_its_backends() {
     // `node` is the backend's node.
     assert!(run(&f, "node", "10.96.0.10", "80").allowed);
 }
+
+#[test]
+fn maps_that_differ_from_the_policy_are_reported() {
+    let yaml = cluster()
+        + &np(
+            "b-from-a",
+            "{podSelector: {matchLabels: {app: b}}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}",
+        );
+    let mut f = fixture(&yaml, Profile::default());
+    // What a lost write would leave: b isolated, the rule's entries gone.
+    f.maps.policy.clear();
+    let nodes = [f.node.clone()];
+    let world = World {
+        model: &f.model,
+        profile: &f.profile,
+        nodes: &nodes,
+        maps: Some(&f),
+    };
+    let q = Query {
+        from: "x/a".parse().expect("from"),
+        to: "x/b".parse().expect("to"),
+        port: "8080".parse().expect("port"),
+    };
+    let e = explain(&world, &q).expect("explain");
+    assert!(e.allowed);
+    assert_eq!(e.maps_agree, Some(false));
+    let m = e.ingress.and_then(|s| s.maps).expect("maps check");
+    assert_eq!((m.verdict.as_str(), m.agrees), ("DeniedIsolated", false));
+    assert!(human(&explain(&world, &q).expect("explain")).contains("MISMATCH"));
+}
