@@ -31,7 +31,7 @@ pub use render::human;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExplainError {
-    #[error("{0:?} is neither NAMESPACE/POD, an address nor `node`")]
+    #[error("{0:?} is neither NAMESPACE/POD, svc:NAMESPACE/NAME, an address nor `node`")]
     Endpoint(String),
     #[error("{0:?} is not PORT[/PROTO] (PORT a number or a port name, PROTO tcp, udp or sctp)")]
     Port(String),
@@ -41,6 +41,8 @@ pub enum ExplainError {
     NoAddress(ObjectRef),
     #[error("no address of {0} is of the other side's family")]
     Family(String),
+    #[error("no Service {0} with a frontend of the client's family")]
+    NoService(ObjectRef),
     #[error("`node` is a source only: name a node's address as the destination")]
     NodeDestination,
     #[error("`node` as the source means the destination pod's node: the destination must be a pod")]
@@ -62,6 +64,8 @@ pub enum EndpointArg {
     /// The destination pod's node (kubelet probes, hostNetwork processes).
     Node,
     Address(IpAddr),
+    /// `svc:NS/NAME`: the Service's frontend (of the client's family).
+    Service(ObjectRef),
 }
 
 impl FromStr for EndpointArg {
@@ -74,9 +78,18 @@ impl FromStr for EndpointArg {
         if let Ok(ip) = s.parse() {
             return Ok(EndpointArg::Address(ip));
         }
-        match s.split_once('/') {
+        let (svc, key) = match s.strip_prefix("svc:") {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        match key.split_once('/') {
             Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                Ok(EndpointArg::Pod(ObjectRef::new(ns, name)))
+                let r = ObjectRef::new(ns, name);
+                Ok(if svc {
+                    EndpointArg::Service(r)
+                } else {
+                    EndpointArg::Pod(r)
+                })
             }
             _ => Err(ExplainError::Endpoint(s.to_string())),
         }
@@ -89,6 +102,7 @@ impl fmt::Display for EndpointArg {
             EndpointArg::Pod(r) => write!(f, "{r}"),
             EndpointArg::Node => f.write_str("node"),
             EndpointArg::Address(ip) => write!(f, "{ip}"),
+            EndpointArg::Service(r) => write!(f, "svc:{r}"),
         }
     }
 }
@@ -427,6 +441,25 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// The frontend of Service `r` of the client's family (IPv4 first).
+    fn frontend_of(&self, r: &ObjectRef, from: &EndpointArg) -> Result<IpAddr, ExplainError> {
+        let families: Vec<bool> = match from {
+            EndpointArg::Pod(p) => self.pod(p)?.ips.iter().map(IpAddr::is_ipv6).collect(),
+            EndpointArg::Address(ip) => vec![ip.is_ipv6()],
+            EndpointArg::Node | EndpointArg::Service(_) => vec![false, true],
+        };
+        let svc = self.model().services.get(r);
+        families
+            .iter()
+            .find_map(|v6| {
+                svc?.frontends
+                    .iter()
+                    .find(|f| f.is_ipv6() == *v6 && self.frontends.contains_key(f))
+                    .copied()
+            })
+            .ok_or_else(|| ExplainError::NoService(r.clone()))
+    }
+
     fn node_address(&self, node: &str, v6: bool) -> Option<IpAddr> {
         self.world
             .nodes
@@ -447,6 +480,11 @@ impl<'a> Cx<'a> {
                 }
             }
             EndpointArg::Address(ip) => self.by_address(*ip),
+            EndpointArg::Service(r) => End {
+                ip: Some(self.frontend_of(r, &q.from)?),
+                pod: None,
+                node: None,
+            },
         };
         if let (None, Some(ip)) = (to.pod, to.ip)
             && let Some(f) = self.frontends.get(&ip)
@@ -476,6 +514,7 @@ impl<'a> Cx<'a> {
     ) -> Result<(End<'a>, End<'a>), ExplainError> {
         let ips = |p: Option<&Pod>| p.map(|p| p.ips.clone()).unwrap_or_default();
         match from {
+            EndpointArg::Service(r) => Err(ExplainError::Endpoint(format!("svc:{r}"))),
             EndpointArg::Node => {
                 let pod = to.pod.ok_or(ExplainError::NodeWithoutPod)?;
                 let to_ip = to

@@ -79,7 +79,7 @@ enum Command {
     Explain {
         /// `NAMESPACE/POD`, an address, or `node` (the destination pod's node).
         from: String,
-        /// `NAMESPACE/POD` or an address (a pod's, a Service frontend's, any).
+        /// `NAMESPACE/POD`, `svc:NAMESPACE/NAME`, or an address (a pod's, a Service frontend's, any).
         to: String,
         /// `PORT[/PROTO]`: a number or a container port name of the
         /// destination pod; PROTO tcp (default), udp or sctp.

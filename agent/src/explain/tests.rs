@@ -305,6 +305,12 @@ fn a_service_frontend_is_explained_by_its_backends() {
     // The verdict through the Service is the verdict to the backend.
     let direct = run(&f, "x/a", "x/b", "8080");
     assert_eq!(direct.allowed, e.allowed);
+    // By name, as the scenarios write it.
+    assert!(run(&f, "x/a", "svc:x/web", "80").allowed);
+    assert_eq!(
+        "svc:x/web".parse::<EndpointArg>(),
+        Ok(EndpointArg::Service(ObjectRef::new("x", "web")))
+    );
     // Another port of the frontend has no backends.
     assert!(!run(&f, "x/a", "10.96.0.10", "81").allowed);
     // `node` is the backend's node.
