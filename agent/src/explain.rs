@@ -5,17 +5,19 @@
 //! lookups), and the two are compared. The agent feeds it its model and its
 //! pinned maps; `palisade explain --source` a directory and compiled maps.
 
+mod args;
 pub mod client;
 mod compiled;
 mod render;
+mod report;
+mod service;
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
-use serde::Serialize;
 
 use crate::{
-    model::{Labels, Model, Node, ObjectRef, Pod, Protocol, as_display, policy::in_block},
+    model::{Labels, Model, Node, ObjectRef, Pod, Protocol, policy::in_block},
     policy::{
         Profile,
         ordered::{self, DecidedBy, Layers, PeerView},
@@ -26,8 +28,12 @@ use crate::{
     },
 };
 
+pub use args::{EndpointArg, PortArg, PortName, Query};
 pub use compiled::CompiledNodes;
 pub use render::human;
+pub use report::{
+    Decided, Explanation, MapsCheck, NamedPort, Party, ProfilePart, ServiceHop, Side,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExplainError {
@@ -57,122 +63,6 @@ pub enum ExplainError {
     },
 }
 
-/// One side as given on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EndpointArg {
-    Pod(ObjectRef),
-    /// The destination pod's node (kubelet probes, hostNetwork processes).
-    Node,
-    Address(IpAddr),
-    /// `svc:NS/NAME`: the Service's frontend (of the client's family).
-    Service(ObjectRef),
-}
-
-impl FromStr for EndpointArg {
-    type Err = ExplainError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "node" {
-            return Ok(EndpointArg::Node);
-        }
-        if let Ok(ip) = s.parse() {
-            return Ok(EndpointArg::Address(ip));
-        }
-        let (svc, key) = match s.strip_prefix("svc:") {
-            Some(rest) => (true, rest),
-            None => (false, s),
-        };
-        match key.split_once('/') {
-            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-                let r = ObjectRef::new(ns, name);
-                Ok(if svc {
-                    EndpointArg::Service(r)
-                } else {
-                    EndpointArg::Pod(r)
-                })
-            }
-            _ => Err(ExplainError::Endpoint(s.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for EndpointArg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EndpointArg::Pod(r) => write!(f, "{r}"),
-            EndpointArg::Node => f.write_str("node"),
-            EndpointArg::Address(ip) => write!(f, "{ip}"),
-            EndpointArg::Service(r) => write!(f, "svc:{r}"),
-        }
-    }
-}
-
-/// `80`, `80/udp`, `http`, `dns/UDP`; TCP when no protocol is given.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortArg {
-    pub port: PortName,
-    pub protocol: Protocol,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PortName {
-    Number(u16),
-    /// A container port name, resolved on the destination pod.
-    Named(String),
-}
-
-impl Default for PortArg {
-    fn default() -> Self {
-        Self {
-            port: PortName::Number(80),
-            protocol: Protocol::Tcp,
-        }
-    }
-}
-
-impl FromStr for PortArg {
-    type Err = ExplainError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ExplainError::Port(s.to_string());
-        let (port, protocol) = match s.split_once('/') {
-            Some((p, proto)) => (
-                p,
-                Protocol::parse(&proto.to_ascii_uppercase()).ok_or_else(bad)?,
-            ),
-            None => (s, Protocol::Tcp),
-        };
-        let port = match port.parse::<u16>() {
-            Ok(n) => PortName::Number(n),
-            Err(_)
-                if !port.is_empty()
-                    && port.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
-            {
-                PortName::Named(port.to_string())
-            }
-            Err(_) => return Err(bad()),
-        };
-        Ok(Self { port, protocol })
-    }
-}
-
-impl fmt::Display for PortArg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.port {
-            PortName::Number(n) => write!(f, "{n}/{}", self.protocol),
-            PortName::Named(n) => write!(f, "{n}/{}", self.protocol),
-        }
-    }
-}
-
-/// What is asked: a connection from `from` to `to` on `port`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Query {
-    pub from: EndpointArg,
-    pub to: EndpointArg,
-    pub port: PortArg,
-}
-
 /// The kernel maps of each node, as the datapath would read them.
 pub trait NodeMaps {
     /// The maps of `node`; `None`: not available here (another node's).
@@ -192,158 +82,6 @@ pub struct World<'a> {
     /// always allowed in); others are treated as any address.
     pub nodes: &'a [Node],
     pub maps: Option<&'a dyn NodeMaps>,
-}
-
-/// The answer.
-#[derive(Clone, Debug, Serialize)]
-pub struct Explanation {
-    pub from: Party,
-    pub to: Party,
-    #[serde(serialize_with = "as_display")]
-    pub protocol: Protocol,
-    pub port: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub named_port: Option<NamedPort>,
-    pub allowed: bool,
-    /// The client's side, when it is a pod.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Side>,
-    /// The server's side, when it is a pod.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ingress: Option<Side>,
-    /// The destination is a Service frontend: its backends, each explained.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<ServiceHop>,
-    /// Whether every kernel verdict checked equals the semantic one
-    /// (`None`: no maps were checked).
-    pub maps_agree: Option<bool>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Party {
-    /// `ns/name`, `node/NAME` or the address.
-    pub name: String,
-    pub ip: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub host_network: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct NamedPort {
-    pub name: String,
-    pub pod: ObjectRef,
-    pub port: u16,
-}
-
-/// One pod's side of the connection.
-#[derive(Clone, Debug, Serialize)]
-pub struct Side {
-    pub pod: ObjectRef,
-    pub node: String,
-    #[serde(serialize_with = "as_display")]
-    pub direction: Direction,
-    /// Every policy selecting the pod in this direction, in evaluation order.
-    pub selected_by: Vec<String>,
-    pub allowed: bool,
-    pub decided_by: Decided,
-    /// Calico `Log` rules that matched on the way.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub logged: Vec<String>,
-    pub profile: ProfilePart,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub maps: Option<MapsCheck>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Decided {
-    /// A rule matched: the first that allowed or denied.
-    Rule {
-        policy: String,
-        tier: String,
-        index: usize,
-        action: crate::model::ordered::Action,
-    },
-    /// A tier selected the pod and none of its rules decided (for the
-    /// `default` tier: NetworkPolicy's isolation).
-    EndOfTier { tier: String },
-    /// No tier decided: the pod is not isolated in this direction.
-    NotIsolated,
-    /// The metadata block: no rule naming the metadata address opened it.
-    MetadataBlock,
-    /// From the pod's own node: always allowed in.
-    NodeToPod,
-    /// A hostNetwork pod: no veth, no policy (only the metadata block).
-    HostNetwork,
-    /// A Service frontend, allowed when every backend is, on its target port.
-    Frontend,
-}
-
-impl fmt::Display for Decided {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Decided::Rule {
-                policy,
-                tier,
-                index,
-                action,
-            } => write!(f, "{action:?} by {policy} rule {index} (tier {tier})"),
-            Decided::EndOfTier { tier } if tier == crate::model::ordered::DEFAULT_TIER => {
-                write!(f, "isolated: no rule of the default tier allowed it")
-            }
-            Decided::EndOfTier { tier } => write!(f, "end of tier {tier}: no rule decided"),
-            Decided::NotIsolated => f.write_str("not isolated: no policy decided"),
-            Decided::MetadataBlock => f.write_str("metadata block"),
-            Decided::NodeToPod => f.write_str("from the pod's own node: always allowed"),
-            Decided::HostNetwork => f.write_str("hostNetwork pod: not judged by policy"),
-            Decided::Frontend => f.write_str("a Service frontend: as its backends"),
-        }
-    }
-}
-
-/// What the agent's profile contributes to this side.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProfilePart {
-    /// The profile's default deny isolates the pod.
-    pub default_deny: bool,
-    /// The profile's DNS allowance decided.
-    #[serde(rename = "allowDNS")]
-    pub allow_dns: bool,
-    /// The peer is a metadata address under the block (egress only).
-    pub metadata_blocked: bool,
-    /// The pod or its namespace opted out of the metadata block.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub metadata_opted_out: bool,
-}
-
-/// The kernel's verdict for one side, from one node's maps.
-#[derive(Clone, Debug, Serialize)]
-pub struct MapsCheck {
-    pub node: String,
-    pub local: IpAddr,
-    pub remote: IpAddr,
-    pub port: u16,
-    /// As [`sim::Verdict`] names it (`Rule(7)`, `DeniedIsolated`, ...).
-    pub verdict: String,
-    pub allowed: bool,
-    pub agrees: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ServiceHop {
-    pub service: ObjectRef,
-    pub frontend: IpAddr,
-    pub port: u16,
-    /// The client's egress against the frontend (precomputed from the
-    /// backends, as the compiler does), when the client is a pod.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub egress: Option<Side>,
-    pub backends: Vec<Explanation>,
-    /// Backends disagree: kube-proxy may pick any, so the frontend fails closed.
-    pub mixed: bool,
 }
 
 /// A resolved side.
@@ -908,129 +646,6 @@ impl<'a> Cx<'a> {
             allowed: !blocked,
             agrees: blocked != semantic,
         })
-    }
-
-    /// Through a Service frontend: the client's egress against the
-    /// frontend, then each backend as a direct connection on its target port.
-    fn through_service(
-        &self,
-        q: &Query,
-        from: End<'a>,
-        frontend: IpAddr,
-        f: &services::Frontend,
-        port: u16,
-    ) -> Result<Explanation, ExplainError> {
-        let protocol = q.port.protocol;
-        let targets = f.ports.get(&(protocol, port)).cloned().unwrap_or_default();
-        let mut backends = Vec::new();
-        for (ip, target) in &targets {
-            let sub = Query {
-                from: q.from.clone(),
-                to: EndpointArg::Address(*ip),
-                port: PortArg {
-                    port: PortName::Number(*target),
-                    protocol,
-                },
-            };
-            // The source is resolved afresh: `node` is each backend's node.
-            let to = self.by_address(*ip);
-            let (from, to) = match self.addresses(&sub.from, to) {
-                Ok(pair) => pair,
-                Err(ExplainError::NodeWithoutPod) => continue,
-                Err(e) => return Err(e),
-            };
-            backends.push(self.direct(from, to, protocol, *target, None));
-        }
-        let egress = from
-            .pod
-            .filter(|p| !p.host_network)
-            .map(|pod| self.frontend_egress(pod, from.ip, frontend, f, &backends, protocol, port));
-        let all = !backends.is_empty() && backends.iter().all(|b| b.allowed);
-        let mixed = backends.iter().any(|b| b.allowed) && !all;
-        let allowed = all && egress.as_ref().is_none_or(|s| s.allowed);
-        let checks = egress
-            .iter()
-            .filter_map(|s| s.maps.as_ref())
-            .map(|c| c.agrees)
-            .chain(backends.iter().filter_map(|b| b.maps_agree));
-        let maps_agree = checks.fold(None, |acc: Option<bool>, a| Some(acc.unwrap_or(true) && a));
-        Ok(Explanation {
-            from: self.party(&from),
-            to: self.party(&End {
-                ip: Some(frontend),
-                pod: None,
-                node: None,
-            }),
-            protocol,
-            port,
-            named_port: None,
-            allowed,
-            egress: None,
-            ingress: None,
-            service: Some(ServiceHop {
-                service: f.service.clone(),
-                frontend,
-                port,
-                egress,
-                backends,
-                mixed,
-            }),
-            maps_agree,
-        })
-    }
-
-    /// The client's egress to a frontend, as the compiler precomputes it:
-    /// allowed when a direct connection to every backend would pass the
-    /// client's egress (and there is one), or when nothing restricts it.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one side of one connection, spelled out"
-    )]
-    fn frontend_egress(
-        &self,
-        pod: &'a Pod,
-        local: Option<IpAddr>,
-        frontend: IpAddr,
-        f: &services::Frontend,
-        backends: &[Explanation],
-        protocol: Protocol,
-        port: u16,
-    ) -> Side {
-        let selected_by = self.selected(pod, Direction::Egress);
-        let mut profile = self.profile_part(pod);
-        profile.default_deny &= selected_by.iter().any(|s| s == DEFAULT_DENY);
-        let metadata_in_play = f.metadata_backed && !profile.metadata_opted_out;
-        let unrestricted = selected_by.is_empty() && !metadata_in_play;
-        let allowed = unrestricted
-            || (!backends.is_empty()
-                && backends
-                    .iter()
-                    .all(|b| b.egress.as_ref().is_none_or(|s| s.allowed)));
-        let decided_by = if unrestricted {
-            Decided::NotIsolated
-        } else {
-            Decided::Frontend
-        };
-        let maps = self.veth_check(
-            pod,
-            Direction::Egress,
-            local,
-            Some(frontend),
-            protocol,
-            port,
-            allowed,
-        );
-        Side {
-            pod: pod.key(),
-            node: pod.node.clone(),
-            direction: Direction::Egress,
-            selected_by,
-            allowed,
-            decided_by,
-            logged: Vec::new(),
-            profile,
-            maps,
-        }
     }
 }
 
