@@ -11,6 +11,9 @@
 //!   connections, one aggregated record per workload pair, port and
 //!   direction (JSON lines); `palisade flows --allowed` and `palisade
 //!   advise` read this.
+//! * `GET /explain?from=..&to=..[&port=PORT/PROTO][&format=json]`: why a
+//!   connection is allowed or denied, from the model of the last sync, with
+//!   the verdict of this node's pinned maps beside it (`palisade explain`).
 //!
 //! `--metrics-listen` serves only `/metrics`, `/healthz` and `/readyz`
 //! ([`public_router`]): flows and status name pods and addresses, so they
@@ -35,11 +38,15 @@ use tokio::sync::broadcast;
 use tokio_stream::{StreamExt as _, wrappers::BroadcastStream};
 
 use crate::{
+    dataplane::{PinPaths, conntrack::PinnedMaps},
+    explain::{self, EndpointArg, NodeMaps, PortArg},
     flows::{
         log::Record,
         observed::{Observed, ObservedFlow},
     },
     metrics::Metrics,
+    model::{Model, Node, ObjectRef},
+    policy::{Profile, sim::MapView},
     status::Status,
 };
 
@@ -56,6 +63,17 @@ pub struct Shared {
     tx: broadcast::Sender<Record>,
     /// Allowed connections seen, per workload pair (`GET /flows/allowed`).
     observed: Mutex<Observed>,
+    /// What `GET /explain` reads; none before the first sync.
+    model: RwLock<Option<Arc<ModelSnapshot>>>,
+}
+
+/// The agent's view as of its last sync, for `GET /explain`.
+pub struct ModelSnapshot {
+    pub model: Model,
+    pub profile: Profile,
+    pub node: Node,
+    /// Where this node's maps are pinned: the kernel side of the check.
+    pub pins: PinPaths,
 }
 
 impl Default for Shared {
@@ -72,6 +90,14 @@ impl Shared {
             recent: Mutex::new(VecDeque::new()),
             tx: broadcast::channel(4096).0,
             observed: Mutex::new(Observed::new(DEFAULT_MAX_OBSERVED)),
+            model: RwLock::new(None),
+        }
+    }
+
+    /// Replaces what `GET /explain` answers from.
+    pub fn publish_model(&self, snapshot: ModelSnapshot) {
+        if let Ok(mut m) = self.model.write() {
+            *m = Some(Arc::new(snapshot));
         }
     }
 
@@ -225,6 +251,75 @@ async fn allowed(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Re
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ExplainQuery {
+    pub from: String,
+    pub to: String,
+    pub port: Option<String>,
+    /// `json`, or text for people (the default).
+    pub format: Option<String>,
+}
+
+/// This node's pinned maps, and the hostNetwork pods whose cgroups carry
+/// the metadata block now.
+struct PinnedNode {
+    node: String,
+    maps: PinnedMaps,
+    cgroups: Vec<String>,
+}
+
+impl NodeMaps for PinnedNode {
+    fn maps(&self, node: &str) -> Option<&dyn MapView> {
+        (node == self.node).then_some(&self.maps as &dyn MapView)
+    }
+
+    fn cgroup_blocked(&self, node: &str, pod: &ObjectRef) -> Option<bool> {
+        (node == self.node).then(|| self.cgroups.contains(&pod.to_string()))
+    }
+}
+
+async fn explain_handler(State(s): State<Arc<Shared>>, Query(q): Query<ExplainQuery>) -> Response {
+    let bad =
+        |e: explain::ExplainError| (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+    let query = match (
+        q.from.parse::<EndpointArg>(),
+        q.to.parse::<EndpointArg>(),
+        q.port.as_deref().map_or(Ok(PortArg::default()), str::parse),
+    ) {
+        (Ok(from), Ok(to), Ok(port)) => explain::Query { from, to, port },
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
+    };
+    let Some(snap) = s.model.read().ok().and_then(|m| m.clone()) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no model yet: first sync not programmed\n",
+        )
+            .into_response();
+    };
+    let cgroups = s
+        .status
+        .read()
+        .map(|st| st.cgroups.clone())
+        .unwrap_or_default();
+    // Without pinned maps (not enforcing yet) the kernel side is not checked.
+    let kernel = PinnedMaps::open(&snap.pins).ok().map(|maps| PinnedNode {
+        node: snap.node.name.clone(),
+        maps,
+        cgroups,
+    });
+    let world = explain::World {
+        model: &snap.model,
+        profile: &snap.profile,
+        nodes: std::slice::from_ref(&snap.node),
+        maps: kernel.as_ref().map(|k| k as &dyn NodeMaps),
+    };
+    match explain::explain(&world, &query) {
+        Ok(e) if q.format.as_deref() == Some("json") => axum::Json(e).into_response(),
+        Ok(e) => explain::human(&e).into_response(),
+        Err(e) => bad(e),
+    }
+}
+
 /// Everything: the loopback endpoint.
 pub fn router(shared: Arc<Shared>) -> Router {
     public_router(shared.clone()).merge(
@@ -232,6 +327,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             .route("/status", get(status))
             .route("/flows", get(flows))
             .route("/flows/allowed", get(allowed))
+            .route("/explain", get(explain_handler))
             .with_state(shared),
     )
 }
@@ -277,6 +373,67 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out.lines().next().unwrap_or_default().to_string()
+    }
+
+    /// The whole answer of `GET path`.
+    async fn get(router: Router, path: &str) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(axum::serve(l, router).into_future());
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn explain_answers_from_the_published_model_on_loopback_only() {
+        let shared = Arc::new(Shared::new());
+        let path = "/explain?from=x%2Fa&to=10.0.0.2&port=80%2Ftcp";
+        assert!(get(router(shared.clone()), path).await.contains(" 503 "));
+        let mut model = Model::default();
+        model.pods.insert(
+            ObjectRef::new("x", "a"),
+            crate::model::Pod {
+                namespace: "x".into(),
+                name: "a".into(),
+                uid: "u".into(),
+                labels: Default::default(),
+                ips: vec!["10.0.0.1".parse().expect("ip")],
+                node: "n1".into(),
+                host_network: false,
+                ports: Vec::new(),
+                workload: None,
+            },
+        );
+        shared.publish_model(ModelSnapshot {
+            model,
+            profile: Profile::default(),
+            node: Node {
+                name: "n1".into(),
+                ..Node::default()
+            },
+            pins: PinPaths::new("/nonexistent/palisade"),
+        });
+        let text = get(router(shared.clone()), path).await;
+        assert!(
+            text.contains("x/a (10.0.0.1, n1) -> 10.0.0.2 on 80/TCP: ALLOWED"),
+            "{text}"
+        );
+        assert!(text.contains("kernel maps: not checked"), "{text}");
+        let json = get(router(shared.clone()), &format!("{path}&format=json")).await;
+        assert!(json.contains("\"allowed\":true"), "{json}");
+        assert!(
+            get(router(shared.clone()), "/explain?from=x&to=y")
+                .await
+                .contains(" 400 ")
+        );
+        assert!(get(public_router(shared), path).await.contains(" 404 "));
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod error_chain;
+pub mod explain;
 pub mod flows;
 pub mod index;
 pub mod metrics;

@@ -9,6 +9,7 @@ use palisade_agent::{
     config::FileConfig,
     daemon::{self, LogFormat},
     dataplane::{Datapath, PinPaths, paths::DEFAULT_ROOT},
+    explain,
     flows::log::LogSettings,
     index::Index,
     model::Node,
@@ -81,6 +82,37 @@ enum Command {
     /// Propose NetworkPolicies (YAML) that allow exactly the observed
     /// connections: one per workload, isolating it both ways, DNS kept.
     Advise(AdviseArgs),
+    /// Why a connection is allowed or denied: the policies selecting each
+    /// side, the rule or isolation that decided, the profile's part, and
+    /// whether the kernel maps give the same verdict. Asks the agent on
+    /// this node, or (with --source) works offline on a directory of YAML.
+    Explain {
+        /// `NAMESPACE/POD`, an address, or `node` (the destination pod's node).
+        from: String,
+        /// `NAMESPACE/POD`, `svc:NAMESPACE/NAME`, or an address (a pod's, a Service frontend's, any).
+        to: String,
+        /// `PORT[/PROTO]`: a number or a container port name of the
+        /// destination pod; PROTO tcp (default), udp or sctp.
+        port: Option<String>,
+        /// Offline: a directory of YAML objects, compiled as `palisade compile` does.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Offline: a node whose addresses are given (traffic from them to
+        /// its own pods is always allowed).
+        #[arg(long, env = "NODE_NAME", requires = "source")]
+        node_name: Option<String>,
+        #[arg(long = "node-address", requires = "node_name")]
+        node_addresses: Vec<IpAddr>,
+        /// Offline: agent settings (YAML), as the agent's --config.
+        #[arg(long, requires = "source")]
+        config: Option<PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The agent's --listen address.
+        #[arg(long, default_value = palisade_agent::api::DEFAULT_LISTEN)]
+        agent: String,
+    },
     /// Remove every pinned program and map (enforcement stops).
     Uninstall {
         #[arg(long, default_value = DEFAULT_ROOT)]
@@ -309,6 +341,39 @@ async fn cli_main() -> anyhow::Result<()> {
             .await
         }
         Command::Advise(a) => advise(a).await,
+        Command::Explain {
+            from,
+            to,
+            port,
+            source,
+            node_name,
+            node_addresses,
+            config,
+            json,
+            agent,
+        } => {
+            let query = explain::Query {
+                from: from.parse()?,
+                to: to.parse()?,
+                port: port.as_deref().map_or(Ok(Default::default()), str::parse)?,
+            };
+            let out = match source {
+                Some(dir) => {
+                    let node = node_name.map(|name| Node {
+                        name,
+                        addresses: node_addresses,
+                        ..Node::default()
+                    });
+                    explain_offline(&dir, node, config.as_ref(), &query, json)?
+                }
+                None => explain::client::fetch(&agent, &query, json).await?,
+            };
+            print!("{out}");
+            if json && !out.ends_with('\n') {
+                println!();
+            }
+            Ok(())
+        }
         Command::Uninstall { pin_root } => {
             Datapath::uninstall(&PinPaths::new(&pin_root))
                 .with_context(|| format!("removing {}", pin_root.display()))?;
@@ -454,16 +519,7 @@ fn compile(
     config: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
     let cfg = load_config(config)?;
-    let snapshot = DirSource::new(source).read().context("reading source")?;
-    for e in &snapshot.errors {
-        eprintln!("rejected: {}", palisade_agent::error_chain::chain(&**e));
-    }
-    let mut index = Index::default();
-    for o in &snapshot.objects {
-        if let Err(e) = index.apply(o) {
-            eprintln!("rejected: {}", palisade_agent::error_chain::chain(&e));
-        }
-    }
+    let index = read_source(source)?;
     let node = Node {
         name: node_name,
         addresses: node_addresses,
@@ -477,4 +533,49 @@ fn compile(
     }
     print!("{}", dump::render(&state));
     Ok(())
+}
+
+/// The objects of a source directory in an index; rejected ones are named
+/// on stderr and left out.
+fn read_source(source: &std::path::Path) -> anyhow::Result<Index> {
+    let snapshot = DirSource::new(source).read().context("reading source")?;
+    for e in &snapshot.errors {
+        eprintln!("rejected: {}", palisade_agent::error_chain::chain(&**e));
+    }
+    let mut index = Index::default();
+    for o in &snapshot.objects {
+        if let Err(e) = index.apply(o) {
+            eprintln!("rejected: {}", palisade_agent::error_chain::chain(&e));
+        }
+    }
+    Ok(index)
+}
+
+/// `palisade explain --source`: the model of a directory, checked against
+/// the maps compiled for the node of each pod.
+fn explain_offline(
+    source: &std::path::Path,
+    node: Option<Node>,
+    config: Option<&PathBuf>,
+    query: &explain::Query,
+    json: bool,
+) -> anyhow::Result<String> {
+    let cfg = load_config(config)?;
+    cfg.profile.validate()?;
+    let index = read_source(source)?;
+    let nodes: Vec<Node> = node.into_iter().collect();
+    let compiled =
+        explain::CompiledNodes::compile(index.model(), &cfg.profile, &nodes, cfg.budgets);
+    let world = explain::World {
+        model: index.model(),
+        profile: &cfg.profile,
+        nodes: &nodes,
+        maps: Some(&compiled),
+    };
+    let e = explain::explain(&world, query)?;
+    Ok(if json {
+        serde_json::to_string_pretty(&e)?
+    } else {
+        explain::human(&e)
+    })
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod cni;
 pub mod cni_calls;
 pub mod exec;
+pub mod explain_check;
 pub mod fixtures;
 pub mod kubeproxy;
 pub mod matrix;

@@ -123,11 +123,7 @@ impl LocalCluster {
     fn add_node(&mut self, i: usize, extra_cni: &[String]) -> anyhow::Result<()> {
         let name = format!("node-{i}");
         let netns = format!("pal{}-n{i}", self.run);
-        let k = u8::try_from(i + 1).context("at most 199 nodes")?;
-        let (v4, v6) = (
-            Ipv4Addr::new(172, 31, 0, k),
-            Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, k.into()),
-        );
+        let (v4, v6) = node_addresses(i)?;
         ip(&["netns", "add", &netns])?;
         remember(Created::Netns(netns.clone()));
         for sysctl in [
@@ -452,4 +448,13 @@ impl Drop for LocalCluster {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+/// Node `i`'s uplink addresses: 172.31.0.(i + 1) and fd00:31::(i + 1).
+pub fn node_addresses(i: usize) -> anyhow::Result<(Ipv4Addr, Ipv6Addr)> {
+    let k = u8::try_from(i + 1).context("at most 199 nodes")?;
+    Ok((
+        Ipv4Addr::new(172, 31, 0, k),
+        Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, k.into()),
+    ))
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::{
     agent::{AgentProcess, AgentSpec},
+    explain_check::{Oracle, cluster_nodes, scenario_config},
     kubeproxy,
     matrix::{self, Table},
     nodes::LocalCluster,
@@ -303,7 +304,60 @@ fn scenario_counter() -> u32 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn object_key(v: &serde_yaml::Value) -> (String, String, String) {
+/// A pod's addresses: 10.244.(namespace + 1).(10 + pod) and the like in
+/// fd00:10:244::/48, by the namespace's and the pod's order of appearance.
+pub fn pod_addresses(
+    family: crate::scenario::Family,
+    ns_idx: u16,
+    pod_idx: u16,
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let third = (ns_idx + 1) as u8;
+    let fourth = (10 + pod_idx) as u8;
+    (
+        family.v4().then_some(Ipv4Addr::new(10, 244, third, fourth)),
+        family.v6().then_some(Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            ns_idx + 1,
+            0,
+            0,
+            0,
+            10 + pod_idx,
+        )),
+    )
+}
+
+/// The Pod object the agent's source gets for a scenario pod.
+pub fn pod_doc(
+    spec: &PodSpec,
+    labels: &BTreeMap<String, String>,
+    uid: &str,
+    node_name: &str,
+    ports: &[crate::scenario::PortSpec],
+    ips: &[String],
+) -> serde_json::Value {
+    let ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| {
+            let mut v = json!({"containerPort": p.port, "protocol": p.protocol});
+            if let Some(n) = &p.name {
+                v["name"] = json!(n);
+            }
+            v
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels, "uid": uid},
+        "spec": {"nodeName": node_name, "hostNetwork": spec.host_network,
+                 "containers": [{"name": "main", "image": "palisade-probe", "ports": ports}]},
+        "status": {"phase": "Running", "podIP": ips.first(), "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()},
+    })
+}
+
+/// (kind, namespace, name) of a policy object, as steps replace and delete them.
+pub fn object_key(v: &serde_yaml::Value) -> (String, String, String) {
     let s = |p: &[&str]| {
         let mut cur = v;
         for k in p {
@@ -372,23 +426,7 @@ impl Run<'_> {
             let next = self.ns_next.entry(p.namespace.clone()).or_insert(0);
             let pod_idx = *next;
             *next += 1;
-            let third = (ns_idx + 1) as u8;
-            let fourth = (10 + pod_idx) as u8;
-            let v4 = self
-                .cluster
-                .family
-                .v4()
-                .then_some(Ipv4Addr::new(10, 244, third, fourth));
-            let v6 = self.cluster.family.v6().then_some(Ipv6Addr::new(
-                0xfd00,
-                0x10,
-                0x244,
-                ns_idx + 1,
-                0,
-                0,
-                0,
-                10 + pod_idx,
-            ));
+            let (v4, v6) = pod_addresses(self.cluster.family, ns_idx, pod_idx);
             let h = self.cluster.add_pod(&name, node, v4, v6, ports)?;
             self.listen(&h)?;
         }
@@ -484,24 +522,14 @@ impl Run<'_> {
             if let Some(a) = host.v6 {
                 ips.push(a.to_string());
             }
-            let ports: Vec<serde_json::Value> = host
-                .ports
-                .iter()
-                .map(|p| {
-                    let mut v = json!({"containerPort": p.port, "protocol": p.protocol});
-                    if let Some(n) = &p.name {
-                        v["name"] = json!(n);
-                    }
-                    v
-                })
-                .collect();
-            docs.push(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "labels": pod.labels, "uid": host.uid},
-                "spec": {"nodeName": views[name].node_name, "hostNetwork": pod.spec.host_network,
-                         "containers": [{"name": "main", "image": "palisade-probe", "ports": ports}]},
-                "status": {"phase": "Running", "podIP": ips.first(), "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()},
-            }));
+            docs.push(pod_doc(
+                &pod.spec,
+                &pod.labels,
+                &host.uid,
+                &views[name].node_name,
+                &host.ports,
+                &ips,
+            ));
         }
         if self.write_service_objects() {
             for s in self.all_services() {
@@ -574,13 +602,22 @@ impl Run<'_> {
         for e in expects {
             let proto = Proto::parse(&e.protocol)?;
             for &v6 in &families {
-                let table = self.check(label, e, proto, v6)?;
+                let mut disagreements = Vec::new();
+                let table = self.check(label, e, proto, v6, &mut disagreements)?;
                 self.checks += 1;
                 if table.mismatches() > 0 {
                     ok = false;
                     self.report.push_str(&table.render());
                 } else if self.opts.show_matrices {
                     println!("{}", table.render_observed());
+                }
+                if !disagreements.is_empty() {
+                    ok = false;
+                    self.report.push_str(&format!(
+                        "palisade explain disagrees with {} probe(s):\n{}",
+                        disagreements.len(),
+                        disagreements.join("")
+                    ));
                 }
             }
         }
@@ -660,7 +697,16 @@ impl Run<'_> {
         }))
     }
 
-    fn check(&self, label: &str, e: &Expect, proto: Proto, v6: bool) -> anyhow::Result<Table> {
+    /// Probes one matrix; disagreements of `palisade explain` with the
+    /// probes go into `explain_disagreements`.
+    fn check(
+        &self,
+        label: &str,
+        e: &Expect,
+        proto: Proto,
+        v6: bool,
+        explain_disagreements: &mut Vec<String>,
+    ) -> anyhow::Result<Table> {
         let fam = if v6 { "IPv6" } else { "IPv4" };
         let mode = if self.opts.via_service {
             " via Services"
@@ -726,7 +772,30 @@ impl Run<'_> {
             }
         }
         let results = probe::run_all(&probes, self.opts.probe_timeout, self.opts.parallel);
-        for ((s, d), observed) in pairs.into_iter().zip(results) {
+        // `palisade explain` must say what the probe saw, pair by pair.
+        let oracle = Oracle::from_source(
+            &self.source,
+            scenario_config(self.scenario)?,
+            cluster_nodes(self.cluster.nodes.len())?,
+        )?;
+        let protocol = palisade_agent::model::Protocol::parse(&e.protocol)
+            .context("the scenario's protocol")?;
+        for (((s, d), observed), probe) in pairs.into_iter().zip(results).zip(&probes) {
+            let x = oracle.explain(&s, probe.to, protocol)?;
+            if x.allowed != observed || x.maps_agree == Some(false) {
+                explain_disagreements.push(format!(
+                    "{}: {s} -> {d}: probe {}, explain {}{}\n{}",
+                    table.title,
+                    if observed { "allowed" } else { "denied" },
+                    if x.allowed { "allows" } else { "denies" },
+                    if x.maps_agree == Some(false) {
+                        " (its maps check disagrees)"
+                    } else {
+                        ""
+                    },
+                    palisade_agent::explain::human(&x)
+                ));
+            }
             let expected = matrix::expected(e, &s, &d) == Verdict::Allow;
             table.cells.insert((s, d), (expected, observed));
         }

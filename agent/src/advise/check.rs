@@ -71,6 +71,7 @@ pub(super) fn model_of(yaml: &str, flows: &[ObservedFlow], probes: &[Peer]) -> M
                     node: NODE.into(),
                     host_network: false,
                     ports: ports.get(&super::end(p)).cloned().unwrap_or_default(),
+                    workload: None,
                 },
             );
         }

@@ -325,6 +325,13 @@ impl Agent {
             });
         }
         self.ready = true;
+        // What `GET /explain` answers from: the model just programmed.
+        self.shared.publish_model(crate::api::ModelSnapshot {
+            model: self.index.model().clone(),
+            profile: self.profile.clone(),
+            node: self.node.clone(),
+            pins: self.dp.pins().clone(),
+        });
         self.shared
             .metrics
             .observe_sync(self.syncer.state(), &report, self.changed_at.take());
