@@ -237,9 +237,9 @@ async fn flows(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Resp
 }
 
 async fn allowed(State(s): State<Arc<Shared>>, Query(q): Query<FlowQuery>) -> Response {
-    let body: String = s
-        .observed()
-        .snapshot()
+    // A copy, so the table is not locked while it is written out.
+    let snapshot = s.observed().snapshot();
+    let body: String = snapshot
         .iter()
         .filter(|f| q.matches_observed(f))
         .map(|f| {

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub programming_seconds: Histogram,
     pub sync_errors: Counter,
     pub rejected_objects: Gauge,
+    observed_flows: Gauge,
+    observed_flows_dropped: Gauge,
     /// By budget reason: a closed set of four label values.
     pub policies_rejected: Family<ReasonLabels, Gauge>,
     pub revision: Gauge,
@@ -137,6 +139,18 @@ impl Metrics {
             "Objects rejected by validation (their last good version stays)",
             rejected_objects.clone(),
         );
+        let observed_flows = Gauge::default();
+        registry.register(
+            "observed_flows",
+            "Records in the observed (allowed) flows table",
+            observed_flows.clone(),
+        );
+        let observed_flows_dropped = Gauge::default();
+        registry.register(
+            "observed_flows_dropped",
+            "New observed flows not recorded because the table, or their namespace's quarter of it, was full",
+            observed_flows_dropped.clone(),
+        );
         let policies_rejected = Family::<ReasonLabels, Gauge>::default();
         registry.register(
             "policies_rejected",
@@ -163,6 +177,8 @@ impl Metrics {
             programming_seconds,
             sync_errors,
             rejected_objects,
+            observed_flows,
+            observed_flows_dropped,
             policies_rejected,
             revision,
         }
@@ -225,6 +241,13 @@ impl Metrics {
             self.map_entries.get_or_create(&l).set(n as i64);
         }
         self.rejected_objects.set(rejected_objects as i64);
+    }
+
+    /// The observed flows table's size and what it could not hold.
+    pub fn observe_flow_table(&self, records: usize, dropped: u64) {
+        self.observed_flows.set(records as i64);
+        self.observed_flows_dropped
+            .set(i64::try_from(dropped).unwrap_or(i64::MAX));
     }
 
     /// Takes the kernel counters (cumulative, possibly from before this process).

@@ -223,6 +223,9 @@ pub struct Model {
     pub audited: Audited,
 }
 
+/// The annotation that sets a policy's [`Mode`] (`audit` or `enforce`).
+pub const MODE_ANNOTATION: &str = "palisade.dev/mode";
+
 /// Whether a policy is enforced, or evaluated only to log what it would deny.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {

@@ -589,7 +589,7 @@ fn deny(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, reason: Reason,
         count(Counter::EventBudget);
         return;
     }
-    send_event(flow, dir, ep, identity, reason, now);
+    let _ = send_event(flow, dir, ep, identity, reason, now);
 }
 
 /// Sends an allowed new flow to user space, where the endpoint observes
@@ -608,15 +608,24 @@ fn observe(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, now: u64) {
         count(Counter::ObserveBudget);
         return;
     }
-    count(Counter::Observed);
-    send_event(flow, dir, ep, identity, Reason::Observed, now);
+    if send_event(flow, dir, ep, identity, Reason::Observed, now) {
+        count(Counter::Observed);
+    }
 }
 
+/// Whether the event made it into the ring (else counted `event_lost`).
 #[inline(always)]
-fn send_event(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, reason: Reason, now: u64) {
+fn send_event(
+    flow: &Flow,
+    dir: u8,
+    ep: &EndpointValue,
+    identity: u32,
+    reason: Reason,
+    now: u64,
+) -> bool {
     let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
         count(Counter::EventLost);
-        return;
+        return false;
     };
     entry.write(FlowEvent {
         ts_ns: now,
@@ -633,4 +642,5 @@ fn send_event(flow: &Flow, dir: u8, ep: &EndpointValue, identity: u32, reason: R
         from_cgroup: 0,
     });
     entry.submit(0);
+    true
 }

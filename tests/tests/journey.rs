@@ -244,6 +244,10 @@ fn observe_advise_audit_enforce() -> anyhow::Result<()> {
         );
     }
     let observed = cli(&node, &bin, &["flows", "--allowed", "--json"], None)?;
+    println!(
+        "$ palisade flows --allowed\n{}",
+        cli(&node, &bin, &["flows", "--allowed"], None)?
+    );
     let flows = records(&observed);
     let web_to_api: Vec<&Value> = flows
         .iter()
@@ -275,6 +279,7 @@ fn observe_advise_audit_enforce() -> anyhow::Result<()> {
         &["advise", "--from", "-", "--audit"],
         Some(&observed),
     )?;
+    println!("$ palisade advise --audit\n{advice}");
     assert!(advice.contains("palisade.dev/mode: audit"), "{advice}");
     assert!(
         !advice.contains("pod-template-hash") && !advice.contains("controller-revision-hash"),
@@ -314,11 +319,12 @@ fn observe_advise_audit_enforce() -> anyhow::Result<()> {
             "the record names the audited policy: {hit:?}"
         );
     }
-    let metrics = cli(&node, &bin, &["flows", "--json"], None)?;
+    let served = cli(&node, &bin, &["flows", "--json"], None)?;
     assert!(
-        records(&metrics).iter().any(|r| r["type"] == "would-deny"),
+        records(&served).iter().any(|r| r["type"] == "would-deny"),
         "the flows endpoint serves would-deny records too"
     );
+    println!("$ palisade flows\n{}", cli(&node, &bin, &["flows"], None)?);
 
     // 3. Enforce: the same advice without --audit, no restart.
     let enforced = cli(&node, &bin, &["advise", "--from", "-"], Some(&observed))?;
@@ -331,6 +337,27 @@ fn observe_advise_audit_enforce() -> anyhow::Result<()> {
     for (from, to, what) in app.unwanted() {
         assert!(!connects(from, to), "{what} is denied once enforced");
     }
+
+    // 4. Why: one command, with the kernel's maps checked beside it.
+    let why = cli(
+        &node,
+        &bin,
+        &["explain", "shop/web-6d4b8-aaaaa", "shop/db-0", "pg"],
+        None,
+    )?;
+    println!("$ palisade explain shop/web-6d4b8-aaaaa shop/db-0 pg\n{why}");
+    assert!(why.contains("DENIED"), "{why}");
+    assert!(why.contains("kernel maps: agree"), "{why}");
+    let ok = cli(
+        &node,
+        &bin,
+        &["explain", "shop/api-7c9f0-ccccc", "shop/db-0", "pg"],
+        None,
+    )?;
+    assert!(
+        ok.contains("ALLOWED") && ok.contains("kernel maps: agree"),
+        "{ok}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -16,10 +16,7 @@ use k8s_openapi::{
 };
 
 use super::{Advice, AdvisedPolicy, Port, PortRef, Rule, Selection, Target, labels::show};
-use crate::model::{NAMESPACE_NAME_LABEL, Protocol};
-
-/// The annotation that makes a policy evaluated but not enforced.
-pub const AUDIT_ANNOTATION: &str = "palisade.dev/mode";
+use crate::model::{MODE_ANNOTATION as AUDIT_ANNOTATION, NAMESPACE_NAME_LABEL, Protocol};
 
 fn selector(s: &Selection) -> LabelSelector {
     LabelSelector {

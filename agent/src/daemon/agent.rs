@@ -166,7 +166,11 @@ impl Agent {
     pub(super) fn on_events(&mut self, events: impl IntoIterator<Item = FlowEvent>) {
         let now = SystemTime::now();
         let model = self.index.model();
-        // Built once per batch, and only what the policies need: ordered
+        let events: Vec<FlowEvent> = events.into_iter().collect();
+        let observing = events.iter().any(|e| e.reason == Reason::Observed as u8);
+        let logs = observing && model.ordered.values().any(|p| p.logs());
+        let audits = observing && !model.audited.is_empty();
+        // Built once per batch, and only what the events need: ordered
         // policies name the rule or tier end that denied (and Log rules),
         // audited ones need the policy set as it would be without audit.
         let network: Vec<Policy> = if model.ordered.is_empty() {
@@ -175,20 +179,23 @@ impl Agent {
             ordered::network_policies(model, &self.profile)
         };
         let layers = (!model.ordered.is_empty()).then(|| Layers::new(model, &network));
-        let with_audited: Vec<Policy> = if model.audited.is_empty() {
-            Vec::new()
-        } else {
+        let log_subjects =
+            logs.then(|| Layers::from_parts(model.ordered.values().filter(|p| p.logs()), []));
+        let with_audited: Vec<Policy> = if audits {
             ordered::network_policies_with_audited(model, &self.profile)
+        } else {
+            Vec::new()
         };
-        let would_be =
-            (!model.audited.is_empty()).then(|| Layers::with_audited(model, &with_audited));
-        let audited = allowed::audited_origins(model);
+        let would_be = audits.then(|| Layers::with_audited(model, &with_audited));
+        let audit_subjects = audits.then(|| {
+            Layers::from_parts(
+                model.audited.ordered.values(),
+                model.audited.policies.values(),
+            )
+        });
         let judges = allowed::Judges {
-            logging: layers
-                .as_ref()
-                .filter(|_| model.ordered.values().any(|p| p.logs())),
-            would_be: would_be.as_ref(),
-            audited: &audited,
+            logging: layers.as_ref().zip(log_subjects.as_ref()),
+            would_be: would_be.as_ref().zip(audit_subjects.as_ref()),
         };
         let mut observed = self.shared.observed();
         for ev in events {
@@ -356,6 +363,8 @@ impl Agent {
             let metrics = &self.shared.metrics;
             metrics.observe_datapath(&counters::read(&self.counters));
             metrics.observe_programmed(self.syncer.mirror(), self.index.rejected().len());
+            let table = self.shared.observed();
+            metrics.observe_flow_table(table.len(), table.dropped());
         }
         if let Ok(mut s) = self.shared.status.write() {
             *s = status;

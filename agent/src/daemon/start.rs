@@ -23,7 +23,7 @@ use crate::{
 
 /// What wakes the loop besides the source, the tick and signals.
 pub(super) struct Wakes {
-    /// Deny events from the datapath.
+    /// Flow events from the datapath (denials and observed allowed flows).
     pub events: AsyncFd<RingBuf<MapData>>,
     /// Flows the conntrack thread cut, as deny events.
     pub revoked: tokio::sync::mpsc::Receiver<FlowEvent>,

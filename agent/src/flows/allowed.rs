@@ -41,17 +41,23 @@ pub struct Directory {
 
 impl Directory {
     pub fn new(model: &Model, profile: &Profile, node_addresses: &[IpAddr]) -> Self {
-        let hosts = model
+        let hosts: BTreeSet<IpAddr> = model
             .pods
             .values()
             .filter(|p| p.host_network)
             .flat_map(|p| p.ips.iter().copied())
             .chain(node_addresses.iter().copied())
             .collect();
+        let pods = super::pods_by_ip(model);
+        // An address a pod or node holds is judged as that, never as a
+        // Service frontend: a tenant's Service cannot claim (externalIPs)
+        // another's address and so redirect its records.
+        let mut frontends = services::frontends(model, profile);
+        frontends.retain(|ip, _| !pods.contains_key(ip) && !hosts.contains(ip));
         Self {
-            pods: super::pods_by_ip(model),
+            pods,
             hosts,
-            frontends: services::frontends(model, profile),
+            frontends,
         }
     }
 
@@ -199,31 +205,15 @@ pub fn connections(ev: &FlowEvent, model: &Model, dir_: &Directory) -> Vec<Conne
     out
 }
 
-/// What user space judges again, built once per batch of events.
+/// What user space judges again, built once per batch of events. Only
+/// pods a `Log` policy (or an audited one) selects are judged, so the
+/// work per event is bounded by those policies, not by every policy.
 pub struct Judges<'a> {
-    /// The policies in force, when some of them have `Log` rules.
-    pub logging: Option<&'a Layers<'a>>,
-    /// The policies with the audited ones, when there are audited ones.
-    pub would_be: Option<&'a Layers<'a>>,
-    /// The audited policies, to name them in would-deny records.
-    pub audited: &'a BTreeSet<PolicyOrigin>,
-}
-
-/// The origins of the model's audited policies.
-pub fn audited_origins(model: &Model) -> BTreeSet<PolicyOrigin> {
-    model
-        .audited
-        .policies
-        .values()
-        .map(|p| p.origin.clone())
-        .chain(
-            model
-                .audited
-                .ordered
-                .values()
-                .map(|p| PolicyOrigin::Ordered(p.origin.clone())),
-        )
-        .collect()
+    /// The policies in force, and those with `Log` rules, when some have.
+    pub logging: Option<(&'a Layers<'a>, &'a Layers<'a>)>,
+    /// The policies with the audited ones, and the audited ones alone,
+    /// when there are audited ones.
+    pub would_be: Option<(&'a Layers<'a>, &'a Layers<'a>)>,
 }
 
 /// The would-deny and log records an allowed flow earns (none, mostly).
@@ -241,6 +231,10 @@ pub fn rejudge(ev: &FlowEvent, model: &Model, dir_: &Directory, j: &Judges<'_>) 
     let Some(pod) = dir_.pod(model, local) else {
         return Vec::new();
     };
+    // Node-to-pod traffic is allowed before any policy is read.
+    if s.dir == Direction::Ingress && dir_.hosts.contains(&remote) {
+        return Vec::new();
+    }
     let targets = match s.dir {
         Direction::Egress => dir_.reached(remote, s.proto, s.dport).targets,
         Direction::Ingress => vec![(remote, s.dport)],
@@ -263,31 +257,35 @@ pub fn rejudge(ev: &FlowEvent, model: &Model, dir_: &Directory, j: &Judges<'_>) 
         policies: Policies::new(policies),
         tier,
     };
-    let decide = |layers: &Layers<'_>, (ip, port): (IpAddr, Option<u16>)| {
-        let peer = AddressPeer {
-            ip,
-            pod: dir_.pod(model, ip),
-        };
-        layers.decide(model, pod, s.dir, &peer, s.proto, port)
+    // Selection is judged once per side; each target is then decided.
+    let decide_all = |layers: &Layers<'_>| {
+        let selected = layers.select(model, pod, s.dir);
+        targets
+            .iter()
+            .map(|(ip, port)| {
+                let peer = AddressPeer {
+                    ip: *ip,
+                    pod: dir_.pod(model, *ip),
+                };
+                selected.decide(model, pod, s.dir, &peer, s.proto, *port)
+            })
+            .collect::<Vec<_>>()
     };
     let mut out = Vec::new();
-    if let Some(layers) = j.logging
-        && layers.ordered_selects(model, pod, s.dir)
-        && let Some(logged) = targets
-            .iter()
-            .map(|t| decide(layers, *t).logged)
+    if let Some((layers, subjects)) = j.logging
+        && subjects.any_selects(model, pod, s.dir)
+        && let Some(logged) = decide_all(layers)
+            .into_iter()
+            .map(|d| d.logged)
             .find(|l| !l.is_empty())
     {
         let tier = logged.first().map(ordered::tier_of);
         let names = logged.iter().map(ToString::to_string).collect();
         out.push(record(RecordAction::Log, DenyReason::LogRule, names, tier));
     }
-    if let Some(layers) = j.would_be
-        && layers.any_selects(model, pod, s.dir)
-        && let Some(denied) = targets
-            .iter()
-            .map(|t| decide(layers, *t))
-            .find(|d| !d.allow)
+    if let Some((layers, subjects)) = j.would_be
+        && subjects.any_selects(model, pod, s.dir)
+        && let Some(denied) = decide_all(layers).into_iter().find(|d| !d.allow)
     {
         let (policies, tier) = match denied.by {
             DecidedBy::Rule { origin, .. } => {
@@ -297,10 +295,10 @@ pub fn rejudge(ev: &FlowEvent, model: &Model, dir_: &Directory, j: &Judges<'_>) 
             // Isolated by the policies of a tier (NetworkPolicies: the
             // default tier), of which the audited ones are to blame.
             DecidedBy::EndOfTier { tier } => (
-                layers
+                subjects
                     .selecting(model, pod, s.dir)
                     .into_iter()
-                    .filter(|o| j.audited.contains(o))
+                    .filter(|o| ordered::tier_of(o) == tier)
                     .collect(),
                 tier,
             ),

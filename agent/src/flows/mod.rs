@@ -1,5 +1,7 @@
-//! Deny events: decode (pure), attribute to pods and policies (pure),
-//! aggregate per flow and rate-limit (pure, clock passed in), print.
+//! Flow events: deny events decoded and attributed to pods and policies
+//! (pure), observed allowed flows (`allowed`, `observed`), records
+//! aggregated per flow and rate-limited (`log`, pure, clock passed in),
+//! and where they go (`sink`).
 
 pub mod allowed;
 pub mod client;
@@ -44,7 +46,8 @@ pub enum RecordAction {
     Deny,
     /// Passed, but the policies with their audited ones would deny it.
     Audit,
-    /// Passed or not, a Calico `Log` rule matched it.
+    /// A Calico `Log` rule matched it (it passed; a denied one has its
+    /// deny record, which names the deciding policy).
     Log,
 }
 

@@ -6,7 +6,10 @@
 //! where pods are folded into their owning workload, so that a Deployment's
 //! replicas and restarts make one record, with counts and first and last
 //! seen. The table is bounded: past `max` records, new keys are counted as
-//! dropped instead of remembered.
+//! dropped instead of remembered, and one namespace (that of the pod the
+//! connection was judged at) holds at most a quarter of it, so one
+//! tenant's scan of many ports or addresses cannot keep the others' flows
+//! out.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -140,7 +143,19 @@ fn flow_key(c: &Connection) -> FlowKey {
 pub struct Observed {
     max: usize,
     flows: HashMap<FlowKey, ObservedFlow>,
+    /// Records per namespace of the judged pod (`-`: none).
+    per_namespace: HashMap<String, usize>,
     dropped: u64,
+}
+
+/// Whose share of the table a connection takes: the namespace of the pod
+/// it was judged at.
+fn owner(c: &Connection) -> &str {
+    let local = match c.direction {
+        Direction::Egress => &c.src,
+        Direction::Ingress => &c.dst,
+    };
+    local.namespace.as_deref().unwrap_or("-")
 }
 
 impl Observed {
@@ -148,8 +163,14 @@ impl Observed {
         Self {
             max,
             flows: HashMap::new(),
+            per_namespace: HashMap::new(),
             dropped: 0,
         }
+    }
+
+    /// The most records one namespace may hold.
+    fn share(&self) -> usize {
+        self.max.div_ceil(4)
     }
 
     /// Counts one new connection seen at `now`.
@@ -162,10 +183,12 @@ impl Observed {
             f.connection = c;
             return;
         }
-        if self.flows.len() >= self.max {
+        let held = self.per_namespace.get(owner(&c)).copied().unwrap_or(0);
+        if self.flows.len() >= self.max || held >= self.share() {
             self.dropped += 1;
             return;
         }
+        *self.per_namespace.entry(owner(&c).to_string()).or_default() += 1;
         self.flows.insert(
             key,
             ObservedFlow {
@@ -177,7 +200,8 @@ impl Observed {
         );
     }
 
-    /// New flows not remembered because the table was full.
+    /// New flows not remembered because the table (or their namespace's
+    /// share of it) was full.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -294,14 +318,32 @@ mod tests {
     #[test]
     fn a_full_table_counts_new_flows_instead_of_growing() {
         let t0 = SystemTime::UNIX_EPOCH;
-        let mut o = Observed::new(1);
-        let dst = pod("a", "x", "x", "10.0.0.9");
+        let mut o = Observed::new(2);
+        let dst = pod("z", "x", "x", "10.0.0.9");
         o.record(conn(pod("a", "p", "p", "10.0.0.1"), dst.clone(), 1), t0);
-        o.record(conn(pod("a", "p", "p", "10.0.0.1"), dst.clone(), 2), t0);
+        o.record(conn(pod("b", "p", "p", "10.0.0.2"), dst.clone(), 1), t0);
+        o.record(conn(pod("c", "p", "p", "10.0.0.3"), dst.clone(), 1), t0);
         o.record(conn(pod("a", "p", "p", "10.0.0.1"), dst, 1), t0);
-        assert_eq!(o.len(), 1);
+        assert_eq!(o.len(), 2);
         assert_eq!(o.dropped(), 1);
         assert_eq!(o.snapshot()[0].count, 2);
+    }
+
+    #[test]
+    fn one_namespace_holds_at_most_a_quarter_of_the_table() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut o = Observed::new(8);
+        let dst = pod("b", "x", "x", "10.0.0.9");
+        for port in 0..10 {
+            o.record(
+                conn(pod("scan", "p", "p", "10.0.0.1"), dst.clone(), port),
+                t0,
+            );
+        }
+        assert_eq!(o.len(), 2, "a quarter of 8");
+        o.record(conn(pod("calm", "q", "q", "10.0.0.2"), dst, 80), t0);
+        assert_eq!(o.len(), 3, "another namespace still gets in");
+        assert_eq!(o.dropped(), 8);
     }
 
     #[test]

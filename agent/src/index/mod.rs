@@ -21,6 +21,8 @@ use k8s_openapi::api::{
 };
 pub use label_selector::selector_from_api;
 pub use mode::{ANNOTATION_PREFIX, MODE_ANNOTATION, ModeError, mode_of};
+
+use crate::model::Mode;
 pub use network_policy::{PolicyError, policy_from_api};
 pub use ordered::{OrderedError, from_value_strict};
 pub use service::{endpoint_slice_from_api, service_from_api};
@@ -345,6 +347,9 @@ impl Index {
                 calico::global_network_policy_from_api(o, &self.calico_tiers)?
             }
             Object::CalicoTier(o) => {
+                if mode == Mode::Audit {
+                    return Err(ModeError::NotAPolicy.into());
+                }
                 let (name, info) = calico::tier_from_api(o)?;
                 if self.calico_tiers.insert(name, info) != Some(info) {
                     self.resolve_calico_tiers();

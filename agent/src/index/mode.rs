@@ -7,11 +7,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+pub use crate::model::MODE_ANNOTATION;
 use crate::model::Mode;
 
 /// Annotations under this prefix are Palisade's (the source keeps them).
 pub const ANNOTATION_PREFIX: &str = "palisade.dev/";
-pub const MODE_ANNOTATION: &str = "palisade.dev/mode";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModeError {
@@ -23,6 +23,10 @@ pub enum ModeError {
         "metadata.annotations[{0:?}]: unknown Palisade annotation (known: {MODE_ANNOTATION:?})"
     )]
     UnknownAnnotation(String),
+    #[error(
+        "metadata.annotations[{MODE_ANNOTATION:?}]: a Tier is not audited; annotate its policies"
+    )]
+    NotAPolicy,
 }
 
 /// The mode an object's annotations ask for (`enforce` without one).

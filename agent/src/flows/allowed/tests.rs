@@ -103,11 +103,10 @@ fn an_audited_policy_is_not_enforced_but_would_deny_what_it_does_not_allow() {
     let d = Directory::new(&m, &Profile::default(), &[]);
     let network = ordered::network_policies_with_audited(&m, &Profile::default());
     let would_be = Layers::with_audited(&m, &network);
-    let audited = audited_origins(&m);
+    let subjects = Layers::from_parts(m.audited.ordered.values(), m.audited.policies.values());
     let j = Judges {
         logging: None,
-        would_be: Some(&would_be),
-        audited: &audited,
+        would_be: Some((&would_be, &subjects)),
     };
     // Allowed by it: no record.
     let ok = allowed("10.0.0.1", "10.0.0.2", 8080, Direction::Ingress);
@@ -143,4 +142,32 @@ fn removing_the_annotation_enforces_the_policy() {
     }
     assert_eq!(index.model().policies.len(), 1);
     assert!(index.model().audited.is_empty(), "moved, not copied");
+}
+
+#[test]
+fn node_to_pod_traffic_earns_no_would_deny_record() {
+    // Deny-all ingress in audit mode: the kubelet's probes from the node
+    // stay allowed once enforced, so they are not would-deny.
+    let closed = AUDITED.replace(
+        "  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: http}]\n",
+        "",
+    );
+    let m = model(&format!("{PODS}{closed}"));
+    let node: IpAddr = "172.31.0.1".parse().expect("ip");
+    let d = Directory::new(&m, &Profile::default(), &[node]);
+    let network = ordered::network_policies_with_audited(&m, &Profile::default());
+    let would_be = Layers::with_audited(&m, &network);
+    let subjects = Layers::from_parts(m.audited.ordered.values(), m.audited.policies.values());
+    let j = Judges {
+        logging: None,
+        would_be: Some((&would_be, &subjects)),
+    };
+    let probe = allowed("172.31.0.1", "10.0.0.2", 8080, Direction::Ingress);
+    assert!(rejudge(&probe, &m, &d, &j).is_empty());
+    let other = allowed("10.0.0.1", "10.0.0.2", 8080, Direction::Ingress);
+    assert_eq!(
+        rejudge(&other, &m, &d, &j).len(),
+        1,
+        "a pod is still judged"
+    );
 }
