@@ -533,3 +533,66 @@ fn without_tenant_calico(m: &Model) -> Model {
     m.ordered.clear();
     m
 }
+
+#[test]
+fn what_a_tenants_calico_policy_flattens_to_is_held_to_its_namespace_budget() {
+    // 300 peers of distinct labels: 300 identities. "Allow all TCP but
+    // ports 5, 7 and 9" is cheap as text but flattens to entries for
+    // every identity and allowed interval at the pod it selects.
+    let mut yaml = base();
+    for i in 0..300 {
+        yaml += &pod(
+            "victim",
+            &format!("p{i}"),
+            &format!("id: i{i}"),
+            &format!("10.2.{}.{}", 1 + i / 200, 1 + i % 200),
+        );
+    }
+    yaml += "---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: all-but, namespace: tenant}\n\
+             spec:\n  selector: all()\n  types: [Ingress]\n  ingress:\n  - action: Allow\n    protocol: TCP\n    destination: {notPorts: [5, 7, 9]}\n";
+    let idx = index(&yaml);
+    let profile = Profile::default();
+    let roomy = Compiler::default().compile(idx.model(), &node(), &profile);
+    assert!(roomy.rejected.is_empty(), "{:?}", roomy.rejected);
+    let t0: std::net::IpAddr = "10.3.0.10".parse().expect("ip");
+    let cli: std::net::IpAddr = "10.2.0.11".parse().expect("ip");
+    assert!(sim::connection_allowed(&roomy.maps, cli, t0, PROTO_TCP, 80));
+    let flattened = roomy.maps.policy.len()
+        - Compiler::default()
+            .compile(&without_tenant_calico(idx.model()), &node(), &profile)
+            .maps
+            .policy
+            .len();
+    assert!(
+        flattened > 3000,
+        "one entry per identity and interval: {flattened}"
+    );
+
+    let budgets = Budgets {
+        namespace_entries: 2_000,
+        ..Budgets::default()
+    };
+    let tight = Compiler::default()
+        .with_budgets(budgets)
+        .compile(idx.model(), &node(), &profile);
+    assert_eq!(tight.rejected.len(), 1, "{:?}", tight.rejected);
+    let r = tight.rejected.values().next().expect("one");
+    assert_eq!(r.reason, Reason::NamespaceEntries);
+    assert_eq!(r.in_force, InForce::IsolationOnly);
+    assert!(r.to_string().contains("tenant/all-but"), "{r}");
+    assert!(
+        !sim::connection_allowed(&tight.maps, cli, t0, PROTO_TCP, 80),
+        "fail closed: the tenant's pod admits nothing"
+    );
+    let alone = Compiler::default().with_budgets(budgets).compile(
+        &without_tenant_calico(idx.model()),
+        &node(),
+        &profile,
+    );
+    assert_eq!(
+        tight.maps.policy.len(),
+        alone.maps.policy.len(),
+        "nothing of the tenant's flattening stays in the map"
+    );
+    assert_eq!(victims_part(&tight), victims_part(&alone));
+}

@@ -43,7 +43,7 @@ use palisade_common::{
 use super::{
     addr::{IPV4_ROOT, canonical_ip},
     alloc::Allocator,
-    budget::{Admission, Admitted, Budgets, Cost},
+    budget::{Admission, Admitted, Budgets, Cost, InForce, Reason as BudgetReason, Rejection},
     flatten::Flatten,
     identity::{Blocks, IdentityLayer, Kind, Signature},
     matching::{MatchCache, PeerMatch},
@@ -58,7 +58,7 @@ use super::{
 use crate::model::policy::{Peer, Policy, PolicyOrigin, PortRef, Rule};
 use crate::model::{
     Model, Node, ObjectRef, Pod, Protocol,
-    ordered::{OrderedPolicy, OrderedRef},
+    ordered::{OrderedOrigin, OrderedPolicy, OrderedRef},
 };
 
 /// Compiles with ids and intermediate results that persist across calls,
@@ -283,6 +283,9 @@ impl Compiler {
             identities,
             model,
             profile,
+            flattened: BTreeMap::new(),
+            flatten_limit: self.admission.budgets().namespace_entries,
+            over_budget: BTreeMap::new(),
         };
         for pod in &local {
             let pod_ref = pod.key();
@@ -290,6 +293,7 @@ impl Compiler {
             let candidates = by_namespace.get(pod.namespace.as_str());
             endpoints.compile(&mut state, node, pod, pod_ref, ep_id, candidates);
         }
+        let flattened_over = std::mem::take(&mut endpoints.over_budget);
         self.frontend_entries(&mut state, &frontends, &local);
 
         // hostNetwork pods of this node: the metadata block goes on their cgroup.
@@ -301,6 +305,7 @@ impl Compiler {
 
         state.rejected = admitted.rejected;
         state.rejected.extend(ordered.rejected);
+        state.rejected.extend(flattened_over);
         self.identities.release_unused();
         self.endpoints.release_unused();
         self.rules.release_unused();
@@ -498,6 +503,12 @@ struct Endpoints<'a> {
     identities: &'a BTreeMap<u32, Arc<Signature>>,
     model: &'a Model,
     profile: &'a Profile,
+    /// What a namespace's own Calico policies cost where they are
+    /// flattened (one entry per remote identity and allowed interval),
+    /// measured and held to its entries budget (0: none).
+    flattened: BTreeMap<String, u64>,
+    flatten_limit: u64,
+    over_budget: BTreeMap<PolicyOrigin, Rejection>,
 }
 
 impl Endpoints<'_> {
@@ -535,7 +546,8 @@ impl Endpoints<'_> {
                 metadata_dns: self.profile.metadata_dns,
             };
             let isolated_by = if self.layers.ordered_selects(self.model, pod, dir) {
-                Flatten {
+                let before = state.maps.policy.len();
+                let isolated_by = Flatten {
                     layers: self.layers,
                     model: self.model,
                     identities: self.identities,
@@ -544,7 +556,17 @@ impl Endpoints<'_> {
                     block_metadata,
                     metadata_dns: self.profile.metadata_dns,
                 }
-                .endpoint(&mut state.maps.policy, pod, ep_id, dir)
+                .endpoint(&mut state.maps.policy, pod, ep_id, dir);
+                let written = (state.maps.policy.len() - before) as u64;
+                self.charge(
+                    &mut state.maps.policy,
+                    pod,
+                    ep_id,
+                    dir,
+                    &isolated_by,
+                    written,
+                );
+                isolated_by
             } else {
                 self.rules_of(&mut state.maps.policy, emit, candidates)
             };
@@ -578,6 +600,46 @@ impl Endpoints<'_> {
             }
         }
         state.endpoint_info.insert(ep_id, info);
+    }
+
+    /// Charges `written` flattened entries of `pod`'s side `dir` to its
+    /// namespace when a Calico policy of that namespace selects it there
+    /// (a tenant's doing); over the budget they are taken out again and
+    /// the side, isolated by its policies, allows nothing: fail closed,
+    /// and the map keeps its room for everyone else.
+    fn charge(
+        &mut self,
+        map: &mut BTreeMap<PolicyKey, u32>,
+        pod: &Pod,
+        ep_id: u32,
+        dir: Direction,
+        isolated_by: &[PolicyOrigin],
+        written: u64,
+    ) {
+        let own = isolated_by.iter().find(|o| {
+            matches!(o, PolicyOrigin::Ordered(OrderedOrigin::Calico { namespace: Some(ns), .. })
+                if *ns == pod.namespace)
+        });
+        let Some(own) = own else {
+            return;
+        };
+        let total = self.flattened.entry(pod.namespace.clone()).or_default();
+        let sum = total.saturating_add(written);
+        if self.flatten_limit == 0 || sum <= self.flatten_limit {
+            *total = sum;
+            return;
+        }
+        map.retain(|k, _| !(k.endpoint == ep_id && k.dir == dir));
+        self.over_budget.insert(
+            own.clone(),
+            Rejection {
+                policy: own.clone(),
+                reason: BudgetReason::NamespaceEntries,
+                cost: sum,
+                limit: self.flatten_limit,
+                in_force: InForce::IsolationOnly,
+            },
+        );
     }
 
     /// Emits the rules of `candidates` that select `e.pod` in `e.dir`;
