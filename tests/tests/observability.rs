@@ -318,11 +318,13 @@ fn log_rules_and_audited_policies_write_their_records() -> anyhow::Result<()> {
         Ipv4Addr::new(10, 6, 0, 10),
         Ipv4Addr::new(10, 6, 0, 11),
         Ipv4Addr::new(10, 6, 0, 12),
+        Ipv4Addr::new(10, 6, 0, 13),
     ];
     let a = cluster.add_wired("x/a", Some(ips[0]), None, web.clone())?;
     let b = cluster.add_wired("x/b", Some(ips[1]), None, web.clone())?;
     let c = cluster.add_wired("x/c", Some(ips[2]), None, web.clone())?;
-    let _l: Vec<_> = [&b, &c]
+    let d = cluster.add_wired("x/d", Some(ips[3]), None, web.clone())?;
+    let _l: Vec<_> = [&b, &c, &d]
         .iter()
         .map(|h| probe::listen(h.netns.as_deref(), &web))
         .collect::<Result<_, _>>()?;
@@ -345,6 +347,16 @@ spec:
     - action: Log
     - action: Allow
 ---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: log-then-deny, namespace: x}
+spec:
+  selector: 'pod == "d"'
+  types: [Ingress]
+  ingress:
+    - action: Log
+    - action: Deny
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -358,10 +370,11 @@ spec:
     std::fs::write(
         source.join("cluster.yaml"),
         format!(
-            "{policies}{}{}{}",
+            "{policies}{}{}{}{}",
             fixtures::pod_yaml("x", "a", ips[0]),
             fixtures::pod_yaml("x", "b", ips[1]),
             fixtures::pod_yaml("x", "c", ips[2]),
+            fixtures::pod_yaml("x", "d", ips[3]),
         ),
     )?;
     let agent = AgentProcess::start(AgentSpec {
@@ -386,9 +399,27 @@ spec:
         fixtures::connects(&na, SocketAddr::from((ips[2], 80)), short),
         "an audited policy does not deny"
     );
+    assert!(
+        !fixtures::connects(&na, SocketAddr::from((ips[3], 80)), short),
+        "the rule after the Log rule denies"
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let recs = records(&http_get(&node, "/flows")?);
-    let logged: Vec<&Value> = recs.iter().filter(|r| r["type"] == "log").collect();
+    let to_d = |t: &str| {
+        recs.iter()
+            .filter(|r| r["type"] == t && r["dst"]["pod"] == "x/d")
+            .count()
+    };
+    assert_eq!(to_d("deny"), 1, "{recs:?}");
+    assert_eq!(
+        to_d("log"),
+        1,
+        "a Log rule logs what is then denied too: {recs:?}"
+    );
+    let logged: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "log" && r["dst"]["pod"] == "x/b")
+        .collect();
     assert_eq!(logged.len(), 1, "{recs:?}");
     assert_eq!(logged[0]["action"], "log");
     assert_eq!(logged[0]["dst"]["pod"], "x/b");
@@ -402,8 +433,9 @@ spec:
     assert_eq!(audited[0]["dst"]["pod"], "x/c");
     assert_eq!(audited[0]["policies"], serde_json::json!(["x/c-closed"]));
     assert!(
-        recs.iter().all(|r| r["type"] != "deny"),
-        "nothing was denied: {recs:?}"
+        recs.iter()
+            .all(|r| r["type"] != "deny" || r["dst"]["pod"] == "x/d"),
+        "nothing else was denied: {recs:?}"
     );
     let metrics = http_get(&node, "/metrics")?;
     assert!(

@@ -46,8 +46,8 @@ pub enum RecordAction {
     Deny,
     /// Passed, but the policies with their audited ones would deny it.
     Audit,
-    /// A Calico `Log` rule matched it (it passed; a denied one has its
-    /// deny record, which names the deciding policy).
+    /// A Calico `Log` rule matched it, whatever the rules after it
+    /// decided (a denied flow has its deny record too).
     Log,
 }
 
@@ -74,10 +74,16 @@ pub struct Denial {
 /// Names the ordered policy (or the tier end) that denied `d`, where
 /// ordered policies judge its endpoint; records of other endpoints stay
 /// as they are. `layers` are the policies in force, built by the caller
-/// once per batch of events.
-pub fn name_deciding_policy(d: &mut Denial, model: &Model, layers: &ordered::Layers<'_>) {
+/// once per batch of events. Returns the `log` record of the Calico `Log`
+/// rules that matched on the way to the denial, if any (a `Log` rule logs
+/// whatever the rules after it decide).
+pub fn name_deciding_policy(
+    d: &mut Denial,
+    model: &Model,
+    layers: &ordered::Layers<'_>,
+) -> Option<Denial> {
     if d.reason != DenyReason::Policy {
-        return;
+        return None;
     }
     let (local, remote) = match d.direction {
         Direction::Ingress => (&d.dst, &d.src),
@@ -89,19 +95,24 @@ pub fn name_deciding_policy(d: &mut Denial, model: &Model, layers: &ordered::Lay
             .values()
             .find(|p| !p.host_network && p.ips.contains(&ip))
     };
-    let Some(pod) = holder(local.ip) else {
-        return;
-    };
+    let pod = holder(local.ip)?;
     if !layers.ordered_selects(model, pod, d.direction) {
-        return;
+        return None;
     }
     let peer = ordered::AddressPeer {
         ip: remote.ip,
         pod: holder(remote.ip),
     };
     let decision = layers.decide(model, pod, d.direction, &peer, d.protocol.0, d.dst.port);
+    let logged = (!decision.logged.is_empty()).then(|| Denial {
+        action: RecordAction::Log,
+        reason: DenyReason::LogRule,
+        tier: decision.logged.first().map(ordered::tier_of),
+        policies: Policies::new(decision.logged.iter().map(ToString::to_string)),
+        ..d.clone()
+    });
     if decision.allow {
-        return;
+        return logged;
     }
     let (name, tier) = match decision.by {
         ordered::DecidedBy::Rule { origin, .. } => {
@@ -109,10 +120,11 @@ pub fn name_deciding_policy(d: &mut Denial, model: &Model, layers: &ordered::Lay
             (origin.to_string(), tier)
         }
         ordered::DecidedBy::EndOfTier { tier } => ("end-of-tier".to_string(), tier),
-        ordered::DecidedBy::Default => return,
+        ordered::DecidedBy::Default => return logged,
     };
     d.policies = Policies::new([name]);
     d.tier = Some(tier);
+    logged
 }
 
 /// The policies a denied flow is blamed on: one shared list per endpoint
