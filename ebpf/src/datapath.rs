@@ -8,11 +8,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    Addr, Budget, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, FlowEvent,
-    EVENTS_BYTES, EndpointValue, FragKey, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue,
-    MAX_CONNTRACK, MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IFACES, MAX_IPCACHE, MAX_POLICY,
-    POLICY_PREFIX_FULL, PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags,
-    endpoint_flags, ipcache_flags, metadata_blocks,
+    Addr, Budget, COUNTER_COUNT, Counter, CtKey, CtValue, DIR_EGRESS, DIR_INGRESS, EVENTS_BYTES,
+    EndpointValue, FlowEvent, FragKey, IDENTITY_ANY, IDENTITY_WORLD, IpcacheValue, MAX_CONNTRACK,
+    MAX_ENDPOINTS, MAX_FRAGMENTS, MAX_IFACES, MAX_IPCACHE, MAX_POLICY, POLICY_PREFIX_FULL,
+    PROTO_ANY, PROTO_TCP, PolicyKeyData, PolicyValue, Reason, ct_flags, endpoint_flags,
+    ipcache_flags, metadata_blocks,
 };
 
 use crate::parse::{self, Flow, Icmp, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
