@@ -220,6 +220,18 @@ pub struct Subject {
     pub pods: LabelMatch,
 }
 
+impl Subject {
+    /// Whether `pod` of `namespace` (with those labels) is one this selects.
+    pub fn selects(
+        &self,
+        namespace: &str,
+        namespace_labels: &super::Labels,
+        pod: &super::Labels,
+    ) -> bool {
+        self.namespaces.matches(namespace, namespace_labels) && self.pods.matches(pod)
+    }
+}
+
 /// One peer of a rule: every condition given must hold (Calico's entity
 /// rule; a ClusterNetworkPolicy peer fills one or two of them).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

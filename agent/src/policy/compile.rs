@@ -376,10 +376,8 @@ impl Compiler {
             local
                 .iter()
                 .filter(|pod| {
-                    p.subject
-                        .namespaces
-                        .matches(&pod.namespace, &model.namespace_labels(&pod.namespace))
-                        && p.subject.pods.matches(&pod.labels)
+                    let ns_labels = model.namespace_labels(&pod.namespace);
+                    p.subject.selects(&pod.namespace, &ns_labels, &pod.labels)
                 })
                 .count() as u64
         })

@@ -643,8 +643,7 @@ fn member_rules<'a>(
     match m {
         Member::Ordered(p) => {
             let ns_labels = model.namespace_labels(&pod.namespace);
-            let selects = p.subject.namespaces.matches(&pod.namespace, &ns_labels)
-                && p.subject.pods.matches(&pod.labels);
+            let selects = p.subject.selects(&pod.namespace, &ns_labels, &pod.labels);
             let rules = match dir {
                 Direction::Ingress => p.ingress.as_deref(),
                 Direction::Egress => p.egress.as_deref(),
