@@ -214,9 +214,9 @@ impl Agent {
                 &mut self.names,
                 self.directory.pods(),
             ) {
-                let logged = layers
-                    .as_ref()
-                    .and_then(|layers| flows::name_deciding_policy(&mut d, model, layers));
+                let logged = layers.as_ref().and_then(|layers| {
+                    flows::name_deciding_policy(&mut d, model, &self.directory, layers)
+                });
                 self.deny_log.observe(d, now);
                 if let Some(l) = logged {
                     self.deny_log.observe(l, now);

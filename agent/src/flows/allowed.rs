@@ -66,7 +66,8 @@ impl Directory {
         &self.pods
     }
 
-    fn pod<'m>(&self, model: &'m Model, ip: IpAddr) -> Option<&'m Pod> {
+    /// The pod (not hostNetwork) holding `ip`, found by address.
+    pub fn pod<'m>(&self, model: &'m Model, ip: IpAddr) -> Option<&'m Pod> {
         self.pods.get(&ip).and_then(|r| model.pods.get(r))
     }
 

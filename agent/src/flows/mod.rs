@@ -80,6 +80,7 @@ pub struct Denial {
 pub fn name_deciding_policy(
     d: &mut Denial,
     model: &Model,
+    pods: &allowed::Directory,
     layers: &ordered::Layers<'_>,
 ) -> Option<Denial> {
     if d.reason != DenyReason::Policy {
@@ -89,19 +90,13 @@ pub fn name_deciding_policy(
         Direction::Ingress => (&d.dst, &d.src),
         Direction::Egress => (&d.src, &d.dst),
     };
-    let holder = |ip: IpAddr| {
-        model
-            .pods
-            .values()
-            .find(|p| !p.host_network && p.ips.contains(&ip))
-    };
-    let pod = holder(local.ip)?;
+    let pod = pods.pod(model, local.ip)?;
     if !layers.ordered_selects(model, pod, d.direction) {
         return None;
     }
     let peer = ordered::AddressPeer {
         ip: remote.ip,
-        pod: holder(remote.ip),
+        pod: pods.pod(model, remote.ip),
     };
     let decision = layers.decide(model, pod, d.direction, &peer, d.protocol.0, d.dst.port);
     let logged = (!decision.logged.is_empty()).then(|| Denial {
