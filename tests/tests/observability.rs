@@ -410,10 +410,12 @@ spec:
             .filter(|r| r["type"] == t && r["dst"]["pod"] == "x/d")
             .count()
     };
-    assert_eq!(to_d("deny"), 1, "{recs:?}");
+    // The dropped SYN is retransmitted after about a second, which with
+    // `--deny-idle-secs 1` may open a second record: one log per deny.
+    assert!(to_d("deny") >= 1, "{recs:?}");
     assert_eq!(
         to_d("log"),
-        1,
+        to_d("deny"),
         "a Log rule logs what is then denied too: {recs:?}"
     );
     let logged: Vec<&Value> = recs
