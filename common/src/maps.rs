@@ -22,6 +22,9 @@ pub const MAP_BUDGETS: &str = "PALISADE_BUDGETS";
 /// Program names as they appear in the object file.
 pub const PROG_FROM_POD: &str = "palisade_from_pod";
 pub const PROG_TO_POD: &str = "palisade_to_pod";
+/// The bench's reference program (never attached): the same parse and one
+/// conntrack lookup, the floor Palisade's per-packet cost is compared with.
+pub const PROG_FLOOR: &str = "palisade_floor";
 pub const PROG_CONNECT4: &str = "palisade_connect4";
 pub const PROG_CONNECT6: &str = "palisade_connect6";
 pub const PROG_SENDMSG4: &str = "palisade_sendmsg4";
@@ -45,7 +48,7 @@ pub const GLOBAL_OBSERVE_TOLERANCE_NS: &str = "OBSERVE_TOLERANCE_NS";
 
 /// Bumped whenever a key or value layout below changes; pinned maps of another
 /// version are replaced, never reinterpreted.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_IPCACHE: u32 = 262_144;
@@ -229,17 +232,18 @@ pub struct PolicyValue {
     pub rule: u32,
 }
 
+/// A flow as its local endpoint sees it, whichever way the packet goes: a
+/// packet and its reply compute the same key, so either is one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CtKey {
-    pub saddr: Addr,
-    pub daddr: Addr,
-    pub sport_be: [u8; 2],
-    pub dport_be: [u8; 2],
+    /// The local endpoint's address (source on egress, destination on ingress).
+    pub local: Addr,
+    pub remote: Addr,
+    pub lport_be: [u8; 2],
+    pub rport_be: [u8; 2],
     pub proto: u8,
-    /// Direction (from the local pod's view) of the packet that opened the flow.
-    pub dir: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
 /// Bits of [`CtValue::flags`].
@@ -255,6 +259,8 @@ pub mod ct_flags {
     /// ways (so neither side can adopt it again mid-stream) until it expires;
     /// a new connection (SYN) on the same tuple is judged afresh.
     pub const REVOKED: u32 = 1 << 5;
+    /// Opened by a packet to the local endpoint (ingress); clear: by one it sent.
+    pub const OPENED_INGRESS: u32 = 1 << 6;
 }
 
 #[repr(C)]
@@ -273,6 +279,13 @@ pub struct CtValue {
     /// The peer's identity when the flow was opened; user space re-judges
     /// flows whose peer's identity changed.
     pub identity: u32,
+    /// The host-side veth the flow was opened on, the endpoint's own: a
+    /// packet of the flow on it needs no endpoint lookup. A veth belongs to
+    /// one pod for its life, the kernel hands out ifindexes cyclically (a
+    /// new veth does not take a recent one's), and user space drops the
+    /// flows of an endpoint that is gone.
+    pub ifindex: u32,
+    pub _pad: u32,
 }
 
 /// Value of [`MAP_BUDGETS`]: the theoretical arrival time (CLOCK_MONOTONIC
@@ -422,7 +435,7 @@ const _: () = {
     assert!(core::mem::size_of::<PolicyKeyData>() == 12);
     assert!(core::mem::size_of::<PolicyValue>() == 4);
     assert!(core::mem::size_of::<CtKey>() == 40);
-    assert!(core::mem::size_of::<CtValue>() == 32);
+    assert!(core::mem::size_of::<CtValue>() == 40);
     assert!(core::mem::size_of::<FragKey>() == 40);
     assert!(core::mem::size_of::<Budget>() == 24);
 };

@@ -9,13 +9,17 @@
 //!   (hostNetwork pods).
 //! * `palisade_cgroup_egress` (cgroup_skb/egress, same cgroups): the same
 //!   block for every IP packet those pods' sockets send, raw ones included.
+//! * `palisade_floor`: the bench's reference program, never attached.
 //!
-//! Per packet: parse, one endpoint lookup, at most two conntrack lookups; a
-//! new flow adds at most four policy lookups and one conntrack insert.
+//! Per packet: parse, one conntrack lookup (a packet and its reply share a
+//! key). A packet no flow of its veth accounts for adds the endpoint
+//! lookup; a new flow adds at most four policy lookups and one conntrack
+//! insert.
 #![no_std]
 #![no_main]
 
 mod datapath;
+mod floor;
 mod parse;
 mod skb;
 mod sock;

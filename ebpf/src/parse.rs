@@ -1,6 +1,6 @@
-//! Header parsing into a flow tuple. Every read goes through
-//! `bpf_skb_load_bytes` (`TcContext::load`), which bounds-checks for us;
-//! each header is loaded whole in one call (helper calls are the cost here).
+//! Header parsing into a flow tuple. Each header is read whole, straight
+//! from the packet's linear data where it lies there, else through
+//! `bpf_skb_load_bytes` (`TcContext::load`); both are bounds-checked.
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
@@ -119,8 +119,22 @@ const _: () = assert!(core::mem::size_of::<Ipv4Header>() == 20);
 const _: () = assert!(core::mem::size_of::<Ipv6Header>() == 40);
 const _: () = assert!(core::mem::size_of::<TcpPrefix>() == 14);
 
+/// Where the linear part of the packet ends within reach of a header read:
+/// bounds the offsets the verifier has to reason about.
+const MAX_DIRECT_OFFSET: usize = 0xffff;
+
+/// A header at `off`, read straight from the packet where it lies in the
+/// linear data (the common case: no helper call), else copied by
+/// `bpf_skb_load_bytes`, which also reaches paged data and fails where the
+/// packet is too short.
 #[inline(always)]
 fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if off <= MAX_DIRECT_OFFSET && start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: the bytes lie within the linear packet data (checked just
+        // above); headers have no alignment, hence the unaligned read.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
     ctx.load::<T>(off).map_err(|_| ())
 }
 

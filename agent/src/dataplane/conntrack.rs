@@ -20,9 +20,9 @@ use std::{
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use palisade_common::{
-    Addr, CtKey, CtValue, DIR_EGRESS, EndpointValue, FlowEvent, IDENTITY_WORLD, IpcacheValue,
-    MAP_ENDPOINTS, MAP_IPCACHE, MAP_POLICY, POLICY_PREFIX_FULL, PROTO_TCP, PROTO_UDP,
-    PolicyKeyData, PolicyValue, Reason, ct_flags,
+    Addr, CtKey, CtValue, EndpointValue, FlowEvent, IDENTITY_WORLD, IpcacheValue, MAP_ENDPOINTS,
+    MAP_IPCACHE, MAP_POLICY, POLICY_PREFIX_FULL, PROTO_TCP, PROTO_UDP, PolicyKeyData, PolicyValue,
+    Reason, ct_flags,
 };
 use tracing::{debug, info, warn};
 
@@ -161,11 +161,7 @@ pub fn pass(
         if v.flags & ct_flags::REVOKED != 0 {
             continue;
         }
-        let (local, remote) = if k.dir == DIR_EGRESS {
-            (wire::ip(&k.saddr), wire::ip(&k.daddr))
-        } else {
-            (wire::ip(&k.daddr), wire::ip(&k.saddr))
-        };
+        let (local, remote) = (wire::ip(&k.local), wire::ip(&k.remote));
         let bound = view.endpoint(local).is_some_and(|e| e.id == v.endpoint);
         if !bound || sweep.reassigned.contains(&remote) || sweep.reassigned.contains(&local) {
             let _ = ct.remove(&k);
@@ -180,13 +176,13 @@ pub fn pass(
             continue;
         }
         report.rejudged += 1;
-        let Some(dir) = Direction::from_wire(k.dir) else {
-            // No program writes such a key: nothing to judge it by.
-            let _ = ct.remove(&k);
-            report.stale += 1;
-            continue;
+        // Judged as its opening packet was: the server's port is the local
+        // one for a flow opened to the pod, the remote one for a flow it opened.
+        let (dir, port) = if v.flags & ct_flags::OPENED_INGRESS != 0 {
+            (Direction::Ingress, u16::from_be_bytes(k.lport_be))
+        } else {
+            (Direction::Egress, u16::from_be_bytes(k.rport_be))
         };
-        let port = u16::from_be_bytes(k.dport_be);
         if sim::judge(view, local, remote, dir, k.proto, port).allows() {
             continue;
         }
@@ -200,17 +196,23 @@ pub fn pass(
         };
         let _ = ct.insert(k, tombstone, 0);
         report.revoked += 1;
+        // The record names the flow as its opening packet went.
+        let ((saddr, sport_be), (daddr, dport_be)) = if dir == Direction::Egress {
+            ((k.local, k.lport_be), (k.remote, k.rport_be))
+        } else {
+            ((k.remote, k.rport_be), (k.local, k.lport_be))
+        };
         revoked(FlowEvent {
             ts_ns: now,
             cgroup: 0,
-            saddr: k.saddr,
-            daddr: k.daddr,
-            sport_be: k.sport_be,
-            dport_be: k.dport_be,
+            saddr,
+            daddr,
+            sport_be,
+            dport_be,
             endpoint: v.endpoint,
             identity: peer.identity,
             proto: k.proto,
-            dir: k.dir,
+            dir: dir.wire(),
             reason: Reason::Revoked as u8,
             from_cgroup: 0,
         });

@@ -19,8 +19,8 @@ use aya::{
 };
 use palisade_common::{
     Addr, EndpointValue, IpcacheValue, MAP_CONNTRACK, MAP_COUNTERS, MAP_ENDPOINTS, MAP_EVENTS,
-    MAP_IFACES, MAP_IPCACHE, MAP_POLICY, PROG_CGROUP_EGRESS, PROG_FROM_POD, PROG_SOCK_ADDR,
-    PROG_TO_POD, PolicyKeyData, PolicyValue,
+    MAP_IFACES, MAP_IPCACHE, MAP_POLICY, PROG_CGROUP_EGRESS, PROG_FLOOR, PROG_FROM_POD,
+    PROG_SOCK_ADDR, PROG_TO_POD, PolicyKeyData, PolicyValue,
 };
 use tracing::{debug, info, warn};
 
@@ -533,6 +533,19 @@ impl Datapath {
             Hook::ToPod => PROG_TO_POD,
         };
         program(&mut self.ebpf, name)
+    }
+
+    /// The bench's reference program (`palisade_floor`), loaded on first
+    /// use: the agent itself never loads or attaches it.
+    pub fn floor_classifier(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, PROG_FLOOR)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| DatapathError::Program {
+                name: PROG_FLOOR,
+                source,
+            })?;
+        }
+        Ok(prog)
     }
 
     /// Attaches both tc programs to an interface. An interface that already

@@ -524,8 +524,12 @@ fn largest_admitted(
 /// The tc program's own cost per packet: BPF_PROG_TEST_RUN runs one frame
 /// `repeat` times inside the kernel and reports the mean, which leaves the
 /// rest of the network stack, and most of a shared machine's noise, out.
-/// Paths: a packet of a tracked flow, a reply, and a new flow the policy
-/// denies (never tracked, so every run takes the whole policy path).
+/// Each case is timed for Palisade and for the floor (`palisade_floor`: the
+/// same parser and one conntrack lookup) alternately, round after round;
+/// the ratio is taken per round. Cases: a packet of a tracked flow, a reply,
+/// a new allowed flow (a fresh source port per run, so one run each), and a
+/// new flow the policy denies (never tracked: every run takes the whole
+/// policy path).
 fn program(quick: bool) -> anyhow::Result<Value> {
     const MODEL: &str = "\
 ---
@@ -549,44 +553,108 @@ spec:
   policyTypes: [Egress]
   egress: [{to: [{podSelector: {matchLabels: {pod: server}}}], ports: [{port: 80}]}]
 ";
-    const SYN: u8 = 0x02;
-    const ACK: u8 = 0x10;
+    use packets::{ACK, SYN, TCP};
+    // TC_ACT_UNSPEC and TC_ACT_SHOT as the test run returns them.
+    const PASS: u32 = u32::MAX;
+    const DROP: u32 = 2;
     let (client, server): (std::net::IpAddr, std::net::IpAddr) =
         ("10.0.0.1".parse()?, "10.0.0.2".parse()?);
     let (_pins, mut dp, _syncer) =
         fixtures::load(MODEL, &Profile::default(), UnknownEndpoint::Allow);
     let repeat = if quick { 200_000 } else { 1_000_000 };
-    let mut cost = |hook: Hook, pkt: &[u8]| -> anyhow::Result<f64> {
-        let prog = dp.classifier(hook)?;
-        let mut runs = Vec::new();
-        for _ in 0..5 {
-            let r = prog.test_run(TestRunOptions {
-                data_in: Some(pkt),
-                repeat,
-                ..TestRunOptions::new()
-            })?;
-            runs.push(r.duration.as_secs_f64() * 1e9);
+    let rounds = if quick { 3 } else { 7 };
+    let new_flows_per_round = if quick { 500 } else { 2_000 };
+    // Mean ns per run of `pkt` over `repeat` runs, checked against the verdict
+    // the case must take (a bench of the wrong path measures nothing).
+    let run = |prog: &mut aya::programs::SchedClassifier,
+               pkt: &[u8],
+               repeat: u32,
+               want: Option<u32>|
+     -> anyhow::Result<f64> {
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(pkt),
+            repeat,
+            ..TestRunOptions::new()
+        })?;
+        if let Some(want) = want {
+            anyhow::ensure!(
+                r.return_value == want,
+                "program returned {} where {want} was expected",
+                r.return_value
+            );
         }
-        Ok(median(runs))
+        Ok(r.duration.as_secs_f64() * 1e9)
     };
-    // Open the flow once, then time its packets both ways.
-    cost(
-        Hook::FromPod,
-        &packets::packet(client, server, 6, 40000, 80, SYN),
+    // Open the flow once: the tracked and reply cases find it.
+    run(
+        dp.classifier(Hook::FromPod)?,
+        &packets::packet(client, server, TCP, 40000, 80, SYN),
+        1,
+        Some(PASS),
     )?;
-    let established = cost(
-        Hook::FromPod,
-        &packets::packet(client, server, 6, 40000, 80, ACK),
-    )?;
-    let reply = cost(
-        Hook::ToPod,
-        &packets::packet(server, client, 6, 80, 40000, SYN | ACK),
-    )?;
-    let denied = cost(
-        Hook::FromPod,
-        &packets::packet(client, server, 6, 40001, 81, SYN),
-    )?;
-    let r = json!({"repeat": repeat, "established_ns": established, "reply_ns": reply, "denied_new_ns": denied});
+    let repeated = [
+        (
+            "tracked",
+            Hook::FromPod,
+            packets::packet(client, server, TCP, 40000, 80, ACK),
+            PASS,
+        ),
+        (
+            "reply",
+            Hook::ToPod,
+            packets::packet(server, client, TCP, 80, 40000, SYN | ACK),
+            PASS,
+        ),
+        (
+            "denied_new",
+            Hook::FromPod,
+            packets::packet(client, server, TCP, 40001, 81, SYN),
+            DROP,
+        ),
+    ];
+    let mut ours: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut floor: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut ratios: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut next_port = 20_000u16;
+    for round in 0..rounds {
+        for (name, hook, pkt, want) in &repeated {
+            // Alternate which goes first, so that drift favours neither.
+            let (o, f) = if round % 2 == 0 {
+                let o = run(dp.classifier(*hook)?, pkt, repeat, Some(*want))?;
+                (o, run(dp.floor_classifier()?, pkt, repeat, None)?)
+            } else {
+                let f = run(dp.floor_classifier()?, pkt, repeat, None)?;
+                (run(dp.classifier(*hook)?, pkt, repeat, Some(*want))?, f)
+            };
+            ours.entry(name).or_default().push(o);
+            floor.entry(name).or_default().push(f);
+            ratios.entry(name).or_default().push(o / f);
+        }
+        // New allowed flows: every run a fresh source port, so one run each;
+        // the floor times the same packets (a conntrack miss for it too).
+        let (mut o, mut f) = (Vec::new(), Vec::new());
+        for _ in 0..new_flows_per_round {
+            let pkt = packets::packet(client, server, TCP, next_port, 80, SYN);
+            next_port += 1;
+            o.push(run(dp.classifier(Hook::FromPod)?, &pkt, 1, Some(PASS))?);
+            f.push(run(dp.floor_classifier()?, &pkt, 1, None)?);
+        }
+        let (o, f) = (median(o), median(f));
+        ours.entry("allowed_new").or_default().push(o);
+        floor.entry("allowed_new").or_default().push(f);
+        ratios.entry("allowed_new").or_default().push(o / f);
+    }
+    let mut cases = serde_json::Map::new();
+    for (name, r) in ratios {
+        let (ratio, lo, hi) = spread(r);
+        cases.insert(
+            name.into(),
+            json!({"ns": median(ours[name].clone()), "floor_ns": median(floor[name].clone()),
+                   "ratio": ratio, "ratio_min": lo, "ratio_max": hi}),
+        );
+    }
+    let r = json!({"repeat": repeat, "rounds": rounds, "new_flows_per_round": new_flows_per_round,
+                   "cases": cases, "target_tracked_ratio": 1.3});
     println!("program: {r}");
     Ok(r)
 }
@@ -1293,11 +1361,46 @@ fn markdown(r: &Value) -> String {
     ));
     let p = &r["program"];
     s.push_str(&format!(
-        "\n## Program cost per packet (BPF_PROG_TEST_RUN, kernel mean over {} runs)\n\n- packet of a tracked flow: {:.0} ns\n- reply of a tracked flow: {:.0} ns\n- new flow denied by policy (full lookup path, deny event): {:.0} ns\n",
-        p["repeat"],
-        p["established_ns"].as_f64().unwrap_or(0.0),
-        p["reply_ns"].as_f64().unwrap_or(0.0),
-        p["denied_new_ns"].as_f64().unwrap_or(0.0)
+        "\n## Program cost per packet (BPF_PROG_TEST_RUN)\n\n{} rounds; in each, Palisade and the floor (`palisade_floor`: the same parser, then one conntrack lookup, nothing else) alternately, {} runs each per case (a new allowed flow: {} single runs with fresh source ports, median); the ratio per round, median and range over the rounds.\n\n| packet | Palisade ns | floor ns | Palisade / floor |\n|---|---|---|---|\n",
+        p["rounds"], p["repeat"], p["new_flows_per_round"]
+    ));
+    for (case, label) in [
+        ("tracked", "packet of a tracked flow"),
+        ("reply", "reply of a tracked flow"),
+        (
+            "allowed_new",
+            "new flow allowed by policy (conntrack insert)",
+        ),
+        (
+            "denied_new",
+            "new flow denied by policy (full lookup path, deny event)",
+        ),
+    ] {
+        let c = &p["cases"][case];
+        s.push_str(&format!(
+            "| {label} | {:.0} | {:.0} | {:.2} ({:.2} – {:.2}) |\n",
+            c["ns"].as_f64().unwrap_or(0.0),
+            c["floor_ns"].as_f64().unwrap_or(0.0),
+            c["ratio"].as_f64().unwrap_or(0.0),
+            c["ratio_min"].as_f64().unwrap_or(0.0),
+            c["ratio_max"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    let tracked = &p["cases"]["tracked"];
+    let (ratio, hi) = (
+        tracked["ratio"].as_f64().unwrap_or(f64::MAX),
+        tracked["ratio_max"].as_f64().unwrap_or(f64::MAX),
+    );
+    let target = p["target_tracked_ratio"].as_f64().unwrap_or(1.3);
+    s.push_str(&format!(
+        "\nTarget (issue 18): a tracked-flow packet ≤ {target}x the floor: {}\n",
+        if hi <= target {
+            format!("met in every round (median {ratio:.2})")
+        } else if ratio <= target {
+            format!("met by the median ({ratio:.2}); the range crosses it ({hi:.2})")
+        } else {
+            format!("not met (median {ratio:.2})")
+        }
     ));
     let t = &r["enforce"];
     s.push_str(&format!(
