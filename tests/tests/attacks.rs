@@ -263,6 +263,45 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
         "a spoofed segment let an outside host into ingress-isolated w"
     );
 
+    // 2b. Nor as a pod with a live flow: a tracked packet is decided on its
+    // conntrack entry alone, but only on the veth the entry was made on.
+    // w holds a connection to e:9000; a sends a segment of it as w.
+    let w_port = netns::in_netns(&lab.netns("x/w"), move || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from((ext_ip, 9000)),
+            Duration::from_secs(1),
+        )?;
+        s.write_all(b"hello")?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf)?;
+        let port = s.local_addr()?.port();
+        std::mem::forget(s);
+        Ok(port)
+    })?;
+    let spoofed = fixtures::pinned_counter(&lab.pins, Counter::Spoofed);
+    raw::send4(
+        &na,
+        vec![raw::tcp4(
+            SocketAddrV4::new(w, w_port),
+            SocketAddrV4::new(ext_ip, 9000),
+            ACK,
+            1,
+            1,
+            b"SPOOFED-TRACKED",
+        )],
+    )?;
+    assert!(
+        !cap_e.saw(Duration::from_millis(300), |p| raw::carries(
+            p,
+            b"SPOOFED-TRACKED"
+        )),
+        "a segment of w's live flow sent by a left the node"
+    );
+    assert!(
+        fixtures::pinned_counter(&lab.pins, Counter::Spoofed) > spoofed,
+        "the spoofed segment is counted"
+    );
+
     // 3. Later fragments of an allowed datagram arrive: a 3000-byte UDP
     // datagram to f:53 (allowed on that port only) is fragmented by a's stack.
     let f = v4(&lab, "x/f");
