@@ -279,11 +279,11 @@ pub struct CtValue {
     /// The peer's identity when the flow was opened; user space re-judges
     /// flows whose peer's identity changed.
     pub identity: u32,
-    /// The host-side veth the flow was opened on, the endpoint's own: a
-    /// packet of the flow on it needs no endpoint lookup. A veth belongs to
-    /// one pod for its life, the kernel hands out ifindexes cyclically (a
-    /// new veth does not take a recent one's), and user space drops the
-    /// flows of an endpoint that is gone.
+    /// The host-side veth the flow was opened on, the endpoint's own (an
+    /// entry is only made after the endpoint check): a packet of the flow
+    /// on that veth needs no endpoint lookup. User space drops the flows of
+    /// an endpoint that is gone or bound to another veth since, on the
+    /// sweep after the sync that saw it.
     pub ifindex: u32,
     pub _pad: u32,
 }

@@ -231,13 +231,22 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     }
     // SAFETY: plain helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: as above; only the veth is read.
-    if let Some(v) = entry
-        && unsafe { (*v).ifindex } != ifindex
-    {
-        // Made on another veth: the address changed hands since.
-        let _ = CONNTRACK.remove(key);
-        count(Counter::CtStale);
+    // What a new flow may do with the slot its key names. One slot serves
+    // both directions: a live flow opened the other way keeps it, so that
+    // the sweeper goes on judging the flow by the way it was opened.
+    let mut keep_entry = false;
+    if let Some(v) = entry {
+        // SAFETY: pointer from a successful lookup, read once.
+        let v = unsafe { *v };
+        if v.ifindex != ifindex {
+            // Made on another veth: the address changed hands since.
+            let _ = CONNTRACK.remove(key);
+            count(Counter::CtStale);
+        } else {
+            let opened_other_way =
+                (v.flags & ct_flags::OPENED_INGRESS != 0) != (dir == DIR_INGRESS);
+            keep_entry = opened_other_way && v.flags & ct_flags::REVOKED == 0 && !closing(v.flags);
+        }
     }
     if flow.icmp == Icmp::Error {
         return match parse::inner_flow(ctx, &flow) {
@@ -245,10 +254,10 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
                 count(Counter::IcmpRelated);
                 PASS
             }
-            _ => decide_new(&flow, dir, &ep, remote, now),
+            _ => decide_new(&flow, dir, &ep, remote, now, keep_entry),
         };
     }
-    decide_new(&flow, dir, &ep, remote, now)
+    decide_new(&flow, dir, &ep, remote, now, keep_entry)
 }
 
 /// The flow's key from the local endpoint's side: the same for a packet
@@ -329,11 +338,16 @@ enum Tracked {
 #[inline(always)]
 fn track(v: &mut CtValue, flow: &Flow, dir: u8, now: u64) -> Tracked {
     let syn = opens_connection(flow);
+    let reply = (v.flags & ct_flags::OPENED_INGRESS != 0) != (dir == DIR_INGRESS);
     if v.flags & ct_flags::REVOKED != 0 {
-        return if syn { Tracked::Miss } else { Tracked::Revoked };
+        // Only a new connection the way the cut one went is judged afresh:
+        // a SYN from the other side must not reopen the tuple for both.
+        return if syn && !reply {
+            Tracked::Miss
+        } else {
+            Tracked::Revoked
+        };
     }
-    let opened_ingress = v.flags & ct_flags::OPENED_INGRESS != 0;
-    let reply = opened_ingress != (dir == DIR_INGRESS);
     if syn && (reply || v.flags & ct_flags::ADOPTED != 0 || closing(v.flags)) {
         return Tracked::Miss;
     }
@@ -394,9 +408,13 @@ fn related(outer: &Flow, inner: &Flow, dir: u8, ep: &EndpointValue) -> bool {
         return false;
     }
     // The embedded packet travelled the other way: its key from that side.
-    let v = CONNTRACK.get_ptr(ct_key(inner, dir ^ 1));
     // SAFETY: pointer from a successful lookup, read once.
-    v.is_some_and(|v| unsafe { (*v).endpoint } == ep.id)
+    let v = CONNTRACK
+        .get_ptr(ct_key(inner, dir ^ 1))
+        .map(|v| unsafe { *v });
+    v.is_some_and(|v| {
+        v.endpoint == ep.id && v.ifindex == ep.ifindex && v.flags & ct_flags::REVOKED == 0
+    })
 }
 
 #[inline(always)]
@@ -495,7 +513,14 @@ fn verdict(
 /// policy allows it as it is, never because the reverse direction would be
 /// allowed (which would let a forged segment open what policy closes).
 #[inline(always)]
-fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64) -> i32 {
+fn decide_new(
+    flow: &Flow,
+    dir: u8,
+    ep: &EndpointValue,
+    remote: &Addr,
+    now: u64,
+    keep_entry: bool,
+) -> i32 {
     let peer = identity_of(remote);
     let ports_known = !flow.later_fragment && flow.icmp == Icmp::None;
     if flow.later_fragment {
@@ -514,13 +539,15 @@ fn decide_new(flow: &Flow, dir: u8, ep: &EndpointValue, remote: &Addr, now: u64)
             let mid_stream = flow.proto == PROTO_TCP && flow.tcp_flags & TCP_SYN == 0;
             if mid_stream {
                 // A reset ends whatever it belonged to: nothing to track.
-                if flow.tcp_flags & TCP_RST == 0 {
+                if flow.tcp_flags & TCP_RST == 0 && !keep_entry {
                     open(flow, dir, ep, &peer, rule, now, ct_flags::ADOPTED);
                 }
                 count(Counter::Adopted);
             } else {
                 if !flow.later_fragment {
-                    open(flow, dir, ep, &peer, rule, now, 0);
+                    if !keep_entry {
+                        open(flow, dir, ep, &peer, rule, now, 0);
+                    }
                     remember_fragment(flow, dir, rule);
                     observe(flow, dir, ep, peer.identity, now);
                 }

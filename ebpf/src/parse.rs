@@ -1,6 +1,6 @@
 //! Header parsing into a flow tuple. Each header is read whole, straight
-//! from the packet's linear data where it lies there, else through
-//! `bpf_skb_load_bytes` (`TcContext::load`); both are bounds-checked.
+//! from the packet's linear data, pulled in first where it is not there
+//! (bpf_skb_pull_data); every read is bounds-checked.
 
 use aya_ebpf::programs::TcContext;
 use palisade_common::{
@@ -123,18 +123,34 @@ const _: () = assert!(core::mem::size_of::<TcpPrefix>() == 14);
 /// bounds the offsets the verifier has to reason about.
 const MAX_DIRECT_OFFSET: usize = 0xffff;
 
-/// A header at `off`, read straight from the packet where it lies in the
-/// linear data (the common case: no helper call), else copied by
-/// `bpf_skb_load_bytes`, which also reaches paged data and fails where the
-/// packet is too short.
+/// A header at `off`, read straight from the packet's linear data.
+#[inline(always)]
+fn direct<T>(ctx: &TcContext, off: usize) -> Option<T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if off > MAX_DIRECT_OFFSET || start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: the bytes lie within the linear packet data (checked just
+    // above); headers have no alignment, hence the unaligned read.
+    Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+}
+
+/// A header at `off`: read in place where it lies in the linear data (the
+/// common case: no helper call). Where it does not, it is pulled in first:
+/// paged data may be pages the sender can still write (a packet socket's
+/// zero-copy ring), and the pulled copy is what the stack reads after us,
+/// so what is judged is what is delivered. Fails where the packet is too
+/// short.
 #[inline(always)]
 fn load<T>(ctx: &TcContext, off: usize) -> Result<T, ()> {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if off <= MAX_DIRECT_OFFSET && start + off + core::mem::size_of::<T>() <= end {
-        // SAFETY: the bytes lie within the linear packet data (checked just
-        // above); headers have no alignment, hence the unaligned read.
-        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    if let Some(v) = direct(ctx, off) {
+        return Ok(v);
     }
+    let want = (off + core::mem::size_of::<T>()) as u32;
+    ctx.pull_data(want).map_err(|_| ())?;
+    // Copied by the helper from the now linear (private) data: a second
+    // direct read after the pull would need packet pointers rederived,
+    // which the verifier does not always follow through the compiler's code.
     ctx.load::<T>(off).map_err(|_| ())
 }
 

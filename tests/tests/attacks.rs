@@ -267,10 +267,8 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
     // conntrack entry alone, but only on the veth the entry was made on.
     // w holds a connection to e:9000; a sends a segment of it as w.
     let w_port = netns::in_netns(&lab.netns("x/w"), move || {
-        let mut s = TcpStream::connect_timeout(
-            &SocketAddr::from((ext_ip, 9000)),
-            Duration::from_secs(1),
-        )?;
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((ext_ip, 9000)), Duration::from_secs(1))?;
         s.write_all(b"hello")?;
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf)?;

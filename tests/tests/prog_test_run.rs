@@ -604,3 +604,87 @@ fn unknown_addresses_on_pod_veths_are_dropped_when_configured() {
     arp.extend([0u8; 28]);
     assert_eq!(run(&mut dp, Hook::FromPod, &arp), TC_ACT_UNSPEC);
 }
+
+/// One conntrack slot serves a flow both ways. A SYN from the other side of
+/// a live flow, allowed or not, does not take it over (the flow stays judged
+/// the way it was opened), and a revoked flow's tombstone drops it, while a
+/// new connection the way the cut one went is judged afresh.
+#[test]
+fn a_syn_from_the_other_side_never_takes_a_flows_slot() {
+    use palisade_common::{CtKey, ct_flags};
+    let (_pins, mut dp, _s) = setup(&Profile::default());
+    let (a, b) = (ip("10.0.1.10"), ip("10.0.1.11"));
+    let ct = dp.take_conntrack().expect("conntrack map");
+    let key = CtKey {
+        local: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 10],
+        remote: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 11],
+        lport_be: 1500u16.to_be_bytes(),
+        rport_be: 80u16.to_be_bytes(),
+        proto: TCP,
+        _pad: [0; 3],
+    };
+    // a -> b:80 from port 1500 (a-out allows it): one entry, opened egress.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(a, b, TCP, 1500, 80, SYN)
+        ),
+        TC_ACT_UNSPEC
+    );
+    let opened = ct.get(&key, 0).expect("the flow is tracked under a's key");
+    assert_eq!(opened.flags & ct_flags::OPENED_INGRESS, 0);
+    // b:80 -> a:1500 SYN: a-in admits b on 1000-2000, so it passes, but the
+    // entry is still the egress flow a opened.
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, a, TCP, 80, 1500, SYN)
+        ),
+        TC_ACT_UNSPEC
+    );
+    let after = ct.get(&key, 0).expect("still tracked");
+    assert_eq!(after.flags & ct_flags::OPENED_INGRESS, 0, "{after:?}");
+    assert_eq!(
+        after.created_ns, opened.created_ns,
+        "the slot was not reopened"
+    );
+    // Revoked (as the sweeper writes it): the other side's SYN is dropped,
+    // a's own new SYN is judged by policy and reopens the slot.
+    let mut ct = ct;
+    let tombstone = palisade_common::CtValue {
+        flags: after.flags | ct_flags::REVOKED | ct_flags::RST,
+        ..after
+    };
+    ct.insert(key, tombstone, 0).expect("write the tombstone");
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::ToPod,
+            &packets::packet(b, a, TCP, 80, 1500, SYN)
+        ),
+        TC_ACT_SHOT,
+        "a SYN from the other side of a revoked flow"
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(a, b, TCP, 1500, 80, ACK)
+        ),
+        TC_ACT_SHOT,
+        "a segment of the revoked flow"
+    );
+    assert_eq!(
+        run(
+            &mut dp,
+            Hook::FromPod,
+            &packets::packet(a, b, TCP, 1500, 80, SYN)
+        ),
+        TC_ACT_UNSPEC,
+        "a new connection the way the cut one went"
+    );
+    let reopened = ct.get(&key, 0).expect("tracked again");
+    assert_eq!(reopened.flags & ct_flags::REVOKED, 0, "{reopened:?}");
+}

@@ -4,8 +4,10 @@
 //! now say, exactly as a packet would be judged ([`PinnedMaps`] is a
 //! [`MapView`] over the pinned maps).
 //!
-//! A flow is dropped when its local endpoint is gone or another pod holds
-//! the address (the kernel checks the endpoint id on every packet too), when
+//! A flow is dropped when its local endpoint is gone, is bound to another
+//! veth than the one the flow was opened on, or another pod holds the
+//! address (the kernel decides a tracked packet on its entry alone when it
+//! comes on that veth, so this is what ends such flows), when
 //! the peer's address changed hands, and when the current policy no longer
 //! allows it (then a deny record says so): with revocation on, every flow is
 //! judged again after a sync; with it off, only flows whose peer's identity
@@ -162,7 +164,9 @@ pub fn pass(
             continue;
         }
         let (local, remote) = (wire::ip(&k.local), wire::ip(&k.remote));
-        let bound = view.endpoint(local).is_some_and(|e| e.id == v.endpoint);
+        let bound = view
+            .endpoint(local)
+            .is_some_and(|e| e.id == v.endpoint && e.ifindex == v.ifindex);
         if !bound || sweep.reassigned.contains(&remote) || sweep.reassigned.contains(&local) {
             let _ = ct.remove(&k);
             report.stale += 1;
@@ -186,13 +190,23 @@ pub fn pass(
         if sim::judge(view, local, remote, dir, k.proto, port).allows() {
             continue;
         }
+        // The kernel may have reopened the slot since it was read (a new
+        // connection on the tuple): that one is judged by the next pass.
+        let reopened = |cur: &CtValue| {
+            cur.created_ns != v.created_ns
+                || (cur.flags ^ v.flags) & (ct_flags::OPENED_INGRESS | ct_flags::REVOKED) != 0
+        };
+        let Ok(cur) = ct.get(&k, 0) else { continue };
+        if reopened(&cur) {
+            continue;
+        }
         // A tombstone rather than a removal: a segment of the cut flow must
         // not be adopted mid-stream in the other direction (which a server
         // still sending would otherwise do, where its egress is open).
         let tombstone = CtValue {
             last_seen_ns: now,
-            flags: v.flags | ct_flags::REVOKED | ct_flags::RST,
-            ..v
+            flags: cur.flags | ct_flags::REVOKED | ct_flags::RST,
+            ..cur
         };
         let _ = ct.insert(k, tombstone, 0);
         report.revoked += 1;

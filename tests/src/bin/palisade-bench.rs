@@ -826,18 +826,32 @@ fn setups(n: usize) -> &'static [&'static str] {
     }
 }
 
+/// User and system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
 /// One setup, measured once: Palisade's agent or an nftables ruleset is
-/// put in place, measured, and removed again.
+/// put in place, measured, and removed again; for Palisade also the share
+/// of one CPU its agent used meanwhile.
 fn measure_setup(
     bed: &Bed,
     setup: &str,
     n: usize,
     dir: &std::path::Path,
     quick: bool,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, Option<f64>)> {
     let node = &bed.cluster.node_netns;
     match setup {
-        "bare" => measure(bed, quick),
+        "bare" => measure(bed, quick).map(|(g, c)| (g, c, None)),
         "palisade" | "palisade-unobserved" => {
             let observe = if setup == "palisade" { "true" } else { "false" };
             let source = dir.join(format!("src-{n}"));
@@ -873,7 +887,13 @@ fn measure_setup(
             agent.wait_programmed(&bed.cluster.interfaces(), Duration::from_secs(60))?;
             // Its start (verifier, first sync) is not the datapath's cost.
             std::thread::sleep(Duration::from_secs(1));
-            measure(bed, quick)
+            // What the agent itself takes of the machine while measured: on
+            // 2 CPUs, time it spends is time the measured traffic does not get.
+            let pid = agent.pid().context("agent pid")?;
+            let (cpu0, t0) = (cpu_seconds(pid)?, Instant::now());
+            let r = measure(bed, quick)?;
+            let share = (cpu_seconds(pid)? - cpu0) / t0.elapsed().as_secs_f64();
+            Ok((r.0, r.1, Some(share)))
         }
         nft => {
             let file = dir.join(format!("{nft}-{n}.nft"));
@@ -885,7 +905,7 @@ fn measure_setup(
             run(Command::new("ip").args([
                 "netns", "exec", node, "nft", "delete", "table", "inet", "bench",
             ]))?;
-            r
+            r.map(|(g, c)| (g, c, None))
         }
     }
 }
@@ -909,18 +929,22 @@ fn datapath(quick: bool) -> anyhow::Result<Value> {
     let rounds = if quick { 2 } else { 5 };
     // (setup-n) -> per round (Gbit/s, conn/s, throughput ratio, conn ratio)
     let mut samples: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    let mut agent_cpu: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
         for n in [10usize, 1_000, 10_000] {
             let mut got: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
             let setups = setups(n);
             for k in 0..setups.len() {
                 let setup = setups[(k + round) % setups.len()];
-                let r = measure_setup(&bed, setup, n, &dir, quick)?;
-                println!(
-                    "round {round}, {setup}-{n}: {:.2} Gbit/s, {:.0} conn/s",
-                    r.0, r.1
-                );
-                got.insert(setup, r);
+                let (g, c, cpu) = measure_setup(&bed, setup, n, &dir, quick)?;
+                println!("round {round}, {setup}-{n}: {g:.2} Gbit/s, {c:.0} conn/s");
+                if let Some(cpu) = cpu {
+                    agent_cpu
+                        .entry(format!("{setup}-{n}"))
+                        .or_default()
+                        .push(cpu);
+                }
+                got.insert(setup, (g, c));
             }
             let bare = got["bare"];
             for (setup, (g, c)) in got {
@@ -942,9 +966,11 @@ fn datapath(quick: bool) -> anyhow::Result<Value> {
     for (k, v) in &samples {
         let (tput, tput_lo, tput_hi) = spread(col(v, 2));
         let (conn, conn_lo, conn_hi) = spread(col(v, 3));
+        let cpu = agent_cpu.get(k).map(|c| median(c.clone()));
         out.insert(
             k.clone(),
             json!({
+                "agent_cpu_share": cpu,
                 "samples": v.len(),
                 "gbit_per_s": median(col(v, 0)), "conn_per_s": median(col(v, 1)),
                 "throughput_vs_bare": tput, "throughput_vs_bare_min": tput_lo, "throughput_vs_bare_max": tput_hi,
@@ -1224,7 +1250,9 @@ fn markdown(r: &Value) -> String {
          {} rounds; in each, every rule count's setups (four; five at 1k, with Palisade unobserved) run back to back in an order rotating \
          from round to round, and each is compared with the bare run of its own round. Medians over \
          the rounds, the ratio's range after it.\n\n\
-         | setup | Gbit/s | vs bare | conn/s | vs bare |\n|---|---|---|---|---|\n",
+         The agent's column is the share of one CPU its process used while measured (median): \
+         on 2 CPUs that is taken from the traffic.\n\n\
+         | setup | Gbit/s | vs bare | conn/s | vs bare | agent CPU |\n|---|---|---|---|---|---|\n",
         d["rounds"]
     ));
     let order = [
@@ -1244,7 +1272,7 @@ fn markdown(r: &Value) -> String {
     for k in order {
         if let Some(row) = d.get(k) {
             s.push_str(&format!(
-                "| {k} | {:.2} | {:.3} ({:.3} – {:.3}) | {:.0} | {:.3} ({:.3} – {:.3}) |\n",
+                "| {k} | {:.2} | {:.3} ({:.3} – {:.3}) | {:.0} | {:.3} ({:.3} – {:.3}) | {} |\n",
                 f(&row["gbit_per_s"]),
                 f(&row["throughput_vs_bare"]),
                 f(&row["throughput_vs_bare_min"]),
@@ -1253,6 +1281,9 @@ fn markdown(r: &Value) -> String {
                 f(&row["conn_rate_vs_bare"]),
                 f(&row["conn_rate_vs_bare_min"]),
                 f(&row["conn_rate_vs_bare_max"]),
+                row["agent_cpu_share"]
+                    .as_f64()
+                    .map_or("–".to_string(), |c| format!("{:.0} %", c * 100.0)),
             ));
         }
     }
