@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: release builds, then `palisade-bench`,
+//! `cargo xtask bench [--quick] [--only SECTION]`: release builds, then `palisade-bench`,
 //! which writes BENCHMARKS.md and bench.json at the workspace root.
 
 use std::process::Command;
@@ -13,6 +13,9 @@ pub(crate) struct Options {
     /// Under 5 minutes: shorter transfers, fewer repetitions.
     #[arg(long)]
     pub quick: bool,
+    /// Run one section and print it, without writing the reports.
+    #[arg(long, value_parser = ["engine", "enforce", "program", "datapath", "service"])]
+    pub only: Option<String>,
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
@@ -25,6 +28,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
         .current_dir(root());
     if o.quick {
         cmd.arg("--quick");
+    }
+    if let Some(section) = &o.only {
+        cmd.args(["--only", section]);
     }
     exec(&mut cmd)
 }

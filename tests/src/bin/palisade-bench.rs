@@ -1205,7 +1205,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some("enforce") => return enforce(cli.quick).map(drop),
         Some("program") => return program(cli.quick).map(drop),
-        Some("datapath") => return datapath(cli.quick).map(drop),
+        Some("datapath") => {
+            println!("datapath: {}", datapath(cli.quick)?);
+            return Ok(());
+        }
         Some("service") => return service(cli.quick).map(drop),
         _ => {}
     }
