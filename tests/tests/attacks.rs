@@ -124,6 +124,54 @@ impl Lab {
     }
 }
 
+/// Opens a connection from `netns` to an echo server and keeps it open
+/// (the socket is leaked on purpose); returns its local port.
+fn held_connection(netns: &str, to: SocketAddr) -> anyhow::Result<u16> {
+    netns::in_netns(netns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+        s.write_all(b"hello")?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf)?;
+        let port = s.local_addr()?.port();
+        std::mem::forget(s);
+        Ok(port)
+    })
+}
+
+/// Forged segments a hostile pod sends, watched for where they would go.
+struct Forged<'a> {
+    lab: &'a Lab,
+    sender: &'a str,
+    capture: &'a Capture,
+}
+
+impl Forged<'_> {
+    /// One segment `from -> to` carrying `marker`: it must not arrive, and
+    /// must be counted as spoofed.
+    fn is_dropped(
+        &self,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        flags: u8,
+        marker: &[u8],
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let spoofed = fixtures::pinned_counter(&self.lab.pins, Counter::Spoofed);
+        raw::send4(self.sender, vec![raw::tcp4(from, to, flags, 7, 1, marker)])?;
+        assert!(
+            !self
+                .capture
+                .saw(Duration::from_millis(300), |p| raw::carries(p, marker)),
+            "{what} left the node"
+        );
+        assert!(
+            fixtures::pinned_counter(&self.lab.pins, Counter::Spoofed) > spoofed,
+            "{what} is not counted spoofed"
+        );
+        Ok(())
+    }
+}
+
 fn v4(lab: &Lab, name: &str) -> Ipv4Addr {
     lab.cluster.hosts[name].v4.expect("IPv4 address")
 }
@@ -233,31 +281,20 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
 
     // 2. No spoofed sources. a sends as w (egress open) to plant a flow
     // w:80 -> e:45000; then e connects from 45000 into w:80 (ingress closed).
-    let spoofed = fixtures::pinned_counter(&lab.pins, Counter::Spoofed);
     let ne = lab.netns("external:e");
     let cap_e = Capture::open(&ne)?;
-    raw::send4(
-        &na,
-        vec![raw::tcp4(
-            SocketAddrV4::new(w, 80),
-            SocketAddrV4::new(ext_ip, 45000),
-            SYN,
-            7,
-            0,
-            b"SPOOFED-AS-W",
-        )],
+    let forged = Forged {
+        lab: &lab,
+        sender: &na,
+        capture: &cap_e,
+    };
+    forged.is_dropped(
+        SocketAddrV4::new(w, 80),
+        SocketAddrV4::new(ext_ip, 45000),
+        SYN,
+        b"SPOOFED-AS-W",
+        "a packet with w's address sent by a",
     )?;
-    assert!(
-        !cap_e.saw(Duration::from_millis(300), |p| raw::carries(
-            p,
-            b"SPOOFED-AS-W"
-        )),
-        "a packet with w's address sent by a left the node"
-    );
-    assert!(
-        fixtures::pinned_counter(&lab.pins, Counter::Spoofed) > spoofed,
-        "the spoofed packet is counted"
-    );
     assert!(
         !raw::connect_from_port(&ne, 45000, SocketAddrV4::new(w, 80), t)?,
         "a spoofed segment let an outside host into ingress-isolated w"
@@ -266,39 +303,14 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
     // 2b. Nor as a pod with a live flow: a tracked packet is decided on its
     // conntrack entry alone, but only on the veth the entry was made on.
     // w holds a connection to e:9000; a sends a segment of it as w.
-    let w_port = netns::in_netns(&lab.netns("x/w"), move || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::from((ext_ip, 9000)), Duration::from_secs(1))?;
-        s.write_all(b"hello")?;
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf)?;
-        let port = s.local_addr()?.port();
-        std::mem::forget(s);
-        Ok(port)
-    })?;
-    let spoofed = fixtures::pinned_counter(&lab.pins, Counter::Spoofed);
-    raw::send4(
-        &na,
-        vec![raw::tcp4(
-            SocketAddrV4::new(w, w_port),
-            SocketAddrV4::new(ext_ip, 9000),
-            ACK,
-            1,
-            1,
-            b"SPOOFED-TRACKED",
-        )],
+    let w_port = held_connection(&lab.netns("x/w"), SocketAddr::from((ext_ip, 9000)))?;
+    forged.is_dropped(
+        SocketAddrV4::new(w, w_port),
+        SocketAddrV4::new(ext_ip, 9000),
+        ACK,
+        b"SPOOFED-TRACKED",
+        "a segment of w's live flow sent by a",
     )?;
-    assert!(
-        !cap_e.saw(Duration::from_millis(300), |p| raw::carries(
-            p,
-            b"SPOOFED-TRACKED"
-        )),
-        "a segment of w's live flow sent by a left the node"
-    );
-    assert!(
-        fixtures::pinned_counter(&lab.pins, Counter::Spoofed) > spoofed,
-        "the spoofed segment is counted"
-    );
 
     // 3. Later fragments of an allowed datagram arrive: a 3000-byte UDP
     // datagram to f:53 (allowed on that port only) is fragmented by a's stack.
@@ -318,16 +330,7 @@ fn hostile_pods_cannot_open_what_policy_closes() -> anyhow::Result<()> {
     // to y/new (namespace y, denied), which speaks on the old 4-tuple.
     let old_ip = v4(&lab, "x/old");
     let v2 = v4(&lab, "z/v2");
-    let old_port = netns::in_netns(&lab.netns("x/old"), move || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::from((v2, 80)), Duration::from_secs(1))?;
-        s.write_all(b"hello")?;
-        let mut buf = [0u8; 5];
-        s.read_exact(&mut buf)?;
-        let port = s.local_addr()?.port();
-        std::mem::forget(s);
-        Ok(port)
-    })?;
+    let old_port = held_connection(&lab.netns("x/old"), SocketAddr::from((v2, 80)))?;
     let mut lab = lab;
     lab.cluster.remove_host("x/old");
     lab.pods.retain(|(_, n, _)| n != "old");
