@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only SECTION]`: release builds, then `palisade-bench`,
+//! `cargo xtask bench [--quick] [--only SECTION [--update]]`: release builds, then `palisade-bench`,
 //! which writes BENCHMARKS.md and bench.json at the workspace root.
 
 use std::process::Command;
@@ -16,6 +16,9 @@ pub(crate) struct Options {
     /// Run one section and print it, without writing the reports.
     #[arg(long, value_parser = ["engine", "enforce", "program", "datapath", "service"])]
     pub only: Option<String>,
+    /// With `--only`: put the section into the last full run's reports.
+    #[arg(long, requires = "only")]
+    pub update: bool,
 }
 
 pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
@@ -31,6 +34,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
     }
     if let Some(section) = &o.only {
         cmd.args(["--only", section]);
+    }
+    if o.update {
+        cmd.arg("--update");
     }
     exec(&mut cmd)
 }

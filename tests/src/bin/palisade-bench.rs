@@ -54,6 +54,10 @@ struct Cli {
     /// Run one section and print it, without writing the reports.
     #[arg(long, value_parser = ["engine", "enforce", "program", "datapath", "service"])]
     only: Option<String>,
+    /// With `--only`: put the section into the last run's bench.json and
+    /// write both reports again, the section marked as re-run.
+    #[arg(long, requires = "only")]
+    update: bool,
 }
 
 // ---------------------------------------------------------------- engine
@@ -1198,6 +1202,23 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    if cli.update {
+        let only = cli.only.as_deref().unwrap_or_default();
+        let json_path = cli.out.join("bench.json");
+        let mut report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_path).with_context(|| {
+                format!("--update needs a full run's {}", json_path.display())
+            })?)?;
+        report[only] = match only {
+            "engine" => engine(cli.quick),
+            "enforce" => enforce(cli.quick)?,
+            "program" => program(cli.quick)?,
+            "datapath" => datapath(cli.quick)?,
+            _ => service(cli.quick)?,
+        };
+        report["rerun"][only] = json!(started);
+        return write_reports(&cli.out, &report);
+    }
     match cli.only.as_deref() {
         Some("engine") => {
             engine(cli.quick);
@@ -1218,17 +1239,23 @@ fn main() -> anyhow::Result<()> {
     let datapath = datapath(cli.quick)?;
     let service = service(cli.quick)?;
     let report = json!({"started": started, "kernel": kernel, "cpus": cpus, "quick": cli.quick, "engine": engine, "enforce": enforce, "program": program, "datapath": datapath, "service": service});
+    write_reports(&cli.out, &report)
+}
+
+/// bench.json and BENCHMARKS.md (keeping its hand-written part), then the
+/// report on stdout.
+fn write_reports(out: &std::path::Path, report: &Value) -> anyhow::Result<()> {
     std::fs::write(
-        cli.out.join("bench.json"),
-        serde_json::to_string_pretty(&report)?,
+        out.join("bench.json"),
+        serde_json::to_string_pretty(report)?,
     )?;
-    let path = cli.out.join("BENCHMARKS.md");
+    let path = out.join("BENCHMARKS.md");
     let kept = std::fs::read_to_string(&path)
         .ok()
         .and_then(|old| old.find(HAND_WRITTEN).map(|i| old[i..].to_string()))
         .unwrap_or_else(|| format!("{HAND_WRITTEN}\n"));
-    std::fs::write(&path, format!("{}\n{kept}", markdown(&report)))?;
-    println!("{}", markdown(&report));
+    std::fs::write(&path, format!("{}\n{kept}", markdown(report)))?;
+    println!("{}", markdown(report));
     Ok(())
 }
 
@@ -1247,6 +1274,14 @@ fn markdown(r: &Value) -> String {
         r["cpus"],
         r["kernel"].as_str().unwrap_or("")
     ));
+    if let Some(rerun) = r["rerun"].as_object() {
+        for (section, when) in rerun {
+            s.push_str(&format!(
+                "Section `{section}` re-run on {} (`--only {section} --update`); its figures are of that run.\n\n",
+                when.as_str().unwrap_or("")
+            ));
+        }
+    }
     let d = &r["datapath"];
     s.push_str(&format!(
         "## Datapath: two pod namespaces on one node\n\n\
