@@ -1,5 +1,5 @@
-//! The API-server source against an in-process fake API server (axum):
-//! list + watch of Namespaces, Pods, NetworkPolicies, Services and
+//! The API-server source against the in-memory API server (axum,
+//! `source::fake_apiserver`): list + watch of Namespaces, Pods, NetworkPolicies, Services and
 //! EndpointSlices through kube-rs's
 //! watcher, applied to the index, give exactly the state standalone mode
 //! gives for the same objects; watch events apply incrementally; a watch
@@ -7,28 +7,16 @@
 
 mod support;
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
-use axum::{
-    Router,
-    body::Body,
-    extract::{Query, State},
-    http::StatusCode,
-    response::{IntoResponse, Response},
-    routing::get,
-};
 use palisade_agent::{
     daemon::apply_batch,
     index::{Index, Kind},
     policy::{Profile, compile},
-    source::{Batch, kube as kube_source},
+    source::{Batch, fake_apiserver::FakeApiServer, kube as kube_source},
 };
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 const THREE_TIER: &str = include_str!("golden/three-tier.yaml");
 
@@ -49,82 +37,6 @@ ports: [{name: dns, port: 53, protocol: UDP}]
 
 fn objects_text() -> String {
     format!("{THREE_TIER}{KUBE_DNS}")
-}
-
-#[derive(Clone)]
-struct Fake {
-    objects: Arc<Mutex<Vec<Value>>>,
-    events: broadcast::Sender<(String, Value)>,
-    /// The next watch of each kind answers 410 Gone (an expired resourceVersion).
-    gone: Arc<Mutex<BTreeSet<String>>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Params {
-    watch: Option<String>,
-}
-
-async fn serve_kind(fake: Fake, kind: &'static str, q: Params) -> Response {
-    let watching = q.watch.as_deref().is_some_and(|w| w == "true" || w == "1");
-    if !watching {
-        let items: Vec<Value> = fake
-            .objects
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|o| o["kind"] == kind)
-            .cloned()
-            .collect();
-        return axum::Json(json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items}))
-            .into_response();
-    }
-    if fake.gone.lock().expect("lock").remove(kind) {
-        return (
-            StatusCode::GONE,
-            axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410, "message": "too old resource version"})),
-        )
-            .into_response();
-    }
-    let rx = fake.events.subscribe();
-    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok((k, ev)) if k == kind => {
-                    let mut line = ev.to_string();
-                    line.push('\n');
-                    return Some((Ok::<_, std::io::Error>(line), rx));
-                }
-                Ok(_) => continue,
-                Err(_) => return None,
-            }
-        }
-    });
-    Body::from_stream(stream).into_response()
-}
-
-fn router(fake: Fake) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/namespaces",
-            get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "Namespace", q)),
-        )
-        .route(
-            "/api/v1/pods",
-            get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "Pod", q)),
-        )
-        .route(
-            "/apis/networking.k8s.io/v1/networkpolicies",
-            get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "NetworkPolicy", q)),
-        )
-        .route(
-            "/api/v1/services",
-            get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "Service", q)),
-        )
-        .route(
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            get(|State(f): State<Fake>, Query(q): Query<Params>| serve_kind(f, "EndpointSlice", q)),
-        )
-        .with_state(fake)
 }
 
 fn yaml_objects() -> Vec<Value> {
@@ -169,18 +81,12 @@ async fn pump(
 #[tokio::test]
 async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
     let objects = yaml_objects();
-    let fake = Fake {
-        objects: Arc::new(Mutex::new(objects.clone())),
-        events: broadcast::channel(64).0,
-        gone: Arc::default(),
-    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(axum::serve(listener, router(fake.clone())).into_future());
+    let fake = FakeApiServer::serve(listener, objects.clone()).expect("fake API server");
 
-    let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+    let config = kube::Config::new(fake.url().parse().expect("url"));
     let client = kube::Client::try_from(config).expect("client");
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(kube_source::run(client, tx));
@@ -210,7 +116,7 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
 
     // A watch event: a policy is deleted (once every watch is open).
     // The fake serves no CRD kinds: only the required kinds' watches open.
-    while fake.events.receiver_count() < Kind::REQUIRED.len() {
+    while fake.watches() < Kind::REQUIRED.len() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let np = objects
@@ -218,12 +124,7 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
         .find(|o| o["metadata"]["name"] == "deny-all")
         .cloned()
         .expect("deny-all");
-    fake.events
-        .send((
-            "NetworkPolicy".into(),
-            json!({"type": "DELETED", "object": np}),
-        ))
-        .expect("subscribers");
+    fake.push("NetworkPolicy", "DELETED", np);
     pump(&mut rx, &mut index, &mut listed, |i, _| {
         i.model().policies.keys().all(|k| k.name != "deny-all")
     })
@@ -236,12 +137,7 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
         .cloned()
         .expect("slice");
     slice["endpoints"][0]["addresses"] = json!(["10.0.3.11"]);
-    fake.events
-        .send((
-            "EndpointSlice".into(),
-            json!({"type": "MODIFIED", "object": slice}),
-        ))
-        .expect("subscribers");
+    fake.push("EndpointSlice", "MODIFIED", slice);
     let moved: std::net::IpAddr = "10.0.3.11".parse().expect("ip");
     pump(&mut rx, &mut index, &mut listed, |i, _| {
         i.model()
@@ -253,13 +149,14 @@ async fn the_api_source_gives_what_standalone_gives_and_follows_changes() {
 
     // The API server loses the watch (410 Gone) while a pod disappears: the
     // relist replaces the pods, and the vanished one is deleted.
-    fake.objects
-        .lock()
-        .expect("lock")
-        .retain(|o| o["metadata"]["name"] != "coredns");
-    fake.gone.lock().expect("lock").insert("Pod".into());
+    fake.edit(|objects| objects.retain(|o| o["metadata"]["name"] != "coredns"));
+    fake.expire_next_watch("Pod");
     // End the current pod watch so the watcher reconnects.
-    drop(fake.events.send(("Pod".into(), json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "code": 410, "reason": "Expired", "message": "gone", "status": "Failure"}}))));
+    fake.push(
+        "Pod",
+        "ERROR",
+        json!({"kind": "Status", "apiVersion": "v1", "code": 410, "reason": "Expired", "message": "gone", "status": "Failure"}),
+    );
     pump(&mut rx, &mut index, &mut listed, |i, _| {
         i.model().pods.keys().all(|k| k.name != "coredns")
     })

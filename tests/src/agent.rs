@@ -67,12 +67,29 @@ impl AgentSpec {
 
 pub struct AgentProcess {
     pub spec: AgentSpec,
+    /// The API server's kubeconfig: the agent reads it instead of
+    /// `spec.source`.
+    kubeconfig: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl AgentProcess {
     pub fn start(spec: AgentSpec) -> anyhow::Result<Self> {
-        let mut p = Self { spec, child: None };
+        Self::start_with(spec, None)
+    }
+
+    /// The agent with the API server of `kubeconfig` as its source
+    /// (`spec.source` unused).
+    pub fn start_with_api_server(spec: AgentSpec, kubeconfig: PathBuf) -> anyhow::Result<Self> {
+        Self::start_with(spec, Some(kubeconfig))
+    }
+
+    fn start_with(spec: AgentSpec, kubeconfig: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut p = Self {
+            spec,
+            kubeconfig,
+            child: None,
+        };
         p.restart()?;
         Ok(p)
     }
@@ -96,8 +113,6 @@ impl AgentProcess {
                     .iter()
                     .flat_map(|p| ["--interface-prefix", p.as_str()]),
             )
-            .arg("--source")
-            .arg(&s.source)
             .arg("--pin-root")
             .arg(&s.pin_root)
             .arg("--status-file")
@@ -108,6 +123,13 @@ impl AgentProcess {
             .stderr(open(&s.stderr)?);
         if let Some(c) = &s.config {
             cmd.arg("--config").arg(c);
+        }
+        if let Some(k) = &self.kubeconfig {
+            cmd.env("KUBECONFIG", k)
+                .env_remove("KUBERNETES_SERVICE_HOST")
+                .env_remove("KUBERNETES_SERVICE_PORT");
+        } else {
+            cmd.arg("--source").arg(&s.source);
         }
         let _ = std::fs::remove_file(&s.status_file);
         let child = cmd
@@ -139,16 +161,24 @@ impl AgentProcess {
         bail!("the agent did not stop within 10s of signal {signal}")
     }
 
-    /// Waits until the agent has programmed the current source directory and
-    /// attached to every interface in `ifaces`.
+    /// Waits until the agent has programmed the current source directory
+    /// (from an API server: what it listed) and attached to every interface
+    /// in `ifaces`.
     pub fn wait_programmed(&self, ifaces: &[String], timeout: Duration) -> anyhow::Result<Status> {
-        let want = format!("{:016x}", DirSource::new(&self.spec.source).read()?.digest);
+        let want = match self.kubeconfig {
+            None => Some(format!(
+                "{:016x}",
+                DirSource::new(&self.spec.source).read()?.digest
+            )),
+            // Ready only once every required kind was listed.
+            Some(_) => None,
+        };
         let deadline = Instant::now() + timeout;
         let mut last = None;
         while Instant::now() < deadline {
             if let Ok(st) = Status::read(&self.spec.status_file) {
                 if st.ready
-                    && st.source_digest == want
+                    && want.as_ref().is_none_or(|w| st.source_digest == *w)
                     && ifaces.iter().all(|i| st.attached.contains(i))
                     && st.cgroups_pending.is_empty()
                 {

@@ -4,6 +4,8 @@
 //! ever sees half of a relist.
 
 pub mod dir;
+#[cfg(feature = "test-support")]
+pub mod fake_apiserver;
 pub mod kube;
 pub mod wake;
 pub mod yaml;
