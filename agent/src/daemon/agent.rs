@@ -81,6 +81,8 @@ pub(super) struct Agent {
     routed: BTreeSet<u32>,
     /// Something changed that is not programmed yet.
     dirty: bool,
+    /// Of that, objects that place pods or addresses (not only policies).
+    pods_changed: bool,
     backoff: Backoff,
     /// When the first change not yet programmed came in.
     changed_at: Option<Instant>,
@@ -130,6 +132,7 @@ impl Agent {
             reassigned: BTreeSet::new(),
             routed: BTreeSet::new(),
             dirty: true,
+            pods_changed: false,
             backoff: Backoff::default(),
             changed_at: None,
             ready: false,
@@ -148,14 +151,22 @@ impl Agent {
     /// Applies source batches; everything queued goes into the same sync.
     pub(super) fn on_batch(&mut self, batches: impl IntoIterator<Item = Batch>) {
         self.changed_at.get_or_insert_with(Instant::now);
+        let mut addresses_may_move = false;
         for batch in batches {
+            addresses_may_move |= batch.iter().any(moves_addresses);
             apply_batch(&mut self.index, &mut self.listed, &mut self.digest, batch);
         }
-        self.directory = Directory::new(self.index.model(), &self.profile, &self.node.addresses);
-        let owners = address_owners(self.index.model());
-        self.reassigned
-            .extend(changed_owners(&self.owners, &owners));
-        self.owners = owners;
+        // A policy edit (the common change) leaves who holds which address
+        // alone: no O(pods) rebuild between it and its map writes.
+        if addresses_may_move {
+            self.pods_changed = true;
+            self.directory =
+                Directory::new(self.index.model(), &self.profile, &self.node.addresses);
+            let owners = address_owners(self.index.model());
+            self.reassigned
+                .extend(changed_owners(&self.owners, &owners));
+            self.owners = owners;
+        }
         self.dirty = true;
         // A change is programmed at once, backoff or not.
         self.backoff.wake();
@@ -228,12 +239,18 @@ impl Agent {
     /// Brings the node, the maps, attachments and cgroups up to date and
     /// publishes deny records and status.
     pub(super) async fn on_tick(&mut self) {
+        // A policy change is programmed before the node's refreshes (netlink
+        // dumps), from the node as last seen: they only matter to changes
+        // of pods, which they then follow within this tick.
+        if !self.pods_changed {
+            self.sync_when_due();
+        }
         if self.lookup_addresses {
             self.refresh_addresses().await;
         }
         self.refresh_bindings().await;
-        if self.dirty && Kind::all_required(&self.listed) && self.backoff.due(Instant::now()) {
-            self.sync();
+        if self.dirty {
+            self.sync_when_due();
         }
         // Attached to new veths before reporting ready for them.
         self.attacher
@@ -307,7 +324,14 @@ impl Agent {
         }
     }
 
+    fn sync_when_due(&mut self) {
+        if self.dirty && Kind::all_required(&self.listed) && self.backoff.due(Instant::now()) {
+            self.sync();
+        }
+    }
+
     fn sync(&mut self) {
+        self.pods_changed = false;
         let report = self
             .syncer
             .sync(self.index.model(), &self.node, &self.profile);
@@ -403,6 +427,27 @@ pub fn apply_batch(
             }
         }
     }
+}
+
+/// Whether an event may change who holds an address (anything but a
+/// policy: pods, namespaces, Services and their slices).
+fn moves_addresses(ev: &SourceEvent) -> bool {
+    let kind = match ev {
+        SourceEvent::Reset { kind, .. } => *kind,
+        SourceEvent::Apply(o) => o.key().kind,
+        SourceEvent::Delete(key) => key.kind,
+        SourceEvent::Rejected(_) | SourceEvent::Version(_) | SourceEvent::Trouble(_) => {
+            return false;
+        }
+    };
+    !matches!(
+        kind,
+        Kind::NetworkPolicy
+            | Kind::ClusterNetworkPolicy
+            | Kind::CalicoNetworkPolicy
+            | Kind::CalicoGlobalNetworkPolicy
+            | Kind::CalicoTier
+    )
 }
 
 /// Every pod address with the pod (and its uid) that holds it.
