@@ -302,7 +302,8 @@ fn deny_records_flows_cli_and_metrics() -> anyhow::Result<()> {
 
 /// A Calico `Log` rule writes a log record for what it matched and leaves
 /// the verdict to the rules after it; the would-deny metric moves for an
-/// audited policy.
+/// audited policy; a deny record names the ordered policy (or tier end) that
+/// decided, and its tier.
 #[test]
 fn log_rules_and_audited_policies_write_their_records() -> anyhow::Result<()> {
     palisade_tests::fixtures::require_root();
@@ -314,20 +315,21 @@ fn log_rules_and_audited_policies_write_their_records() -> anyhow::Result<()> {
         protocol: "TCP".into(),
         name: None,
     }];
-    let ips = [
-        Ipv4Addr::new(10, 6, 0, 10),
-        Ipv4Addr::new(10, 6, 0, 11),
-        Ipv4Addr::new(10, 6, 0, 12),
-        Ipv4Addr::new(10, 6, 0, 13),
-    ];
-    let a = cluster.add_wired("x/a", Some(ips[0]), None, web.clone())?;
-    let b = cluster.add_wired("x/b", Some(ips[1]), None, web.clone())?;
-    let c = cluster.add_wired("x/c", Some(ips[2]), None, web.clone())?;
-    let d = cluster.add_wired("x/d", Some(ips[3]), None, web.clone())?;
-    let _l: Vec<_> = [&b, &c, &d]
+    let names = ["a", "b", "c", "d", "e", "f", "g"];
+    let ips: Vec<Ipv4Addr> = (10..)
+        .take(names.len())
+        .map(|i| Ipv4Addr::new(10, 6, 0, i))
+        .collect();
+    let hosts = names
+        .iter()
+        .zip(&ips)
+        .map(|(n, ip)| cluster.add_wired(&format!("x/{n}"), Some(*ip), None, web.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let _l: Vec<_> = hosts[1..]
         .iter()
         .map(|h| probe::listen(h.netns.as_deref(), &web))
         .collect::<Result<_, _>>()?;
+    let a = &hosts[0];
     let na = a.netns.clone().unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("palisade-log-{run}"));
     let source = dir.join("source");
@@ -366,17 +368,53 @@ metadata:
 spec:
   podSelector: {matchLabels: {pod: c}}
   policyTypes: [Ingress]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-e}
+spec:
+  tier: Admin
+  priority: 5
+  subject:
+    pods:
+      namespaceSelector: {}
+      podSelector: {matchLabels: {pod: e}}
+  ingress:
+    - name: deny-all
+      action: Deny
+      from: [{namespaces: {}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-f}
+spec:
+  tier: Baseline
+  priority: 5
+  subject:
+    pods:
+      namespaceSelector: {}
+      podSelector: {matchLabels: {pod: f}}
+  ingress:
+    - name: deny-all
+      action: Deny
+      from: [{namespaces: {}}]
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: g-from-nobody, namespace: x}
+spec:
+  selector: 'pod == "g"'
+  types: [Ingress]
+  ingress:
+    - action: Allow
+      source: {selector: 'pod == "nobody"'}
 "#;
-    std::fs::write(
-        source.join("cluster.yaml"),
-        format!(
-            "{policies}{}{}{}{}",
-            fixtures::pod_yaml("x", "a", ips[0]),
-            fixtures::pod_yaml("x", "b", ips[1]),
-            fixtures::pod_yaml("x", "c", ips[2]),
-            fixtures::pod_yaml("x", "d", ips[3]),
-        ),
-    )?;
+    let pods: String = names
+        .iter()
+        .zip(&ips)
+        .map(|(n, ip)| fixtures::pod_yaml("x", n, *ip))
+        .collect();
+    std::fs::write(source.join("cluster.yaml"), format!("{policies}{pods}"))?;
     let agent = AgentProcess::start(AgentSpec {
         extra: ["--poll-ms", "50", "--deny-idle-secs", "1"]
             .map(String::from)
@@ -403,6 +441,16 @@ spec:
         !fixtures::connects(&na, SocketAddr::from((ips[3], 80)), short),
         "the rule after the Log rule denies"
     );
+    for (ip, why) in [
+        (ips[4], "an Admin Deny"),
+        (ips[5], "a Baseline Deny"),
+        (ips[6], "the end of the Calico tier"),
+    ] {
+        assert!(
+            !fixtures::connects(&na, SocketAddr::from((ip, 80)), short),
+            "{why} denies"
+        );
+    }
     std::thread::sleep(Duration::from_millis(2500));
     let recs = records(&http_get(&node, "/flows")?);
     let to_d = |t: &str| {
@@ -434,9 +482,26 @@ spec:
     assert_eq!(audited[0]["action"], "audit");
     assert_eq!(audited[0]["dst"]["pod"], "x/c");
     assert_eq!(audited[0]["policies"], serde_json::json!(["x/c-closed"]));
+    // Each deny record names what decided, and its tier.
+    for (pod, policy, tier) in [
+        ("x/d", "calico/default/x/log-then-deny", "default"),
+        ("x/e", "admin/no-e", "admin"),
+        ("x/f", "baseline/no-f", "baseline"),
+        ("x/g", "end-of-tier", "default"),
+    ] {
+        let denied: Vec<&Value> = recs
+            .iter()
+            .filter(|r| r["type"] == "deny" && r["dst"]["pod"] == pod)
+            .collect();
+        assert!(!denied.is_empty(), "{pod} denied: {recs:?}");
+        for r in denied {
+            assert_eq!(r["policies"], serde_json::json!([policy]), "{r}");
+            assert_eq!(r["tier"], tier, "{r}");
+        }
+    }
     assert!(
-        recs.iter()
-            .all(|r| r["type"] != "deny" || r["dst"]["pod"] == "x/d"),
+        recs.iter().all(|r| r["type"] != "deny"
+            || ["x/d", "x/e", "x/f", "x/g"].contains(&r["dst"]["pod"].as_str().unwrap_or(""))),
         "nothing else was denied: {recs:?}"
     );
     let metrics = http_get(&node, "/metrics")?;
