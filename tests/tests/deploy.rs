@@ -184,3 +184,60 @@ fn the_configmap_is_generated_and_mounted_and_rbac_is_read_only() {
         }
     }
 }
+
+/// The stand-in CRDs `cargo xtask kind e2e` applies are valid
+/// CustomResourceDefinitions, and the agent's ClusterRole may list and
+/// watch each kind they define.
+#[test]
+fn the_kind_crds_are_valid_and_the_agent_may_watch_them() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kind/crds.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/kind/crds.yaml");
+    let crds: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a CustomResourceDefinition"))
+        .collect();
+    let defined: Vec<(String, String, String, String)> = crds
+        .iter()
+        .map(|c| {
+            let s = &c.spec;
+            assert_eq!(
+                c.metadata.name.as_deref(),
+                Some(format!("{}.{}", s.names.plural, s.group).as_str()),
+                "a CRD's name is plural.group"
+            );
+            assert_eq!(s.versions.len(), 1);
+            (
+                s.group.clone(),
+                s.versions[0].name.clone(),
+                s.names.kind.clone(),
+                s.scope.clone(),
+            )
+        })
+        .collect();
+    let want = [
+        (
+            "policy.networking.k8s.io",
+            "v1alpha2",
+            "ClusterNetworkPolicy",
+            "Cluster",
+        ),
+        ("projectcalico.org", "v3", "NetworkPolicy", "Namespaced"),
+        ("projectcalico.org", "v3", "GlobalNetworkPolicy", "Cluster"),
+        ("projectcalico.org", "v3", "Tier", "Cluster"),
+    ]
+    .map(|(g, v, k, s)| (g.into(), v.into(), k.into(), s.into()));
+    assert_eq!(defined, want);
+
+    let docs = rendered();
+    let role = of_kind(&docs, "ClusterRole")[0];
+    for c in &crds {
+        let allowed = role["rules"].as_sequence().expect("rules").iter().any(|r| {
+            strs(&r["apiGroups"]).contains(&c.spec.group)
+                && strs(&r["resources"]).contains(&c.spec.names.plural)
+                && ["list", "watch"]
+                    .iter()
+                    .all(|v| strs(&r["verbs"]).contains(&v.to_string()))
+        });
+        assert!(allowed, "the agent may not watch {}", c.spec.names.plural);
+    }
+}

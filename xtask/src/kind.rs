@@ -92,7 +92,21 @@ pub(crate) struct E2eOptions {
     /// Include the SCTP connectivity tests (the nodes need the sctp module).
     #[arg(long)]
     pub sctp: bool,
+    /// Also run the ClusterNetworkPolicy conformance suite of
+    /// kubernetes-sigs/network-policy-api (core and extended), from a clone
+    /// of `--cnp-ref` in target/e2e/ (needs git, go and the internet).
+    #[arg(long)]
+    pub cnp_suite: bool,
+    /// The network-policy-api release whose suite `--cnp-suite` runs.
+    #[arg(long, default_value = CNP_REF)]
+    pub cnp_ref: String,
 }
+
+/// The network-policy-api release Palisade implements.
+const CNP_REF: &str = "v0.2.0";
+/// Its conformance features Palisade supports: the standard ones and named
+/// ports (`nodes` and `domainNames` peers are refused).
+const CNP_FEATURES: &str = "ClusterNetworkPolicy,ClusterNetworkPolicyNamedPorts";
 
 fn need(tool: &str) -> anyhow::Result<()> {
     let found = Command::new("sh")
@@ -190,6 +204,21 @@ fn e2e(o: &E2eOptions) -> anyhow::Result<()> {
         "--bin",
         "palisade-scenario",
     ]))?;
+    // The ordered policy kinds the scenarios apply (stand-ins where the
+    // projects are not installed).
+    let crds = root().join("deploy/kind/crds.yaml");
+    exec(kubectl().arg("apply").arg("-f").arg(&crds))?;
+    exec(
+        kubectl()
+            .args([
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout=60s",
+                "-f",
+            ])
+            .arg(&crds),
+    )?;
     let files = if o.files.is_empty() {
         scenario_files()?
     } else {
@@ -212,6 +241,9 @@ fn e2e(o: &E2eOptions) -> anyhow::Result<()> {
     }
     if o.netpol_suite {
         netpol_suite(o)?;
+    }
+    if o.cnp_suite {
+        passed &= cnp_suite(o)?;
     }
     if !passed {
         bail!("scenarios failed on the cluster");
@@ -250,6 +282,51 @@ fn netpol_suite(o: &E2eOptions) -> anyhow::Result<()> {
             ])
             .arg(format!("--report-dir={}", dir.display())),
     )
+}
+
+/// The ClusterNetworkPolicy conformance suite (network-policy-api), with
+/// upstream's CRD in place of the stand-in; whether it passed.
+fn cnp_suite(o: &E2eOptions) -> anyhow::Result<bool> {
+    need("git")?;
+    need("go")?;
+    let dir = root().join("target/e2e");
+    std::fs::create_dir_all(&dir)?;
+    let repo = dir.join(format!("network-policy-api-{}", o.cnp_ref));
+    if !repo.exists() {
+        exec(
+            Command::new("git")
+                .args(["clone", "--depth", "1", "--branch", &o.cnp_ref])
+                .arg("https://github.com/kubernetes-sigs/network-policy-api")
+                .arg(&repo),
+        )?;
+    }
+    exec(
+        kubectl()
+            .arg("apply")
+            .arg("-k")
+            .arg(repo.join("config/crd/standard")),
+    )?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        output(Command::new("kind").args(["get", "kubeconfig", "--name", CLUSTER]))?,
+    )?;
+    Ok(status(
+        Command::new("go")
+            .args([
+                "test",
+                "./conformance/",
+                "-run",
+                "TestConformance",
+                "-v",
+                "-timeout",
+                "90m",
+            ])
+            .args(["-args", &format!("--supported-features={CNP_FEATURES}")])
+            .env("KUBECONFIG", &kubeconfig)
+            .current_dir(&repo),
+    )?
+    .success())
 }
 
 /// e2e.test of the cluster's own Kubernetes version, from the release
