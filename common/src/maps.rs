@@ -285,7 +285,10 @@ pub struct CtValue {
     /// an endpoint that is gone or bound to another veth since, on the
     /// sweep after the sync that saw it.
     pub ifindex: u32,
-    pub _pad: u32,
+    /// The low 32 bits of `jiffies` when `last_seen_ns` was last written:
+    /// a tracked packet reads that one-load clock and only reads the
+    /// nanosecond clock (and writes) when a refresh is due.
+    pub touched_jiffies: u32,
 }
 
 /// Value of [`MAP_BUDGETS`]: the theoretical arrival time (CLOCK_MONOTONIC

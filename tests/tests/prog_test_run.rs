@@ -688,3 +688,39 @@ fn a_syn_from_the_other_side_never_takes_a_flows_slot() {
     let reopened = ct.get(&key, 0).expect("tracked again");
     assert_eq!(reopened.flags & ct_flags::REVOKED, 0, "{reopened:?}");
 }
+
+/// A tracked packet writes its entry only when the idle time is due a
+/// refresh (every 250 jiffies, read in one load): right after the opening
+/// packet nothing is written, a second and more later the idle time moves.
+#[test]
+fn established_packets_refresh_the_idle_time_at_most_every_250_jiffies() {
+    use palisade_common::CtKey;
+    let (_pins, mut dp, _s) = setup(&Profile::default());
+    let (a, b) = (ip("10.0.1.10"), ip("10.0.1.11"));
+    let ct = dp.take_conntrack().expect("conntrack map");
+    let key = CtKey {
+        local: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 10],
+        remote: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 11],
+        lport_be: 1501u16.to_be_bytes(),
+        rport_be: 80u16.to_be_bytes(),
+        proto: TCP,
+        _pad: [0; 3],
+    };
+    let syn = packets::packet(a, b, TCP, 1501, 80, SYN);
+    let ack = packets::packet(a, b, TCP, 1501, 80, ACK);
+    assert_eq!(run(&mut dp, Hook::FromPod, &syn), TC_ACT_UNSPEC);
+    let opened = ct.get(&key, 0).expect("tracked");
+    assert_eq!(run(&mut dp, Hook::FromPod, &ack), TC_ACT_UNSPEC);
+    let soon = ct.get(&key, 0).expect("tracked");
+    assert_eq!(soon, opened, "no write while no refresh is due");
+    // 250 jiffies are at most 2.5 s (HZ >= 100).
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    assert_eq!(run(&mut dp, Hook::FromPod, &ack), TC_ACT_UNSPEC);
+    let later = ct.get(&key, 0).expect("tracked");
+    assert!(
+        later.last_seen_ns >= opened.last_seen_ns + 2_000_000_000,
+        "the idle time moved: {opened:?} -> {later:?}"
+    );
+    assert_ne!(later.touched_jiffies, opened.touched_jiffies);
+    assert_eq!(later.created_ns, opened.created_ns);
+}
