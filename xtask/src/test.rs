@@ -95,6 +95,7 @@ const SCENARIO_DIRS: &[&str] = &[
     "../shared/scenarios/calico",
     "../shared/scenarios/services",
     "tests/scenarios",
+    "tests/scenarios/conformance",
     "tests/scenarios/services",
 ];
 
