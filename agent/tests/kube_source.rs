@@ -13,7 +13,11 @@ use palisade_agent::{
     daemon::apply_batch,
     index::{Index, Kind},
     policy::{Profile, compile},
-    source::{Batch, fake_apiserver::FakeApiServer, kube as kube_source},
+    source::{
+        Batch,
+        fake_apiserver::{self, FakeApiServer},
+        kube as kube_source,
+    },
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -40,24 +44,7 @@ fn objects_text() -> String {
 }
 
 fn yaml_objects() -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(&objects_text())
-        .map(|d| {
-            serde_json::to_value(
-                <serde_yaml::Value as serde::Deserialize>::deserialize(d).expect("yaml"),
-            )
-            .expect("json")
-        })
-        .filter(|v: &Value| !v.is_null())
-        .map(|mut v| {
-            // The API server always sets these.
-            v["metadata"]["resourceVersion"] = json!("1");
-            v["metadata"]["uid"] = json!(format!(
-                "uid-{}",
-                v["metadata"]["name"].as_str().unwrap_or_default()
-            ));
-            v
-        })
-        .collect()
+    fake_apiserver::served_objects(&objects_text(), 1).expect("yaml")
 }
 
 /// Applies batches until `done` says so (or times out).

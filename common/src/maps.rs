@@ -285,9 +285,11 @@ pub struct CtValue {
     /// an endpoint that is gone or bound to another veth since, on the
     /// sweep after the sync that saw it.
     pub ifindex: u32,
-    /// The low 32 bits of `jiffies` when `last_seen_ns` was last written:
-    /// a tracked packet reads that one-load clock and only reads the
-    /// nanosecond clock (and writes) when a refresh is due.
+    /// The low 32 bits of `jiffies` when the datapath last wrote
+    /// `last_seen_ns`: a tracked packet reads that one-load clock and only
+    /// reads the nanosecond clock (and writes) when a refresh is due. Not
+    /// kept by entries user space writes (tombstones), whose next packet
+    /// merely refreshes early.
     pub touched_jiffies: u32,
 }
 

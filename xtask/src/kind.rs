@@ -174,6 +174,9 @@ pub(crate) fn run(o: &Options) -> anyhow::Result<()> {
             let tag = std::fs::read_to_string(kind_dir().join("image-tag"))
                 .context("no image loaded yet: cargo xtask kind load first")?;
             std::fs::write(kind_dir().join("kustomization.yaml"), overlay(tag.trim()))?;
+            // Before the agent: it looks again for a missing CRD only every
+            // minute.
+            apply_crds()?;
             exec(kubectl().arg("apply").arg("-k").arg(kind_dir()))?;
             exec(kubectl().args([
                 "-n",
@@ -204,21 +207,7 @@ fn e2e(o: &E2eOptions) -> anyhow::Result<()> {
         "--bin",
         "palisade-scenario",
     ]))?;
-    // The ordered policy kinds the scenarios apply (stand-ins where the
-    // projects are not installed).
-    let crds = root().join("deploy/kind/crds.yaml");
-    exec(kubectl().arg("apply").arg("-f").arg(&crds))?;
-    exec(
-        kubectl()
-            .args([
-                "wait",
-                "--for",
-                "condition=established",
-                "--timeout=60s",
-                "-f",
-            ])
-            .arg(&crds),
-    )?;
+    apply_crds()?;
     let files = if o.files.is_empty() {
         scenario_files()?
     } else {
@@ -284,6 +273,25 @@ fn netpol_suite(o: &E2eOptions) -> anyhow::Result<()> {
     )
 }
 
+/// The ordered policy kinds the scenarios apply: stand-ins where the
+/// projects are not installed (`kind deploy` applies them before the agent
+/// starts, `kind e2e` again in case the cluster was deployed otherwise).
+fn apply_crds() -> anyhow::Result<()> {
+    let crds = root().join("deploy/kind/crds.yaml");
+    exec(kubectl().arg("apply").arg("-f").arg(&crds))?;
+    exec(
+        kubectl()
+            .args([
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout=60s",
+                "-f",
+            ])
+            .arg(&crds),
+    )
+}
+
 /// The ClusterNetworkPolicy conformance suite (network-policy-api), with
 /// upstream's CRD in place of the stand-in; whether it passed.
 fn cnp_suite(o: &E2eOptions) -> anyhow::Result<bool> {
@@ -293,12 +301,16 @@ fn cnp_suite(o: &E2eOptions) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir)?;
     let repo = dir.join(format!("network-policy-api-{}", o.cnp_ref));
     if !repo.exists() {
+        // Cloned aside and renamed: an interrupted clone is not reused.
+        let partial = dir.join(format!("network-policy-api-{}.partial", o.cnp_ref));
+        let _ = std::fs::remove_dir_all(&partial);
         exec(
             Command::new("git")
                 .args(["clone", "--depth", "1", "--branch", &o.cnp_ref])
                 .arg("https://github.com/kubernetes-sigs/network-policy-api")
-                .arg(&repo),
+                .arg(&partial),
         )?;
+        std::fs::rename(&partial, &repo)?;
     }
     exec(
         kubectl()

@@ -151,17 +151,16 @@ impl Agent {
     /// Applies source batches; everything queued goes into the same sync.
     pub(super) fn on_batch(&mut self, batches: impl IntoIterator<Item = Batch>) {
         self.changed_at.get_or_insert_with(Instant::now);
-        let mut addresses_may_move = false;
+        let mut pods_changed = false;
         for batch in batches {
-            addresses_may_move |= batch.iter().any(moves_addresses);
+            pods_changed |= batch.iter().any(moves_addresses);
             apply_batch(&mut self.index, &mut self.listed, &mut self.digest, batch);
         }
         // A policy edit (the common change) leaves who holds which address
         // alone: no O(pods) rebuild between it and its map writes.
-        if addresses_may_move {
+        if pods_changed {
             self.pods_changed = true;
-            self.directory =
-                Directory::new(self.index.model(), &self.profile, &self.node.addresses);
+            self.rebuild_directory();
             let owners = address_owners(self.index.model());
             self.reassigned
                 .extend(changed_owners(&self.owners, &owners));
@@ -249,9 +248,7 @@ impl Agent {
             self.refresh_addresses().await;
         }
         self.refresh_bindings().await;
-        if self.dirty {
-            self.sync_when_due();
-        }
+        self.sync_when_due();
         // Attached to new veths before reporting ready for them.
         self.attacher
             .reconcile(&mut self.dp, &self.netlink, &self.routed)
@@ -297,6 +294,8 @@ impl Agent {
         match interfaces::local_addresses(&self.netlink).await {
             Ok(addrs) if addrs != self.node.addresses => {
                 self.node.addresses = addrs;
+                // Records name the node's addresses as the node.
+                self.rebuild_directory();
                 self.dirty = true;
             }
             Ok(_) => {}
@@ -330,8 +329,11 @@ impl Agent {
         }
     }
 
+    fn rebuild_directory(&mut self) {
+        self.directory = Directory::new(self.index.model(), &self.profile, &self.node.addresses);
+    }
+
     fn sync(&mut self) {
-        self.pods_changed = false;
         let report = self
             .syncer
             .sync(self.index.model(), &self.node, &self.profile);
@@ -346,6 +348,8 @@ impl Agent {
             "programmed"
         );
         self.dirty = report.failed > 0;
+        // A failed sync is retried after the next refresh of the bindings.
+        self.pods_changed &= self.dirty;
         if self.dirty {
             self.backoff.failed(Instant::now());
         } else {
@@ -440,14 +444,15 @@ fn moves_addresses(ev: &SourceEvent) -> bool {
             return false;
         }
     };
-    !matches!(
-        kind,
+    // Every kind named: a new one is a decision, not a default.
+    match kind {
+        Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice => true,
         Kind::NetworkPolicy
-            | Kind::ClusterNetworkPolicy
-            | Kind::CalicoNetworkPolicy
-            | Kind::CalicoGlobalNetworkPolicy
-            | Kind::CalicoTier
-    )
+        | Kind::ClusterNetworkPolicy
+        | Kind::CalicoNetworkPolicy
+        | Kind::CalicoGlobalNetworkPolicy
+        | Kind::CalicoTier => false,
+    }
 }
 
 /// Every pod address with the pod (and its uid) that holds it.
@@ -479,4 +484,37 @@ fn local_pod_ips(model: &Model, node: &str) -> BTreeSet<IpAddr> {
         .filter(|p| p.node == node && !p.host_network)
         .flat_map(|p| p.ips.iter().copied())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::ObjectKey;
+
+    /// Policy kinds never move addresses (their batches skip the address
+    /// rebuild and are programmed first); every other kind may.
+    #[test]
+    fn only_policies_leave_addresses_where_they_are() {
+        for kind in Kind::ALL {
+            let key = ObjectKey {
+                kind,
+                object: ObjectRef {
+                    namespace: "x".into(),
+                    name: "y".into(),
+                },
+            };
+            let moves = moves_addresses(&SourceEvent::Delete(key));
+            let reset = moves_addresses(&SourceEvent::Reset {
+                kind,
+                objects: Vec::new(),
+            });
+            assert_eq!(moves, reset, "{kind:?}");
+            let policy = !matches!(
+                kind,
+                Kind::Namespace | Kind::Pod | Kind::Service | Kind::EndpointSlice
+            );
+            assert_eq!(moves, !policy, "{kind:?}");
+        }
+        assert!(!moves_addresses(&SourceEvent::Version("v".into())));
+    }
 }

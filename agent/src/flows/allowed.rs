@@ -30,7 +30,8 @@ use crate::{
     },
 };
 
-/// Who holds an address, rebuilt whenever the model changes.
+/// Who holds an address, rebuilt whenever pods, Services or the node's
+/// addresses change (not for policy edits).
 #[derive(Debug, Default)]
 pub struct Directory {
     pods: BTreeMap<IpAddr, ObjectRef>,

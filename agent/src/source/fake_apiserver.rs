@@ -1,7 +1,8 @@
 //! An API server in memory, for tests and benchmarks of the kube source:
 //! lists and watches of the kinds the source requires (CRD kinds answer
 //! 404, as a cluster without them does), watch events pushed by the
-//! caller, and an expired watch (410 Gone) on request.
+//! caller (and kept for later lists), and an expired watch (410 Gone) on
+//! request.
 
 use std::{
     collections::BTreeSet,
@@ -45,7 +46,9 @@ struct Params {
     watch: Option<String>,
 }
 
-/// The fake; dropping it stops serving.
+/// The fake. Dropping it stops accepting; with [`FakeApiServer::spawn`] it
+/// also ends open watches (their runtime goes with it), with
+/// [`FakeApiServer::serve`] they end with the caller's runtime.
 pub struct FakeApiServer {
     served: Served,
     addr: SocketAddr,
@@ -97,8 +100,7 @@ impl FakeApiServer {
             })
             .with_state(served.clone());
         let stopped = stop.clone();
-        // Dropping the runtime's task ends open watches too (a graceful
-        // shutdown would wait for them).
+        // Not a graceful shutdown: that would wait for the open watches.
         let run = async move {
             tokio::select! {
                 _ = axum::serve(listener, router).into_future() => {}
@@ -126,9 +128,23 @@ impl FakeApiServer {
     }
 
     /// Sends a watch event (`ADDED`, `MODIFIED`, `DELETED`, `ERROR`) to the
-    /// open watches of `kind`; lists keep serving what [`Self::edit`] set.
+    /// open watches of `kind`, and keeps what it says for later lists (a
+    /// relist then agrees with the watch).
     pub fn push(&self, kind: &str, event_type: &str, object: Value) {
-        // No open watch is no error: a relist will serve the objects.
+        if event_type != "ERROR" {
+            self.edit(|objects| {
+                let same = |o: &Value| {
+                    o["kind"] == kind
+                        && o["metadata"]["namespace"] == object["metadata"]["namespace"]
+                        && o["metadata"]["name"] == object["metadata"]["name"]
+                };
+                objects.retain(|o| !same(o));
+                if event_type != "DELETED" {
+                    objects.push(object.clone());
+                }
+            });
+        }
+        // No open watch is no error: a relist serves the objects.
         drop(
             self.served
                 .events
@@ -159,6 +175,28 @@ impl Drop for FakeApiServer {
     fn drop(&mut self) {
         self.stop.notify_one();
     }
+}
+
+/// YAML documents as the API server serves them: JSON, with the
+/// `resourceVersion` and `uid` it always sets.
+pub fn served_objects(yaml: &str, version: u64) -> Result<Vec<Value>, serde_yaml::Error> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let mut v: Value = serde::Deserialize::deserialize(doc)?;
+        if v.is_null() {
+            continue;
+        }
+        let meta = &v["metadata"];
+        let uid = format!(
+            "uid-{}-{}",
+            meta["namespace"].as_str().unwrap_or_default(),
+            meta["name"].as_str().unwrap_or_default()
+        );
+        v["metadata"]["uid"] = json!(uid);
+        v["metadata"]["resourceVersion"] = json!(version.to_string());
+        out.push(v);
+    }
+    Ok(out)
 }
 
 async fn serve_kind(served: Served, kind: &'static str, q: Params) -> Response {
@@ -196,8 +234,10 @@ async fn serve_kind(served: Served, kind: &'static str, q: Params) -> Response {
                     line.push('\n');
                     return Some((Ok::<_, std::io::Error>(line), rx));
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Ok(_) => continue,
+                // A watch that missed events ends: the watcher relists
+                // instead of going on from a gap.
+                Err(_) => return None,
             }
         }
     });

@@ -30,7 +30,7 @@ use palisade_agent::{
     index::{Index, Object},
     model::{Model, Node},
     policy::{Compiler, Maps, Profile},
-    source::fake_apiserver::FakeApiServer,
+    source::fake_apiserver::{FakeApiServer, served_objects},
     sync::Syncer,
 };
 use palisade_tests::{
@@ -1148,28 +1148,6 @@ fn server_policy(allow: bool) -> String {
     )
 }
 
-/// YAML documents as the API server serves them (with the metadata it
-/// always sets).
-fn served_objects(yaml: &str, version: u64) -> anyhow::Result<Vec<Value>> {
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let mut v =
-            serde_json::to_value(<serde_yaml::Value as serde::Deserialize>::deserialize(doc)?)?;
-        if v.is_null() {
-            continue;
-        }
-        let uid = format!(
-            "uid-{}-{}",
-            v["metadata"]["namespace"].as_str().unwrap_or(""),
-            v["metadata"]["name"].as_str().unwrap_or("")
-        );
-        v["metadata"]["uid"] = json!(uid);
-        v["metadata"]["resourceVersion"] = json!(version.to_string());
-        out.push(v);
-    }
-    Ok(out)
-}
-
 /// One policy toggles whether the client may reach the server, 1k pods and
 /// 500 policies beside it. Time from the change (written into the
 /// directory, or sent on the watch) to the first connection attempt that
@@ -1223,6 +1201,15 @@ fn enforce_from(from: EnforceSource, quick: bool) -> anyhow::Result<Value> {
             let kubeconfig = dir.join("kubeconfig");
             std::fs::write(&kubeconfig, fake.kubeconfig())?;
             let agent = AgentProcess::start_with_api_server(spec, kubeconfig)?;
+            // A change pushed before the watches are open would be lost.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while fake.watches() < palisade_agent::index::Kind::REQUIRED.len() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the agent's watches did not open in 60s"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let change = move |allow: bool, version: u64| {
                 let policy = served_objects(&server_policy(allow), version)?.remove(0);
                 fake.push("NetworkPolicy", "MODIFIED", policy);
