@@ -605,24 +605,30 @@ fn unknown_addresses_on_pod_veths_are_dropped_when_configured() {
     assert_eq!(run(&mut dp, Hook::FromPod, &arp), TC_ACT_UNSPEC);
 }
 
+/// The conntrack key of TCP 10.0.1.10:`lport` -> 10.0.1.11:80, from the
+/// local (10.0.1.10) side, as the datapath writes it.
+fn a_to_b_tcp_key(lport: u16) -> palisade_common::CtKey {
+    palisade_common::CtKey {
+        local: palisade_common::v4_mapped([10, 0, 1, 10]),
+        remote: palisade_common::v4_mapped([10, 0, 1, 11]),
+        lport_be: lport.to_be_bytes(),
+        rport_be: 80u16.to_be_bytes(),
+        proto: TCP,
+        _pad: [0; 3],
+    }
+}
+
 /// One conntrack slot serves a flow both ways. A SYN from the other side of
 /// a live flow, allowed or not, does not take it over (the flow stays judged
 /// the way it was opened), and a revoked flow's tombstone drops it, while a
 /// new connection the way the cut one went is judged afresh.
 #[test]
 fn a_syn_from_the_other_side_never_takes_a_flows_slot() {
-    use palisade_common::{CtKey, ct_flags};
+    use palisade_common::ct_flags;
     let (_pins, mut dp, _s) = setup(&Profile::default());
     let (a, b) = (ip("10.0.1.10"), ip("10.0.1.11"));
     let ct = dp.take_conntrack().expect("conntrack map");
-    let key = CtKey {
-        local: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 10],
-        remote: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 11],
-        lport_be: 1500u16.to_be_bytes(),
-        rport_be: 80u16.to_be_bytes(),
-        proto: TCP,
-        _pad: [0; 3],
-    };
+    let key = a_to_b_tcp_key(1500);
     // a -> b:80 from port 1500 (a-out allows it): one entry, opened egress.
     assert_eq!(
         run(
@@ -694,18 +700,10 @@ fn a_syn_from_the_other_side_never_takes_a_flows_slot() {
 /// packet nothing is written, a second and more later the idle time moves.
 #[test]
 fn established_packets_refresh_the_idle_time_at_most_every_250_jiffies() {
-    use palisade_common::CtKey;
     let (_pins, mut dp, _s) = setup(&Profile::default());
     let (a, b) = (ip("10.0.1.10"), ip("10.0.1.11"));
     let ct = dp.take_conntrack().expect("conntrack map");
-    let key = CtKey {
-        local: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 10],
-        remote: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 11],
-        lport_be: 1501u16.to_be_bytes(),
-        rport_be: 80u16.to_be_bytes(),
-        proto: TCP,
-        _pad: [0; 3],
-    };
+    let key = a_to_b_tcp_key(1501);
     let syn = packets::packet(a, b, TCP, 1501, 80, SYN);
     let ack = packets::packet(a, b, TCP, 1501, 80, ACK);
     assert_eq!(run(&mut dp, Hook::FromPod, &syn), TC_ACT_UNSPEC);

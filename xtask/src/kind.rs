@@ -240,9 +240,9 @@ fn e2e(o: &E2eOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The upstream NetworkPolicy conformance tests, as kube-network-policies
-/// and Cilium run them on kind.
-fn netpol_suite(o: &E2eOptions) -> anyhow::Result<()> {
+/// target/e2e/, where the upstream suites run, and the cluster's
+/// kubeconfig written there for them.
+fn e2e_dir() -> anyhow::Result<(PathBuf, PathBuf)> {
     need("kind")?;
     let dir = root().join("target/e2e");
     std::fs::create_dir_all(&dir)?;
@@ -251,6 +251,13 @@ fn netpol_suite(o: &E2eOptions) -> anyhow::Result<()> {
         &kubeconfig,
         output(Command::new("kind").args(["get", "kubeconfig", "--name", CLUSTER]))?,
     )?;
+    Ok((dir, kubeconfig))
+}
+
+/// The upstream NetworkPolicy conformance tests, as kube-network-policies
+/// and Cilium run them on kind.
+fn netpol_suite(o: &E2eOptions) -> anyhow::Result<()> {
+    let (dir, kubeconfig) = e2e_dir()?;
     let e2e_test = match &o.e2e_test {
         Some(p) => p.clone(),
         None => download_e2e_test(&dir)?,
@@ -297,8 +304,7 @@ fn apply_crds() -> anyhow::Result<()> {
 fn cnp_suite(o: &E2eOptions) -> anyhow::Result<bool> {
     need("git")?;
     need("go")?;
-    let dir = root().join("target/e2e");
-    std::fs::create_dir_all(&dir)?;
+    let (dir, kubeconfig) = e2e_dir()?;
     let repo = dir.join(format!("network-policy-api-{}", o.cnp_ref));
     if !repo.exists() {
         // Cloned aside and renamed: an interrupted clone is not reused.
@@ -317,11 +323,6 @@ fn cnp_suite(o: &E2eOptions) -> anyhow::Result<bool> {
             .arg("apply")
             .arg("-k")
             .arg(repo.join("config/crd/standard")),
-    )?;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        output(Command::new("kind").args(["get", "kubeconfig", "--name", CLUSTER]))?,
     )?;
     Ok(status(
         Command::new("go")
